@@ -1,0 +1,436 @@
+//! `ImClient`: the handle a business backend keeps. It signs connect tokens, routes messages to
+//! home nodes, and reads presence. Cheap to clone; share one per process.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::{Config, Pool, Runtime};
+use redis::AsyncCommands;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::contract::{Deliver, Kick, Kind, NodeCommand, ReceiptResult, ReceiptStatus, Receipts};
+use crate::error::{Error, Result};
+use crate::ids::{ClientId, NodeId};
+use crate::keys::Keys;
+use crate::node::home_node;
+use crate::token::{ConnectClaims, TokenIssuer};
+
+/// Default lifetime of a connect token: long enough to open a socket, short enough that a
+/// leaked URL is soon useless.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Default largest payload, in bytes of JSON.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Default key prefix.
+pub const DEFAULT_KEY_PREFIX: &str = "im";
+
+/// Where imclient gets its Redis connections.
+#[derive(Clone)]
+pub enum RedisSource {
+    /// Build a pool from this URL, e.g. `redis://127.0.0.1:6379`.
+    Url(String),
+    /// Use a pool the application already has.
+    Pool(Pool),
+}
+
+impl std::fmt::Debug for RedisSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisSource::Url(url) => f.debug_tuple("Url").field(url).finish(),
+            RedisSource::Pool(_) => f.write_str("Pool(..)"),
+        }
+    }
+}
+
+/// Options for [`ImClient::new`].
+///
+/// ```
+/// use std::time::Duration;
+/// use imclient::ImClientOptions;
+/// let opts = ImClientOptions::new(
+///     "redis://127.0.0.1:6379",
+///     ["ws://127.0.0.1:6001", "ws://127.0.0.1:6002"],
+///     "a-long-random-secret-of-32-bytes",
+/// )
+/// .token_ttl(Duration::from_secs(30))
+/// .key_prefix("chat");
+/// ```
+#[derive(Clone)]
+pub struct ImClientOptions {
+    /// Redis to talk to. No default.
+    pub redis: RedisSource,
+    /// Node addresses as browsers reach them; the same list every node and backend uses.
+    pub nodes: Vec<String>,
+    /// Secret shared with the nodes (IM_TOKEN_SECRET); at least 16 bytes.
+    pub token_secret: Vec<u8>,
+    /// Lifetime of connect tokens. Default [`DEFAULT_TOKEN_TTL`].
+    pub token_ttl: Duration,
+    /// Prefix of every Redis name, so several apps can share one Redis. Default `im`.
+    pub key_prefix: String,
+    /// Largest payload accepted, in bytes of JSON. Default [`DEFAULT_MAX_PAYLOAD_BYTES`].
+    pub max_payload_bytes: usize,
+}
+
+impl std::fmt::Debug for ImClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImClientOptions")
+            .field("redis", &self.redis)
+            .field("nodes", &self.nodes)
+            .field("token_ttl", &self.token_ttl)
+            .field("key_prefix", &self.key_prefix)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImClientOptions {
+    /// Options with a Redis URL, the node list and the token secret; the rest defaulted.
+    pub fn new<N: Into<String>>(
+        redis_url: impl Into<String>,
+        nodes: impl IntoIterator<Item = N>,
+        token_secret: impl AsRef<[u8]>,
+    ) -> Self {
+        Self {
+            redis: RedisSource::Url(redis_url.into()),
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            token_secret: token_secret.as_ref().to_vec(),
+            token_ttl: DEFAULT_TOKEN_TTL,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// Uses an existing deadpool-redis pool instead of the URL.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.redis = RedisSource::Pool(pool);
+        self
+    }
+
+    /// Sets the connect token lifetime.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.token_ttl = ttl;
+        self
+    }
+
+    /// Sets the Redis key prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the largest accepted payload.
+    pub fn max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+}
+
+/// What happened to a message, per home node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReport {
+    /// The message id every receiver sees.
+    pub message_id: String,
+    /// One entry per home node the receivers live on.
+    pub nodes: Vec<NodeReport>,
+}
+
+impl SendReport {
+    /// Receivers whose home node was not running (nobody subscribed to its topic).
+    pub fn unreachable(&self) -> impl Iterator<Item = &ClientId> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.taken)
+            .flat_map(|n| n.receivers.iter())
+    }
+}
+
+/// One node's share of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    /// The node.
+    pub node: NodeId,
+    /// The receivers whose home it is.
+    pub receivers: Vec<ClientId>,
+    /// Whether a running node took the message (its topic had a subscriber).
+    pub taken: bool,
+}
+
+struct Inner {
+    pool: Pool,
+    nodes: Vec<NodeId>,
+    issuer: TokenIssuer,
+    token_ttl: Duration,
+    keys: Keys,
+    max_payload_bytes: usize,
+}
+
+/// The business-side handle to the push cluster.
+///
+/// ```no_run
+/// # async fn f() -> imclient::Result<()> {
+/// use imclient::{ImClient, ImClientOptions};
+/// let im = ImClient::new(ImClientOptions::new(
+///     "redis://127.0.0.1:6379", ["ws://127.0.0.1:6001"], "a-long-random-secret-of-32-bytes"))?;
+/// let url = im.prev_connect_server("alice", serde_json::json!({"name": "Alice"}))?;
+/// // hand `url` to the browser; later:
+/// im.send_message("bob", ["alice"], &serde_json::json!({"text": "hi"}), true).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ImClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ImClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImClient")
+            .field("nodes", &self.inner.nodes)
+            .field("prefix", &self.inner.keys.prefix())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImClient {
+    /// Builds a client. Fails on an empty node list, a bad node address, a short secret or a
+    /// bad Redis URL; it does not connect to Redis until the first call that needs it.
+    pub fn new(options: ImClientOptions) -> Result<Self> {
+        if options.nodes.is_empty() {
+            return Err(Error::NoNodes);
+        }
+        let nodes = options
+            .nodes
+            .into_iter()
+            .map(NodeId::new)
+            .collect::<Result<Vec<_>>>()?;
+        if options.key_prefix.is_empty() || options.key_prefix.contains(char::is_whitespace) {
+            return Err(Error::Options(
+                "key_prefix must be non-empty without spaces".into(),
+            ));
+        }
+        let issuer = TokenIssuer::new(&options.token_secret)?;
+        let pool = match options.redis {
+            RedisSource::Pool(pool) => pool,
+            RedisSource::Url(url) => Config::from_url(url).create_pool(Some(Runtime::Tokio1))?,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                nodes,
+                issuer,
+                token_ttl: options.token_ttl,
+                keys: Keys::new(options.key_prefix),
+                max_payload_bytes: options.max_payload_bytes,
+            }),
+        })
+    }
+
+    /// The Redis pool, for the application's own use.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The Redis names this client uses.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The node list.
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.inner.nodes
+    }
+
+    /// The home node of `client_id`.
+    ///
+    /// ```
+    /// # use imclient::{ImClient, ImClientOptions};
+    /// let im = ImClient::new(ImClientOptions::new("redis://127.0.0.1",
+    ///     ["ws://a:1", "ws://b:2"], "a-long-random-secret-of-32-bytes")).unwrap();
+    /// let home = im.home_node("alice").unwrap();
+    /// assert!(im.nodes().contains(home));
+    /// ```
+    pub fn home_node(&self, client_id: &str) -> Result<&NodeId> {
+        let client = ClientId::new(client_id)?;
+        home_node(&self.inner.nodes, client.as_str()).ok_or(Error::NoNodes)
+    }
+
+    /// The URL a browser opens to connect as `client_id`: its home node with a fresh single-use
+    /// token. `metadata` (any JSON, e.g. a display name) comes back in online/offline events.
+    /// Call it for every connection attempt; tokens cannot be reused.
+    ///
+    /// ```
+    /// # use imclient::{ImClient, ImClientOptions};
+    /// let im = ImClient::new(ImClientOptions::new("redis://127.0.0.1",
+    ///     ["ws://127.0.0.1:6001"], "a-long-random-secret-of-32-bytes")).unwrap();
+    /// let url = im.prev_connect_server("alice", serde_json::json!({"name": "Alice"})).unwrap();
+    /// assert!(url.starts_with("ws://127.0.0.1:6001/ws?token="));
+    /// ```
+    pub fn prev_connect_server(
+        &self,
+        client_id: &str,
+        metadata: serde_json::Value,
+    ) -> Result<String> {
+        let client = ClientId::new(client_id)?;
+        let node = home_node(&self.inner.nodes, client.as_str())
+            .ok_or(Error::NoNodes)?
+            .clone();
+        let claims = ConnectClaims::new(client, node.clone(), metadata, self.inner.token_ttl);
+        let token = self.inner.issuer.sign(&claims)?;
+        Ok(node.connect_url(&token))
+    }
+
+    /// Pushes `payload` to every connection of each receiver. One PUBLISH per home node,
+    /// pipelined, whatever the number of receivers. With `receipt`, the sender (if online) is
+    /// pushed one receipt per receiver: delivered or offline.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let report = im.send_message("system", ["alice", "bob"], &"hello", false).await?;
+    /// for node in &report.nodes {
+    ///     println!("{}: {} receivers, taken: {}", node.node, node.receivers.len(), node.taken);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_message<I, S, P>(
+        &self,
+        sender: &str,
+        receivers: I,
+        payload: &P,
+        receipt: bool,
+    ) -> Result<SendReport>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+        P: Serialize + ?Sized,
+    {
+        let sender = ClientId::new(sender)?;
+        let payload = self.encode_payload(payload)?;
+        let mut by_node: BTreeMap<&NodeId, Vec<ClientId>> = BTreeMap::new();
+        for receiver in receivers {
+            let client = ClientId::new(receiver.as_ref())?;
+            let node = home_node(&self.inner.nodes, client.as_str()).ok_or(Error::NoNodes)?;
+            let list = by_node.entry(node).or_default();
+            if !list.contains(&client) {
+                list.push(client);
+            }
+        }
+        if by_node.is_empty() {
+            return Err(Error::NoReceivers);
+        }
+        let message_id = new_message_id();
+        let receipt_node = if receipt {
+            Some(self.home_node(sender.as_str())?.clone())
+        } else {
+            None
+        };
+        let ts = now_ms();
+
+        let mut pipe = redis::pipe();
+        let mut nodes = Vec::with_capacity(by_node.len());
+        for (node, to) in by_node {
+            let cmd = NodeCommand::Deliver(Deliver {
+                id: message_id.clone(),
+                kind: Kind::Message,
+                from: Some(sender.clone()),
+                to,
+                payload: &payload,
+                ts,
+                receipt_node: receipt_node.clone(),
+            });
+            pipe.publish(
+                self.inner.keys.node_topic(node),
+                serde_json::to_string(&cmd)?,
+            );
+            let NodeCommand::Deliver(d) = cmd else {
+                unreachable!("built as Deliver")
+            };
+            nodes.push(NodeReport {
+                node: node.clone(),
+                receivers: d.to,
+                taken: false,
+            });
+        }
+        let mut conn = self.inner.pool.get().await?;
+        let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
+        for (report, subscribers) in nodes.iter_mut().zip(counts) {
+            report.taken = subscribers > 0;
+        }
+        let report = SendReport { message_id, nodes };
+
+        // Receivers on a node that is not running cannot be delivered; no node will say so,
+        // so the sender's receipts for them come from here.
+        if let Some(sender_node) = &receipt_node {
+            let results: Vec<ReceiptResult> = report
+                .unreachable()
+                .map(|client| ReceiptResult {
+                    client: client.clone(),
+                    status: ReceiptStatus::Offline,
+                })
+                .collect();
+            if !results.is_empty() {
+                let cmd = NodeCommand::Receipts(Receipts {
+                    to: sender,
+                    message_id: report.message_id.clone(),
+                    results,
+                });
+                let _: i64 = conn
+                    .publish(
+                        self.inner.keys.node_topic(sender_node),
+                        serde_json::to_string(&cmd)?,
+                    )
+                    .await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Closes every connection of `client_id` (close code 4002: do not reconnect). Returns
+    /// whether its home node is running.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.force_offline("mallory").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn force_offline(&self, client_id: &str) -> Result<bool> {
+        let client = ClientId::new(client_id)?;
+        let node = self.home_node(client.as_str())?;
+        let cmd = NodeCommand::Kick(Kick { client });
+        let mut conn = self.inner.pool.get().await?;
+        let subscribers: i64 = conn
+            .publish(
+                self.inner.keys.node_topic(node),
+                serde_json::to_string(&cmd)?,
+            )
+            .await?;
+        Ok(subscribers > 0)
+    }
+
+    pub(crate) fn encode_payload<P: Serialize + ?Sized>(
+        &self,
+        payload: &P,
+    ) -> Result<Box<RawValue>> {
+        let raw = serde_json::value::to_raw_value(payload)?;
+        let size = raw.get().len();
+        if size > self.inner.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size,
+                limit: self.inner.max_payload_bytes,
+            });
+        }
+        Ok(raw)
+    }
+}
+
+/// A new unique, time-ordered message id (UUIDv7, 32 hex digits).
+pub fn new_message_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

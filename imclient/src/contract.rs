@@ -1,0 +1,343 @@
+//! The wire contract between imclient, imserver and browsers: the commands a backend publishes
+//! to a node, the envelopes a node pushes to a socket, the control frames a socket may send,
+//! and the close codes. docs/PROTOCOL.md describes the same, with examples.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{ClientId, NodeId};
+
+/// What an envelope carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A private message from a backend.
+    Message,
+    /// A message to a channel's members.
+    Channel,
+    /// Whether a message reached a receiver.
+    Receipt,
+    /// A business event pushed by a backend.
+    Event,
+    /// A frame from the node itself (welcome, pong).
+    System,
+}
+
+/// A command published by a backend on a node's topic. Externally tagged (`{"deliver":{…}}`)
+/// so that the payload can stay raw JSON: the node never parses it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeCommand<'a> {
+    /// Push one message to local receivers.
+    #[serde(borrow)]
+    Deliver(Deliver<'a>),
+    /// Tell a sender whether its message reached each receiver.
+    Receipts(Receipts),
+    /// Close every connection of a client.
+    Kick(Kick),
+}
+
+/// One message for some receivers on one node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Deliver<'a> {
+    /// Unique message id, shared by every receiver's copy.
+    pub id: String,
+    /// Envelope kind.
+    pub kind: Kind,
+    /// Who sent it, if anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ClientId>,
+    /// The receivers whose home is this node.
+    pub to: Vec<ClientId>,
+    /// The business payload, any JSON.
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    /// When the backend sent it, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// Where the sender lives, when it asked for receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_node: Option<NodeId>,
+}
+
+/// Delivery results for one message, sent to the sender's home node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Receipts {
+    /// The sender that asked for receipts.
+    pub to: ClientId,
+    /// The message they are about.
+    pub message_id: String,
+    /// One result per receiver.
+    pub results: Vec<ReceiptResult>,
+}
+
+/// Whether one receiver got a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptResult {
+    /// The receiver.
+    pub client: ClientId,
+    /// What happened.
+    pub status: ReceiptStatus,
+}
+
+/// Delivery status of a message for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptStatus {
+    /// Queued to at least one open connection of the receiver.
+    Delivered,
+    /// The receiver had no open connection.
+    Offline,
+}
+
+/// The payload of a receipt envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptPayload {
+    /// The message the receipt is about.
+    pub message_id: String,
+    /// The receiver.
+    pub receiver: ClientId,
+    /// What happened.
+    pub status: ReceiptStatus,
+}
+
+/// Close every connection of a client, e.g. when the business signs it out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kick {
+    /// The client to disconnect.
+    pub client: ClientId,
+}
+
+/// The common part of an envelope, serialized once per node and shared by every receiver. The
+/// frame a socket receives is this with the per-client `seq` spliced in front: see [`frame`].
+#[derive(Debug, Serialize)]
+pub struct EnvelopeBody<'a> {
+    /// Unique message id: the client de-duplicates on it.
+    pub id: &'a str,
+    /// What the envelope carries.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// The sender, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a ClientId>,
+    /// The business payload.
+    pub payload: &'a RawValue,
+    /// Send time, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// Serializes the shared part of an envelope.
+pub fn envelope_body(body: &EnvelopeBody<'_>) -> String {
+    // A struct of strings, numbers and raw JSON always serializes.
+    serde_json::to_string(body).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// The text frame for one receiver: `{"seq":N,` followed by the shared body without its `{`.
+///
+/// ```
+/// let frame = imclient::contract::frame(7, r#"{"id":"m1","type":"message","payload":1,"ts":5}"#);
+/// assert_eq!(frame, r#"{"seq":7,"id":"m1","type":"message","payload":1,"ts":5}"#);
+/// ```
+pub fn frame(seq: u64, body: &str) -> String {
+    let rest = body.strip_prefix('{').unwrap_or(body);
+    let mut out = String::with_capacity(rest.len() + 24);
+    out.push_str("{\"seq\":");
+    out.push_str(&seq.to_string());
+    out.push(',');
+    out.push_str(rest);
+    out
+}
+
+/// An envelope as a socket client reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Per-client sequence number assigned by the home node (absent on system frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Unique message id (absent on system frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What it carries.
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// The sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ClientId>,
+    /// The payload.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// Send time, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub ts: u64,
+}
+
+/// The payload of the `system` frames a node sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SystemEvent {
+    /// First frame on every connection: the node has registered it and will push to it.
+    Welcome {
+        /// The client the token named.
+        client: ClientId,
+        /// The node that holds the connection.
+        node: NodeId,
+        /// Node-local connection id.
+        conn: u64,
+        /// Id of this node process; it changes when the node restarts.
+        epoch: String,
+        /// How often the node pings, in milliseconds.
+        heartbeat_ms: u64,
+    },
+    /// Answer to a client's [`ClientFrame::Ping`].
+    Pong,
+}
+
+/// A system frame as sent on the socket.
+pub fn system_frame(event: &SystemEvent) -> String {
+    let env = serde_json::json!({ "type": Kind::System, "payload": event });
+    env.to_string()
+}
+
+/// The only text frames a client may send. Browsers cannot send WebSocket pings, so this is
+/// how they check that the node is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Asks for a `pong` system frame.
+    Ping,
+}
+
+/// Why a node closes a connection, with the WebSocket close code it sends. A client should
+/// reconnect (with a fresh token) unless [`CloseCode::reconnect`] says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// 1000: normal close.
+    Normal,
+    /// 1001: the node is shutting down.
+    GoingAway,
+    /// 1008: the client sent a frame the protocol does not allow.
+    PolicyViolation,
+    /// 1009: the client sent a frame over the size limit.
+    TooBig,
+    /// 4000: nothing heard from the client within the heartbeat timeout.
+    HeartbeatTimeout,
+    /// 4001: the client did not read fast enough and its queue filled.
+    SlowConsumer,
+    /// 4002: the business disconnected the client (force_offline).
+    Kicked,
+}
+
+impl CloseCode {
+    /// Every close code, for documentation and tests.
+    pub const ALL: [CloseCode; 7] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::PolicyViolation,
+        CloseCode::TooBig,
+        CloseCode::HeartbeatTimeout,
+        CloseCode::SlowConsumer,
+        CloseCode::Kicked,
+    ];
+
+    /// The numeric code on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::PolicyViolation => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::HeartbeatTimeout => 4000,
+            CloseCode::SlowConsumer => 4001,
+            CloseCode::Kicked => 4002,
+        }
+    }
+
+    /// Short reason text sent in the close frame and used as a metrics label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "node shutting down",
+            CloseCode::PolicyViolation => "unexpected frame: this socket is push-only",
+            CloseCode::TooBig => "frame too large",
+            CloseCode::HeartbeatTimeout => "heartbeat timeout",
+            CloseCode::SlowConsumer => "slow consumer: queue full",
+            CloseCode::Kicked => "disconnected by the application",
+        }
+    }
+
+    /// Whether a client should reconnect after this close.
+    pub fn reconnect(self) -> bool {
+        !matches!(
+            self,
+            CloseCode::Kicked | CloseCode::PolicyViolation | CloseCode::TooBig
+        )
+    }
+
+    /// The close code for a numeric code, if it is one of ours.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// What a node stores per online client in its presence hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    /// Open connections of the client on the node.
+    pub conns: u32,
+    /// Metadata from the token of its first connection.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub meta: serde_json::Value,
+    /// When it came online, milliseconds since the Unix epoch.
+    pub since: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_round_trips_with_raw_payload() {
+        let payload = RawValue::from_string(r#"{"text":"hi","n":[1,2]}"#.into()).expect("json");
+        let cmd = NodeCommand::Deliver(Deliver {
+            id: "m1".into(),
+            kind: Kind::Message,
+            from: Some(ClientId::new("a").expect("id")),
+            to: vec![ClientId::new("b").expect("id")],
+            payload: &payload,
+            ts: 9,
+            receipt_node: None,
+        });
+        let text = serde_json::to_string(&cmd).expect("serialize");
+        let back: NodeCommand<'_> = serde_json::from_str(&text).expect("parse");
+        match back {
+            NodeCommand::Deliver(d) => assert_eq!(d.payload.get(), r#"{"text":"hi","n":[1,2]}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frame_is_valid_json_envelope() {
+        let payload = RawValue::from_string("\"x\"".into()).expect("json");
+        let from = ClientId::new("a").expect("id");
+        let body = envelope_body(&EnvelopeBody {
+            id: "m1",
+            kind: Kind::Message,
+            from: Some(&from),
+            payload: &payload,
+            ts: 3,
+        });
+        let env: Envelope = serde_json::from_str(&frame(42, &body)).expect("parse");
+        assert_eq!(env.seq, Some(42));
+        assert_eq!(env.payload, serde_json::json!("x"));
+        assert_eq!(env.from, Some(from));
+    }
+
+    #[test]
+    fn close_codes_are_distinct() {
+        let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        codes.dedup();
+        assert_eq!(codes.len(), CloseCode::ALL.len());
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Online/offline events: read from the Redis Stream the nodes append to, so a backend that was
+//! down reads what it missed. Two ways to read: every reader sees every event
+//! ([`ImClient::events`]), or the replicas of a backend share them through a consumer group
+//! ([`ImClient::event_group`]).
+
+use std::collections::VecDeque;
+
+use deadpool_redis::Pool;
+use redis::AsyncCommands;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use serde::{Deserialize, Serialize};
+
+use crate::client::ImClient;
+use crate::error::Result;
+use crate::ids::{ClientId, NodeId};
+
+/// The stream entry field that holds the event JSON.
+pub const EVENT_FIELD: &str = "event";
+
+/// How long one blocking read waits, in milliseconds. Kept below redis-rs's default 500 ms
+/// response timeout so a pooled connection can block without tripping it.
+const BLOCK_MS: usize = 250;
+/// Entries fetched per read.
+const BATCH: usize = 128;
+
+/// Whether a client came or went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// The client's first connection on its node opened.
+    Online,
+    /// The client's last connection on its node closed, or its node died.
+    Offline,
+}
+
+/// An online/offline event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Online or offline.
+    pub kind: EventKind,
+    /// The client.
+    pub client: ClientId,
+    /// The node it is (or was) connected to.
+    pub node: NodeId,
+    /// The metadata of the client's connect token.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub meta: serde_json::Value,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub at: u64,
+    /// Connections the client had on the node when the event was written.
+    #[serde(default)]
+    pub conns: u32,
+}
+
+/// Where an all-events reader starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsFrom {
+    /// Only events appended after the reader starts.
+    Now,
+    /// Every event still in the stream (it is capped by the nodes' `events-maxlen`).
+    Beginning,
+    /// Events after this stream id, e.g. the last one a previous run handled.
+    After(String),
+}
+
+/// Where a new consumer group starts; ignored when the group exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStart {
+    /// Only events appended after the group is created.
+    Now,
+    /// Every event still in the stream.
+    Beginning,
+}
+
+enum Mode {
+    All {
+        last_id: String,
+    },
+    Group {
+        group: String,
+        consumer: String,
+        pending_done: bool,
+        to_ack: Vec<String>,
+    },
+}
+
+/// An async stream of events. Call [`EventStream::next`] in a loop.
+pub struct EventStream {
+    pool: Pool,
+    key: String,
+    mode: Mode,
+    buffered: VecDeque<(String, Event)>,
+    skipped: u64,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImClient {
+    /// Reads every event, starting at `from`. Each reader sees all events.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// use imclient::EventsFrom;
+    /// let mut events = im.events(EventsFrom::Now).await?;
+    /// loop {
+    ///     let (id, ev) = events.next().await?;
+    ///     println!("{id}: {} is {:?}", ev.client, ev.kind);
+    /// }
+    /// # }
+    /// ```
+    pub async fn events(&self, from: EventsFrom) -> Result<EventStream> {
+        let key = self.keys().events();
+        let last_id = match from {
+            EventsFrom::Beginning => "0-0".to_owned(),
+            EventsFrom::After(id) => id,
+            EventsFrom::Now => {
+                // Pin "now" to the last id at start, so events between this call and the first
+                // read are not lost (XREAD with `$` would skip them).
+                let mut conn = self.pool().get().await?;
+                let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                last.into_iter()
+                    .next()
+                    .map(|(id, _)| id)
+                    .unwrap_or_else(|| "0-0".to_owned())
+            }
+        };
+        Ok(EventStream::new(
+            self.pool().clone(),
+            key,
+            Mode::All { last_id },
+        ))
+    }
+
+    /// Joins consumer group `group` as `consumer`: each event goes to one consumer of the group,
+    /// so backend replicas share them. An event is acknowledged when the next one is asked for;
+    /// what a crashed consumer had not acknowledged is read again when it returns under the
+    /// same name.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// use imclient::GroupStart;
+    /// let mut events = im.event_group("presence-workers", "replica-1", GroupStart::Now).await?;
+    /// let (_id, ev) = events.next().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn event_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        start: GroupStart,
+    ) -> Result<EventStream> {
+        let key = self.keys().events();
+        let mut conn = self.pool().get().await?;
+        let start_id = match start {
+            GroupStart::Now => "$",
+            GroupStart::Beginning => "0",
+        };
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(group)
+            .arg(start_id)
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            other => other?,
+        }
+        let mode = Mode::Group {
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+            pending_done: false,
+            to_ack: Vec::new(),
+        };
+        Ok(EventStream::new(self.pool().clone(), key, mode))
+    }
+}
+
+impl EventStream {
+    fn new(pool: Pool, key: String, mode: Mode) -> Self {
+        Self {
+            pool,
+            key,
+            mode,
+            buffered: VecDeque::new(),
+            skipped: 0,
+        }
+    }
+
+    /// Entries skipped because they were not valid events (written by something else).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// The next event and its stream id, waiting for one to arrive. Returns an error when Redis
+    /// cannot be reached; calling again retries from where it stopped.
+    pub async fn next(&mut self) -> Result<(String, Event)> {
+        loop {
+            if let Some(item) = self.buffered.pop_front() {
+                if let Mode::Group { to_ack, .. } = &mut self.mode {
+                    to_ack.push(item.0.clone());
+                }
+                return Ok(item);
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut conn = self.pool.get().await?;
+        let reply: Option<StreamReadReply> = match &mut self.mode {
+            Mode::All { last_id } => {
+                let opts = StreamReadOptions::default().block(BLOCK_MS).count(BATCH);
+                conn.xread_options(&[&self.key], &[last_id.as_str()], &opts)
+                    .await?
+            }
+            Mode::Group {
+                group,
+                consumer,
+                pending_done,
+                to_ack,
+            } => {
+                if !to_ack.is_empty() {
+                    let _: i64 = conn.xack(&self.key, group.as_str(), to_ack).await?;
+                    to_ack.clear();
+                }
+                let id = if *pending_done { ">" } else { "0" };
+                let mut opts = StreamReadOptions::default()
+                    .group(group.as_str(), consumer.as_str())
+                    .count(BATCH);
+                if *pending_done {
+                    opts = opts.block(BLOCK_MS);
+                }
+                let reply: Option<StreamReadReply> =
+                    conn.xread_options(&[&self.key], &[id], &opts).await?;
+                let empty = reply
+                    .as_ref()
+                    .is_none_or(|r| r.keys.iter().all(|k| k.ids.is_empty()));
+                if !*pending_done && empty {
+                    *pending_done = true;
+                }
+                reply
+            }
+        };
+        let Some(reply) = reply else { return Ok(()) };
+        for stream in reply.keys {
+            for entry in stream.ids {
+                if let Mode::All { last_id } = &mut self.mode {
+                    last_id.clone_from(&entry.id);
+                }
+                match parse_entry(&entry.map) {
+                    Ok(event) => self.buffered.push_back((entry.id, event)),
+                    Err(reason) => {
+                        self.skipped += 1;
+                        tracing::warn!(key = %self.key, id = %entry.id, %reason, "skipping malformed event");
+                        if let Mode::Group { to_ack, .. } = &mut self.mode {
+                            to_ack.push(entry.id);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_entry(map: &std::collections::HashMap<String, redis::Value>) -> Result<Event, String> {
+    let value = map
+        .get(EVENT_FIELD)
+        .ok_or_else(|| format!("no `{EVENT_FIELD}` field"))?;
+    let text: String = redis::from_redis_value_ref(value).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+impl From<&str> for EventsFrom {
+    fn from(id: &str) -> Self {
+        EventsFrom::After(id.to_owned())
+    }
+}

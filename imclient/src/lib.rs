@@ -1,0 +1,34 @@
+//! # imclient
+//!
+//! The business-side SDK of the imserver push cluster, and the wire contract both sides share.
+//!
+//! A business backend embeds an [`ImClient`]. It hands each browser a connect URL
+//! ([`ImClient::prev_connect_server`]) naming the client's home node, pushes messages
+//! ([`ImClient::send_message`]) through Redis to that node, asks who is online
+//! ([`ImClient::has_online`]) and reads online/offline events ([`ImClient::events`]).
+//! Browsers never send business data over their socket: they call the backend over HTTP.
+//!
+//! Redis names are built in [`keys`]; the wire format is in [`contract`]; the home-node rule
+//! is in [`node`]; connect tokens in [`token`]. docs/PROTOCOL.md documents all of it.
+
+mod client;
+pub mod contract;
+mod error;
+mod events;
+mod ids;
+pub mod keys;
+pub mod node;
+mod presence;
+pub mod token;
+
+pub use client::{
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL, ImClient, ImClientOptions,
+    NodeReport, RedisSource, SendReport, new_message_id, now_ms,
+};
+pub use error::{Error, Result};
+pub use events::{EVENT_FIELD, Event, EventKind, EventStream, EventsFrom, GroupStart};
+pub use ids::{ClientId, MAX_CLIENT_ID_BYTES, MAX_NODE_ID_BYTES, NodeId};
+
+/// The redis crate imclient is built on, for callers that build their own pool or commands.
+pub use deadpool_redis;
+pub use redis;

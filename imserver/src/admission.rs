@@ -1,0 +1,62 @@
+//! Who may open a socket: token checks and single use. The token names this node, so only this
+//! node could accept it; remembering accepted token ids in memory until they expire is enough
+//! to refuse a replay, with no Redis round trip on the connect path. Across a restart the
+//! memory is gone, so tokens issued before this node started are refused as stale.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use imclient::NodeId;
+use imclient::token::{ConnectClaims, TokenError, TokenVerifier, unix_secs};
+
+const SHARDS: usize = 16;
+
+/// Checks connect tokens for one node.
+#[derive(Debug)]
+pub struct Admission {
+    verifier: TokenVerifier,
+    node: NodeId,
+    started_secs: u64,
+    /// Accepted token ids and their expiry (seconds). Sharded so concurrent handshakes on
+    /// different workers rarely contend; std Mutex, never held across an await.
+    used: Vec<Mutex<HashMap<String, u64>>>,
+}
+
+impl Admission {
+    /// Admission for `node`, checking signatures with `secret`.
+    pub fn new(secret: &[u8], node: NodeId) -> Result<Self, TokenError> {
+        Ok(Self {
+            verifier: TokenVerifier::new(secret)?,
+            node,
+            started_secs: unix_secs(SystemTime::now()),
+            used: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        })
+    }
+
+    /// Checks `token` and marks it used.
+    pub fn admit(&self, token: &str) -> Result<ConnectClaims, TokenError> {
+        let claims = self.verifier.verify(token, &self.node)?;
+        // JWT times are whole seconds, so a token from the node's starting second may be
+        // older than the node: let that second through.
+        if claims.iat < self.started_secs.saturating_sub(1) {
+            return Err(TokenError::Stale);
+        }
+        let now = unix_secs(SystemTime::now());
+        let shard = &self.used[shard_of(&claims.jti)];
+        let mut used = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if used.len() > 1024 {
+            used.retain(|_, exp| *exp >= now);
+        }
+        if used.insert(claims.jti.clone(), claims.exp).is_some() {
+            return Err(TokenError::Replayed);
+        }
+        Ok(claims)
+    }
+}
+
+fn shard_of(jti: &str) -> usize {
+    jti.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % SHARDS
+}

@@ -1,0 +1,171 @@
+//! The broker: one Redis subscriber connection that receives every command for this node and
+//! hands it to the hub. A lost connection is re-established and re-subscribed with backoff;
+//! WebSocket clients stay connected meanwhile.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use futures_util::StreamExt as _;
+use imclient::contract::{
+    CloseCode, Deliver, EnvelopeBody, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
+    ReceiptStatus, Receipts, envelope_body,
+};
+use imclient::{new_message_id, now_ms};
+use redis::AsyncCommands;
+use serde_json::value::to_raw_value;
+use tokio::sync::watch;
+
+use crate::metrics::DropReason;
+use crate::node::Node;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs the subscriber until `stop` turns true.
+pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch::Receiver<bool>) {
+    let topic = node.keys().node_topic(node.id());
+    let mut backoff = MIN_BACKOFF;
+    let mut connected_before = false;
+    loop {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&topic).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        let pubsub = tokio::select! {
+            r = attempt => r,
+            _ = stop.changed() => return,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                if connected_before {
+                    node.metrics().redis_reconnects.fetch_add(1, Relaxed);
+                }
+                connected_before = true;
+                backoff = MIN_BACKOFF;
+                node.set_redis_up(true);
+                tracing::info!(node = %node.id(), %topic, "subscribed");
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = messages.next() => match msg {
+                            Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
+                            None => break,
+                        },
+                        _ = stop.changed() => { node.set_redis_up(false); return }
+                    }
+                }
+                node.set_redis_up(false);
+                tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id(), error = %e, ?backoff, "cannot subscribe to Redis; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Handles one command from the node topic. Malformed commands are counted and dropped.
+pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
+    node.metrics().commands_in.fetch_add(1, Relaxed);
+    let command: NodeCommand<'_> = match serde_json::from_slice(bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            node.metrics().dropped(DropReason::Malformed, 1);
+            tracing::warn!(node = %node.id(), error = %e, len = bytes.len(), "dropping malformed command");
+            return;
+        }
+    };
+    match command {
+        NodeCommand::Deliver(d) => deliver(node, pool, &d),
+        NodeCommand::Receipts(r) => receipts(node, &r),
+        NodeCommand::Kick(k) => {
+            let n = node.hub().kick(&k.client, CloseCode::Kicked);
+            tracing::info!(node = %node.id(), client = %k.client, connections = n, "force offline");
+        }
+    }
+}
+
+fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
+    let body = envelope_body(&EnvelopeBody {
+        id: &d.id,
+        kind: d.kind,
+        from: d.from.as_ref(),
+        payload: d.payload,
+        ts: d.ts,
+    });
+    let want_receipts = d.receipt_node.is_some() && d.from.is_some();
+    let mut results = Vec::new();
+    node.hub().deliver(&d.to, &body, |client, delivered| {
+        if want_receipts {
+            let status = if delivered {
+                ReceiptStatus::Delivered
+            } else {
+                ReceiptStatus::Offline
+            };
+            results.push(ReceiptResult {
+                client: client.clone(),
+                status,
+            });
+        }
+    });
+    let (Some(receipt_node), Some(sender)) = (&d.receipt_node, &d.from) else {
+        return;
+    };
+    let cmd = NodeCommand::Receipts(Receipts {
+        to: sender.clone(),
+        message_id: d.id.clone(),
+        results,
+    });
+    let Ok(text) = serde_json::to_string(&cmd) else {
+        return;
+    };
+    if receipt_node == node.id() {
+        // The sender lives here too: no round trip through Redis.
+        handle(node, pool, text.as_bytes());
+        return;
+    }
+    let topic = node.keys().node_topic(receipt_node);
+    let pool = pool.clone();
+    let node_id = node.id().clone();
+    tokio::spawn(async move {
+        let sent = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            conn.publish::<_, _, i64>(&topic, text)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(error) = sent.await {
+            tracing::warn!(node = %node_id, %error, "cannot publish receipts");
+        }
+    });
+}
+
+fn receipts(node: &Node, r: &Receipts) {
+    for result in &r.results {
+        let payload = ReceiptPayload {
+            message_id: r.message_id.clone(),
+            receiver: result.client.clone(),
+            status: result.status,
+        };
+        let Ok(raw) = to_raw_value(&payload) else {
+            continue;
+        };
+        let id = new_message_id();
+        let body = envelope_body(&EnvelopeBody {
+            id: &id,
+            kind: Kind::Receipt,
+            from: None,
+            payload: &raw,
+            ts: now_ms(),
+        });
+        node.hub()
+            .deliver(std::slice::from_ref(&r.to), &body, |_, _| {});
+    }
+}

@@ -1,0 +1,221 @@
+//! The node's configuration: flags with `IM_*` environment fallbacks and local-use defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The secret used with `--dev` when none is given. Never accepted outside dev mode.
+pub const DEV_SECRET: &str = "imserver-dev-secret-do-not-use-in-production";
+
+/// Configuration of one imserver node.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "imserver",
+    version,
+    about = "Push node of the imserver cluster"
+)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port.
+    #[arg(long, env = "IM_LISTEN", default_value = "127.0.0.1:6001")]
+    pub listen: SocketAddr,
+
+    /// This node's address exactly as it appears in the node list given to imclient
+    /// (e.g. ws://127.0.0.1:6001). Default: ws://<listen address as bound>.
+    #[arg(long, env = "IM_NODE")]
+    pub node: Option<String>,
+
+    /// Redis URL.
+    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Secret shared with imclient to check connect tokens (at least 16 bytes). Required
+    /// unless --dev.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+
+    /// Dev mode: allows the built-in secret. Never in production.
+    #[arg(long, env = "IM_DEV", default_value_t = false)]
+    pub dev: bool,
+
+    /// Prefix of every Redis name; must match imclient's.
+    #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
+    pub key_prefix: String,
+
+    /// How often the node pings each connection, in milliseconds.
+    #[arg(long, env = "IM_HEARTBEAT_INTERVAL_MS", default_value_t = 15_000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Close a connection silent for this long, in milliseconds. At least twice the interval.
+    #[arg(long, env = "IM_HEARTBEAT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Frames queued per connection before it is closed as a slow consumer.
+    #[arg(long, env = "IM_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+
+    /// Open connections allowed per client id on this node.
+    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 8)]
+    pub max_connections_per_client: usize,
+
+    /// Open connections allowed on this node.
+    #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest frame a client may send, in bytes (only small control frames are allowed).
+    #[arg(long, env = "IM_MAX_INBOUND_FRAME_BYTES", default_value_t = 1024)]
+    pub max_inbound_frame_bytes: usize,
+
+    /// Lifetime of this node's lease in Redis, in milliseconds; renewed every third of it.
+    /// A dead node's clients are reported offline within about this long.
+    #[arg(long, env = "IM_LEASE_MS", default_value_t = 10_000)]
+    pub lease_ms: u64,
+
+    /// Approximate cap on the online/offline event stream length.
+    #[arg(long, env = "IM_EVENTS_MAXLEN", default_value_t = 100_000)]
+    pub events_maxlen: u64,
+
+    /// Longest a graceful shutdown may take, in milliseconds.
+    #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// HTTP worker threads. Default: one per core.
+    #[arg(long, env = "IM_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// A configuration that must not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No secret outside dev mode.
+    #[error(
+        "no token secret: set IM_TOKEN_SECRET (or --token-secret), or pass --dev for local use"
+    )]
+    MissingSecret,
+    /// The dev secret outside dev mode.
+    #[error("the built-in dev secret is only allowed with --dev: set IM_TOKEN_SECRET")]
+    DevSecret,
+    /// A secret too short to be safe.
+    #[error("the token secret is shorter than 16 bytes: use a long random secret")]
+    WeakSecret,
+    /// Heartbeat settings that would close healthy connections.
+    #[error("heartbeat timeout ({timeout} ms) must be at least twice the interval ({interval} ms)")]
+    Heartbeat {
+        /// Interval in ms.
+        interval: u64,
+        /// Timeout in ms.
+        timeout: u64,
+    },
+    /// A zero limit.
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Checks the settings and returns the token secret to use.
+    pub fn validate(&self) -> Result<Vec<u8>, ConfigError> {
+        let secret = match (&self.token_secret, self.dev) {
+            (Some(s), false) if s == DEV_SECRET => return Err(ConfigError::DevSecret),
+            (Some(s), _) if !s.is_empty() => s.clone(),
+            (_, true) => DEV_SECRET.to_owned(),
+            (_, false) => return Err(ConfigError::MissingSecret),
+        };
+        if secret.len() < imclient::token::MIN_SECRET_BYTES {
+            return Err(ConfigError::WeakSecret);
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms
+        {
+            return Err(ConfigError::Heartbeat {
+                interval: self.heartbeat_interval_ms,
+                timeout: self.heartbeat_timeout_ms,
+            });
+        }
+        for (name, value) in [
+            ("queue-capacity", self.queue_capacity),
+            (
+                "max-connections-per-client",
+                self.max_connections_per_client,
+            ),
+            ("max-connections", self.max_connections),
+            ("max-inbound-frame-bytes", self.max_inbound_frame_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.lease_ms < 300 {
+            return Err(ConfigError::Zero("lease-ms (at least 300)"));
+        }
+        Ok(secret.into_bytes())
+    }
+
+    /// The heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// The heartbeat timeout.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    /// The lease lifetime.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+
+    /// The shutdown bound.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["imserver"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn refuses_to_run_without_a_secret_outside_dev() {
+        assert!(matches!(
+            parse(&[]).validate(),
+            Err(ConfigError::MissingSecret)
+        ));
+        assert!(matches!(
+            parse(&["--token-secret", ""]).validate(),
+            Err(ConfigError::MissingSecret)
+        ));
+        assert!(matches!(
+            parse(&["--token-secret", DEV_SECRET]).validate(),
+            Err(ConfigError::DevSecret)
+        ));
+        assert!(matches!(
+            parse(&["--token-secret", "short"]).validate(),
+            Err(ConfigError::WeakSecret)
+        ));
+        assert!(parse(&["--dev"]).validate().is_ok());
+        assert!(
+            parse(&["--token-secret", "0123456789abcdef0123"])
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn heartbeat_timeout_must_be_twice_the_interval() {
+        let c = parse(&[
+            "--dev",
+            "--heartbeat-interval-ms",
+            "1000",
+            "--heartbeat-timeout-ms",
+            "1500",
+        ]);
+        assert!(matches!(c.validate(), Err(ConfigError::Heartbeat { .. })));
+    }
+}

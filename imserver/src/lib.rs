@@ -1,0 +1,25 @@
+//! # imserver
+//!
+//! The push node. Browsers hold a WebSocket to it; it checks their connect token, keeps the
+//! socket alive and pushes whatever Redis delivers for them. It holds no business logic.
+//!
+//! `main` parses [`Config`], binds, and calls [`server::run`]; tests do the same on port 0.
+//! The parts: [`route`] (HTTP and the handshake), [`session`] (one connection's loop), [`hub`]
+//! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
+//! lease and events in Redis), [`admission`] (token checks), [`metrics`].
+
+pub mod admission;
+pub mod broker;
+pub mod config;
+mod error;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod route;
+pub mod server;
+pub mod session;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use node::Node;

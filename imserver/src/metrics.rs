@@ -1,0 +1,187 @@
+//! Counters and gauges of one node, rendered in Prometheus text form on /metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use imclient::contract::CloseCode;
+
+/// Why a frame or message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The receiver had no connection on this node.
+    Offline,
+    /// The connection's queue was full (the connection is then closed as a slow consumer).
+    QueueFull,
+    /// A command on the node topic could not be parsed.
+    Malformed,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 3] = [
+        DropReason::Offline,
+        DropReason::QueueFull,
+        DropReason::Malformed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::Offline => "offline",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// The node's metrics. All relaxed atomics: exact ordering between counters does not matter.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicU64,
+    /// Client ids with at least one open connection.
+    pub clients: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_opened: AtomicU64,
+    /// Commands received from Redis.
+    pub commands_in: AtomicU64,
+    /// Frames queued to connections.
+    pub deliveries: AtomicU64,
+    drops: [AtomicU64; 3],
+    closes: [AtomicU64; 7],
+    /// Connections refused at the handshake (bad token, limits).
+    pub refused: AtomicU64,
+    /// Times the Redis subscriber connection was re-established.
+    pub redis_reconnects: AtomicU64,
+    /// Presence writes that failed and were retried.
+    pub presence_errors: AtomicU64,
+    /// Dead nodes whose presence this node purged.
+    pub nodes_purged: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts `n` undelivered items for `reason`.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Undelivered items for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Relaxed)
+    }
+
+    /// Counts a connection closed by the node with `code`.
+    pub fn closed(&self, code: CloseCode) {
+        if let Some(i) = CloseCode::ALL.iter().position(|c| *c == code) {
+            self.closes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Connections closed with `code` so far.
+    pub fn closes(&self, code: CloseCode) -> u64 {
+        CloseCode::ALL
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.closes[i].load(Relaxed))
+    }
+
+    /// Renders every metric in Prometheus text exposition format.
+    pub fn render(&self, node: &str, redis_up: bool) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
+            );
+        };
+        metric(
+            "im_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            self.connections.load(Relaxed),
+        );
+        metric(
+            "im_clients",
+            "gauge",
+            "Clients with at least one open connection.",
+            self.clients.load(Relaxed),
+        );
+        metric(
+            "im_connections_opened_total",
+            "counter",
+            "Connections accepted.",
+            self.connections_opened.load(Relaxed),
+        );
+        metric(
+            "im_messages_in_total",
+            "counter",
+            "Commands received from Redis.",
+            self.commands_in.load(Relaxed),
+        );
+        metric(
+            "im_deliveries_total",
+            "counter",
+            "Frames queued to connections.",
+            self.deliveries.load(Relaxed),
+        );
+        metric(
+            "im_handshakes_refused_total",
+            "counter",
+            "Connections refused at the handshake.",
+            self.refused.load(Relaxed),
+        );
+        metric(
+            "im_redis_reconnects_total",
+            "counter",
+            "Redis subscriber reconnections.",
+            self.redis_reconnects.load(Relaxed),
+        );
+        metric(
+            "im_presence_errors_total",
+            "counter",
+            "Presence writes that failed and were retried.",
+            self.presence_errors.load(Relaxed),
+        );
+        metric(
+            "im_nodes_purged_total",
+            "counter",
+            "Dead nodes whose presence was purged here.",
+            self.nodes_purged.load(Relaxed),
+        );
+        metric(
+            "im_redis_up",
+            "gauge",
+            "1 when the Redis subscriber is connected.",
+            u64::from(redis_up),
+        );
+        metric(
+            "im_slow_consumer_closes_total",
+            "counter",
+            "Connections closed for not reading fast enough.",
+            self.closes(CloseCode::SlowConsumer),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP im_drops_total Undelivered items by reason.\n# TYPE im_drops_total counter"
+        );
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "im_drops_total{{node=\"{node}\",reason=\"{}\"}} {}",
+                reason.label(),
+                self.drops(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP im_closes_total Connections closed by the node, by close code.\n# TYPE im_closes_total counter"
+        );
+        for code in CloseCode::ALL {
+            let _ = writeln!(
+                out,
+                "im_closes_total{{node=\"{node}\",code=\"{}\"}} {}",
+                code.code(),
+                self.closes(code)
+            );
+        }
+        out
+    }
+}

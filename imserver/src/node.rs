@@ -1,0 +1,154 @@
+//! The node: one cheap-to-clone handle to everything a node owns (its id, hub, admission,
+//! metrics, Redis names and health), shared by routes, sessions and background tasks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use imclient::NodeId;
+use imclient::keys::Keys;
+
+use crate::admission::Admission;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::presence::PresenceQueue;
+
+/// Settings a session needs, copied out of the config.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Ping interval.
+    pub heartbeat_interval: Duration,
+    /// Close after this long without hearing from the client.
+    pub heartbeat_timeout: Duration,
+    /// Largest inbound frame, bytes.
+    pub max_inbound_frame_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    id: NodeId,
+    /// Unique per process run; tells clients and peers that the node restarted.
+    epoch: String,
+    keys: Keys,
+    hub: Hub,
+    admission: Admission,
+    metrics: Arc<Metrics>,
+    presence: Arc<PresenceQueue>,
+    limits: SessionLimits,
+    lease: Duration,
+    events_maxlen: u64,
+    /// True while the Redis subscriber is connected and subscribed.
+    redis_up: AtomicBool,
+    /// True once shutdown began: new sockets are refused.
+    shutting_down: AtomicBool,
+}
+
+/// Handle to the node's shared state.
+#[derive(Debug, Clone)]
+pub struct Node(Arc<Shared>);
+
+impl Node {
+    /// Builds the node for `config`, known to the cluster as `id`, checking tokens with `secret`.
+    pub fn new(
+        config: &Config,
+        id: NodeId,
+        secret: &[u8],
+    ) -> Result<Self, imclient::token::TokenError> {
+        let metrics = Arc::new(Metrics::default());
+        let presence = Arc::new(PresenceQueue::default());
+        let hub = Hub::new(
+            config.max_connections_per_client,
+            config.max_connections,
+            config.queue_capacity,
+            metrics.clone(),
+            presence.clone(),
+        );
+        Ok(Self(Arc::new(Shared {
+            admission: Admission::new(secret, id.clone())?,
+            id,
+            epoch: uuid::Uuid::new_v4().simple().to_string(),
+            keys: Keys::new(config.key_prefix.clone()),
+            hub,
+            metrics,
+            presence,
+            limits: SessionLimits {
+                heartbeat_interval: config.heartbeat_interval(),
+                heartbeat_timeout: config.heartbeat_timeout(),
+                max_inbound_frame_bytes: config.max_inbound_frame_bytes,
+            },
+            lease: config.lease(),
+            events_maxlen: config.events_maxlen,
+            redis_up: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+        })))
+    }
+
+    /// This node's id (its address in the node list).
+    pub fn id(&self) -> &NodeId {
+        &self.0.id
+    }
+
+    /// This process run's id.
+    pub fn epoch(&self) -> &str {
+        &self.0.epoch
+    }
+
+    /// Redis names.
+    pub fn keys(&self) -> &Keys {
+        &self.0.keys
+    }
+
+    /// The connection registry.
+    pub fn hub(&self) -> &Hub {
+        &self.0.hub
+    }
+
+    /// Token checks.
+    pub fn admission(&self) -> &Admission {
+        &self.0.admission
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// Clients whose presence needs writing.
+    pub fn presence_queue(&self) -> &PresenceQueue {
+        &self.0.presence
+    }
+
+    /// Per-session settings.
+    pub fn limits(&self) -> &SessionLimits {
+        &self.0.limits
+    }
+
+    /// Lease lifetime.
+    pub fn lease(&self) -> Duration {
+        self.0.lease
+    }
+
+    /// Event stream cap.
+    pub fn events_maxlen(&self) -> u64 {
+        self.0.events_maxlen
+    }
+
+    /// Whether the Redis subscriber is up.
+    pub fn redis_up(&self) -> bool {
+        self.0.redis_up.load(Relaxed)
+    }
+
+    pub(crate) fn set_redis_up(&self, up: bool) {
+        self.0.redis_up.store(up, Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Relaxed)
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Relaxed);
+    }
+}

@@ -1,0 +1,372 @@
+//! Presence in Redis: this node's hash of online clients, its lease, the online/offline event
+//! stream, and the purge of dead nodes.
+//!
+//! Sessions never wait on Redis. The hub marks a client dirty when its connections change; one
+//! writer task compares the hub with what it last wrote and writes the difference, with an
+//! event when a client comes or goes. Marks coalesce (a set, not a queue), so memory is bounded
+//! by the number of clients and a Redis outage only delays the writes. The writer also renews
+//! the lease; when the lease had lapsed (Redis restarted, or a peer purged us) it re-reads the
+//! hash and rewrites what differs. Each renewal also checks the peers' leases and purges the
+//! presence of a node whose lease expired, emitting offline events for its clients.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use imclient::contract::PresenceRecord;
+use imclient::keys::Keys;
+use imclient::{ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
+use redis::AsyncCommands;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::node::Node;
+
+/// Clients written per pipeline.
+const BATCH: usize = 512;
+/// Longest wait between retries while Redis is failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Atomically takes a node's presence hash: refuses while the node's lease is alive (unless
+/// forced), else returns its entries and deletes it.
+/// KEYS: presence, lease, nodes. ARGV: node id, "force" or "".
+const PURGE_SCRIPT: &str = r"
+if ARGV[2] ~= 'force' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local entries = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= 'force' then redis.call('SREM', KEYS[3], ARGV[1]) end
+return entries
+";
+
+/// Clients whose presence may have changed.
+#[derive(Debug, Default)]
+pub struct PresenceQueue {
+    dirty: Mutex<HashSet<ClientId>>,
+    notify: Notify,
+}
+
+impl PresenceQueue {
+    /// Marks `client` for the writer.
+    pub fn mark(&self, client: &ClientId) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if dirty.insert(client.clone()) && dirty.len() == 1 {
+            self.notify.notify_one();
+        }
+    }
+
+    fn mark_all(&self, clients: impl IntoIterator<Item = ClientId>) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        dirty.extend(clients);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> HashSet<ClientId> {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The writer's view of Redis.
+struct Writer {
+    node: Node,
+    pool: Pool,
+    /// What this node's presence hash holds, as last written or read.
+    written: HashMap<ClientId, PresenceRecord>,
+    started: bool,
+    next_renewal: Instant,
+}
+
+/// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
+pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+    let mut writer = Writer {
+        node,
+        pool,
+        written: HashMap::new(),
+        started: false,
+        next_renewal: Instant::now(),
+    };
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match writer.step().await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                writer.node.metrics().presence_errors.fetch_add(1, Relaxed);
+                tracing::warn!(node = %writer.node.id(), error = %e, "presence write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = writer.node.presence_queue().notify.notified() => {}
+            _ = tokio::time::sleep_until(writer.next_renewal) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Writer {
+    fn keys(&self) -> &Keys {
+        self.node.keys()
+    }
+
+    async fn step(&mut self) -> redis::RedisResult<()> {
+        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        if !self.started {
+            // Whatever this node's hash holds is from a previous run: those clients are gone.
+            let stale = purge(&mut conn, self.keys(), self.node.id(), true).await?;
+            emit_offline(
+                &mut conn,
+                self.keys(),
+                self.node.id(),
+                stale,
+                self.node.events_maxlen(),
+            )
+            .await?;
+            self.written.clear();
+            self.renew_lease(&mut conn).await?;
+            self.started = true;
+            self.node
+                .presence_queue()
+                .mark_all(self.node.hub().clients());
+        }
+        if Instant::now() >= self.next_renewal {
+            if self.renew_lease(&mut conn).await? {
+                self.resync(&mut conn).await?;
+            }
+            self.purge_dead_peers(&mut conn).await?;
+        }
+        self.flush(&mut conn).await
+    }
+
+    /// Renews the lease; returns true when it had lapsed.
+    async fn renew_lease(
+        &mut self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> redis::RedisResult<bool> {
+        let lease = self.node.lease();
+        let (previous, _): (Option<String>, i64) = redis::pipe()
+            .cmd("SET")
+            .arg(self.keys().lease(self.node.id()))
+            .arg(self.node.epoch())
+            .arg("PX")
+            .arg(lease.as_millis() as u64)
+            .arg("GET")
+            .sadd(self.keys().nodes(), self.node.id().as_str())
+            .query_async(conn)
+            .await?;
+        self.next_renewal = Instant::now() + lease / 3;
+        let lapsed = self.started && previous.as_deref() != Some(self.node.epoch());
+        if lapsed {
+            tracing::warn!(node = %self.node.id(), "lease had lapsed; rewriting presence");
+        }
+        Ok(lapsed)
+    }
+
+    /// Re-reads this node's hash and marks every client whose entry may differ.
+    async fn resync(&mut self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+        let stored: HashMap<String, String> =
+            conn.hgetall(self.keys().presence(self.node.id())).await?;
+        self.written = stored
+            .into_iter()
+            .filter_map(|(k, v)| Some((ClientId::new(k).ok()?, serde_json::from_str(&v).ok()?)))
+            .collect();
+        let mut all: Vec<ClientId> = self.written.keys().cloned().collect();
+        all.extend(self.node.hub().clients());
+        self.node.presence_queue().mark_all(all);
+        Ok(())
+    }
+
+    async fn purge_dead_peers(
+        &mut self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> redis::RedisResult<()> {
+        let peers: Vec<String> = conn.smembers(self.keys().nodes()).await?;
+        for peer in peers {
+            let Ok(peer) = NodeId::new(peer) else {
+                continue;
+            };
+            if &peer == self.node.id() {
+                continue;
+            }
+            let entries = purge(conn, self.keys(), &peer, false).await?;
+            if let Some(entries) = entries {
+                tracing::info!(node = %self.node.id(), dead = %peer, clients = entries.len(), "purged presence of a dead node");
+                self.node.metrics().nodes_purged.fetch_add(1, Relaxed);
+                emit_offline(
+                    conn,
+                    self.keys(),
+                    &peer,
+                    Some(entries),
+                    self.node.events_maxlen(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the difference between the hub and the hash for every dirty client.
+    async fn flush(&mut self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+        let dirty: Vec<ClientId> = self.node.presence_queue().take().into_iter().collect();
+        for (i, chunk) in dirty.chunks(BATCH).enumerate() {
+            let mut pipe = redis::pipe();
+            let mut changes = Vec::new();
+            let hash = self.keys().presence(self.node.id());
+            for client in chunk {
+                let desired = self.node.hub().presence_of(client);
+                let current = self.written.get(client);
+                let event = match (&desired, current) {
+                    (Some(d), Some(c)) if d.conns == c.conns => continue,
+                    (Some(d), cur) => {
+                        pipe.hset(&hash, client.as_str(), json(d)).ignore();
+                        cur.is_none()
+                            .then(|| event(EventKind::Online, client, self.node.id(), d))
+                    }
+                    (None, Some(c)) => {
+                        pipe.hdel(&hash, client.as_str()).ignore();
+                        let mut gone = c.clone();
+                        gone.conns = 0;
+                        Some(event(EventKind::Offline, client, self.node.id(), &gone))
+                    }
+                    (None, None) => continue,
+                };
+                if let Some(ev) = event {
+                    xadd(&mut pipe, self.keys(), &ev, self.node.events_maxlen());
+                }
+                changes.push((client.clone(), desired));
+            }
+            if changes.is_empty() {
+                continue;
+            }
+            if let Err(e) = pipe.query_async::<()>(conn).await {
+                // Nothing of this batch or later ones was applied for sure: try them again.
+                self.node
+                    .presence_queue()
+                    .mark_all(dirty[i * BATCH..].iter().cloned());
+                return Err(e);
+            }
+            for (client, desired) in changes {
+                match desired {
+                    Some(record) => self.written.insert(client, record),
+                    None => self.written.remove(&client),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes this node's presence at shutdown, with an offline event per client, and gives up
+/// the lease so no peer purges it again.
+pub async fn clear(node: &Node, pool: &Pool) -> redis::RedisResult<usize> {
+    let mut conn = pool.get().await.map_err(pool_error)?;
+    let entries = purge(&mut conn, node.keys(), node.id(), true).await?;
+    let n = entries.as_ref().map_or(0, Vec::len);
+    emit_offline(
+        &mut conn,
+        node.keys(),
+        node.id(),
+        entries,
+        node.events_maxlen(),
+    )
+    .await?;
+    let _: () = redis::pipe()
+        .del(node.keys().lease(node.id()))
+        .ignore()
+        .srem(node.keys().nodes(), node.id().as_str())
+        .ignore()
+        .query_async(&mut conn)
+        .await?;
+    Ok(n)
+}
+
+async fn purge(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    node: &NodeId,
+    force: bool,
+) -> redis::RedisResult<Option<Vec<(ClientId, PresenceRecord)>>> {
+    let entries: Option<Vec<(String, String)>> = redis::Script::new(PURGE_SCRIPT)
+        .key(keys.presence(node))
+        .key(keys.lease(node))
+        .key(keys.nodes())
+        .arg(node.as_str())
+        .arg(if force { "force" } else { "" })
+        .invoke_async(conn)
+        .await?;
+    Ok(entries.map(|list| {
+        list.into_iter()
+            .filter_map(|(k, v)| {
+                let record = serde_json::from_str(&v).unwrap_or(PresenceRecord {
+                    conns: 0,
+                    meta: serde_json::Value::Null,
+                    since: 0,
+                });
+                Some((ClientId::new(k).ok()?, record))
+            })
+            .collect()
+    }))
+}
+
+async fn emit_offline(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    node: &NodeId,
+    entries: Option<Vec<(ClientId, PresenceRecord)>>,
+    maxlen: u64,
+) -> redis::RedisResult<()> {
+    let Some(entries) = entries.filter(|e| !e.is_empty()) else {
+        return Ok(());
+    };
+    for chunk in entries.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for (client, record) in chunk {
+            let mut gone = record.clone();
+            gone.conns = 0;
+            xadd(
+                &mut pipe,
+                keys,
+                &event(EventKind::Offline, client, node, &gone),
+                maxlen,
+            );
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+fn event(kind: EventKind, client: &ClientId, node: &NodeId, record: &PresenceRecord) -> Event {
+    Event {
+        kind,
+        client: client.clone(),
+        node: node.clone(),
+        meta: record.meta.clone(),
+        at: now_ms(),
+        conns: record.conns,
+    }
+}
+
+fn xadd(pipe: &mut redis::Pipeline, keys: &Keys, event: &Event, maxlen: u64) {
+    pipe.cmd("XADD")
+        .arg(keys.events())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(maxlen)
+        .arg("*")
+        .arg(EVENT_FIELD)
+        .arg(json(event))
+        .ignore();
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::other(e.to_string()))
+}

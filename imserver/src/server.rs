@@ -1,0 +1,104 @@
+//! Starting and stopping a node: wire the node state, start the broker and the presence writer,
+//! serve HTTP on the given listener, and on shutdown run the steps in order — stop accepting,
+//! close every session with 1001, clear this node's presence (emitting offline events), stop
+//! the broker — bounded by the shutdown timeout.
+
+use std::future::Future;
+use std::net::TcpListener;
+
+use actix_web::{App, HttpServer, web};
+use deadpool_redis::{Config as PoolConfig, Runtime};
+use imclient::NodeId;
+use imclient::contract::CloseCode;
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::node::Node;
+use crate::{broker, presence, route};
+
+/// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
+pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
+    let id = match &config.node {
+        Some(node) => node.clone(),
+        None => format!("ws://{}", listener.local_addr()?),
+    };
+    Ok(NodeId::new(id)?)
+}
+
+/// Serves a node on `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let secret = config.validate()?;
+    let id = node_id(&config, &listener)?;
+    let node = Node::new(&config, id, &secret)?;
+    let redis_client = redis::Client::open(config.redis_url.as_str())?;
+    let pool = PoolConfig::from_url(config.redis_url.clone()).create_pool(Some(Runtime::Tokio1))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let broker = tokio::spawn(broker::run(
+        node.clone(),
+        redis_client,
+        pool.clone(),
+        stop_rx.clone(),
+    ));
+    let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx));
+
+    let app_node = node.clone();
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(app_node.clone()))
+            .configure(route::configure)
+    })
+    .disable_signals()
+    .shutdown_timeout(1)
+    .backlog(4096)
+    .max_connection_rate(4096);
+    if let Some(workers) = config.workers {
+        http = http.workers(workers);
+    }
+    let http = http.listen(listener)?.run();
+    let handle = http.handle();
+    let serving = tokio::spawn(http);
+    tracing::info!(node = %node.id(), epoch = node.epoch(), "node started");
+
+    tokio::select! {
+        _ = shutdown => {}
+        r = serving => {
+            // The HTTP server only stops by itself on a fatal error.
+            let _ = stop_tx.send(true);
+            return Ok(r.map_err(std::io::Error::other)??);
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+    tracing::info!(node = %node.id(), connections = node.hub().connections(), "shutting down");
+    node.begin_shutdown();
+    handle.pause().await;
+    node.hub().close_all(CloseCode::GoingAway);
+    if timeout(config.shutdown_timeout() / 2, node.hub().wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(node = %node.id(), left = node.hub().connections(), "sessions did not close in time");
+    }
+    let _ = stop_tx.send(true);
+    let _ = writer.await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match timeout(left, presence::clear(&node, &pool)).await {
+        Ok(Ok(n)) => tracing::info!(node = %node.id(), clients = n, "presence cleared"),
+        Ok(Err(e)) => {
+            tracing::warn!(node = %node.id(), error = %e, "cannot clear presence; peers will purge it when the lease expires")
+        }
+        Err(_) => tracing::warn!(node = %node.id(), "clearing presence timed out"),
+    }
+    let _ = broker.await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let _ = timeout(left, handle.stop(true)).await;
+    tracing::info!(node = %node.id(), "stopped");
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Pushing private messages: to one client, across nodes, to several connections, receipts,
+//! and malformed commands in Redis.
+
+mod fixture;
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use fixture::{Cluster, NodeOpts, WAIT};
+use imclient::contract::{Kind, ReceiptPayload, ReceiptStatus};
+use redis::AsyncCommands;
+use serde_json::json;
+
+#[tokio::test]
+async fn push_to_one_client() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut bob = c.connect("bob").await?;
+    assert_eq!(bob.welcome.payload["client"], "bob");
+
+    let report =
+        c.im.send_message("alice", ["bob"], &json!({"text": "hi"}), false)
+            .await?;
+    assert_eq!(report.nodes.len(), 1);
+    assert!(report.nodes[0].taken);
+
+    let env = bob.next_message().await?;
+    assert_eq!(env.kind, Kind::Message);
+    assert_eq!(env.payload, json!({"text": "hi"}));
+    assert_eq!(env.from.as_ref().map(|f| f.as_str()), Some("alice"));
+    assert_eq!(env.id.as_deref(), Some(report.message_id.as_str()));
+    assert_eq!(env.seq, Some(1));
+
+    c.im.send_message("alice", ["bob"], &"second", false)
+        .await?;
+    let env = bob.next_message().await?;
+    assert_eq!(env.payload, json!("second"));
+    assert_eq!(env.seq, Some(2), "sequence numbers increase per client");
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_call_reaches_clients_on_two_nodes_with_one_publish_per_node() -> Result<()> {
+    let c = Cluster::start(2, NodeOpts::default()).await?;
+    let names = [
+        c.client_on(0, "a"),
+        c.client_on(0, "b"),
+        c.client_on(1, "c"),
+        c.client_on(1, "d"),
+    ];
+    let mut sockets = Vec::new();
+    for n in &names {
+        sockets.push(c.connect(n).await?);
+    }
+    let mut redis = c.redis.conn().await?;
+    let before = publish_calls(&mut redis).await?;
+
+    let report =
+        c.im.send_message("server", &names, &json!({"n": 1}), false)
+            .await?;
+    assert_eq!(report.nodes.len(), 2, "grouped by home node");
+    assert!(
+        report
+            .nodes
+            .iter()
+            .all(|n| n.taken && n.receivers.len() == 2)
+    );
+    assert_eq!(
+        publish_calls(&mut redis).await? - before,
+        2,
+        "one PUBLISH per node, not per receiver"
+    );
+
+    for ws in &mut sockets {
+        let env = ws.next_message().await?;
+        assert_eq!(env.payload, json!({"n": 1}));
+        assert_eq!(env.id.as_deref(), Some(report.message_id.as_str()));
+    }
+    Ok(())
+}
+
+async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await?;
+    Ok(info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_publish:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_client_with_two_connections_receives_on_both() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut phone = c.connect("carol").await?;
+    let mut laptop = c.connect("carol").await?;
+    c.im.send_message("dave", ["carol"], &"to both", false)
+        .await?;
+    let (a, b) = (phone.next_message().await?, laptop.next_message().await?);
+    assert_eq!(a.payload, json!("to both"));
+    assert_eq!(a, b, "both connections get the same envelope, same seq");
+    Ok(())
+}
+
+#[tokio::test]
+async fn receipts_say_delivered_or_offline_per_receiver() -> Result<()> {
+    let c = Cluster::start(2, NodeOpts::default()).await?;
+    let sender = c.client_on(0, "sender");
+    let online = c.client_on(1, "online");
+    let offline_same_node = c.client_on(1, "offline");
+    let mut s = c.connect(&sender).await?;
+    let mut r = c.connect(&online).await?;
+
+    let report =
+        c.im.send_message(&sender, [&online, &offline_same_node], &"ping", true)
+            .await?;
+    assert_eq!(r.next_message().await?.payload, json!("ping"));
+
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let env = s.next_message().await?;
+        assert_eq!(env.kind, Kind::Receipt);
+        let receipt: ReceiptPayload = serde_json::from_value(env.payload)?;
+        assert_eq!(receipt.message_id, report.message_id);
+        got.insert((receipt.receiver.to_string(), receipt.status));
+    }
+    let want = HashSet::from([
+        (online, ReceiptStatus::Delivered),
+        (offline_same_node, ReceiptStatus::Offline),
+    ]);
+    assert_eq!(got, want);
+    Ok(())
+}
+
+#[tokio::test]
+async fn receivers_on_a_node_that_is_down_get_offline_receipts() -> Result<()> {
+    let mut c = Cluster::start(2, NodeOpts::default()).await?;
+    let sender = c.client_on(0, "s");
+    let stranded = c.client_on(1, "x");
+    let mut s = c.connect(&sender).await?;
+    c.nodes[1].signal("KILL");
+    c.nodes[1].wait_exit(WAIT).await.ok();
+
+    let report =
+        c.im.send_message(&sender, [&stranded], &"anyone?", true)
+            .await?;
+    assert_eq!(
+        report.unreachable().map(|c| c.as_str()).collect::<Vec<_>>(),
+        vec![stranded.as_str()]
+    );
+    let receipt: ReceiptPayload = serde_json::from_value(s.next_message().await?.payload)?;
+    assert_eq!(receipt.status, ReceiptStatus::Offline);
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut bob = c.connect("bob").await?;
+    let topic = c.im.keys().node_topic(c.im.home_node("bob")?);
+    let mut redis = c.redis.conn().await?;
+    for garbage in [
+        "not json",
+        r#"{"deliver":{"id":1}}"#,
+        r#"{"explode":{}}"#,
+        "",
+    ] {
+        let _: i64 = redis.publish(&topic, garbage).await?;
+    }
+    c.nodes[0].wait_metric("im_drops_total{node=\"", 0).await?;
+    let malformed = format!(
+        "im_drops_total{{node=\"{}\",reason=\"malformed\"}}",
+        c.nodes[0].id
+    );
+    c.nodes[0].wait_metric(&malformed, 4).await?;
+
+    c.im.send_message("alice", ["bob"], &"still works", false)
+        .await?;
+    assert_eq!(bob.next_message().await?.payload, json!("still works"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_sends_fail_with_clear_errors_before_touching_redis() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let big = "x".repeat(imclient::DEFAULT_MAX_PAYLOAD_BYTES + 1);
+    let err =
+        c.im.send_message("a", ["b"], &big, false)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, imclient::Error::PayloadTooLarge { .. }),
+        "{err}"
+    );
+    let err =
+        c.im.send_message("a", Vec::<String>::new(), &1, false)
+            .await
+            .unwrap_err();
+    assert!(matches!(err, imclient::Error::NoReceivers), "{err}");
+    let err = c.im.send_message("a", [""], &1, false).await.unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    Ok(())
+}

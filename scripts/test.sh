@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, then every test of the workspace.
+# Installs what the tests need (Debian's redis-server) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_redis_server
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace "$@"
