@@ -1,0 +1,292 @@
+//! One connection's life: token checks at the handshake, what a client may send, heartbeat,
+//! limits, slow consumers, and a Redis outage under open sockets.
+
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use fixture::{Cluster, Frame, NodeOpts, SECRET, WAIT, Ws, wait_for};
+use imclient::contract::CloseCode;
+use imclient::token::{ConnectClaims, TokenIssuer};
+use imclient::{ClientId, NodeId};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn url_with(node: &str, claims: &ConnectClaims, secret: &str) -> String {
+    let token = TokenIssuer::new(secret.as_bytes())
+        .unwrap()
+        .sign(claims)
+        .unwrap();
+    NodeId::new(node).unwrap().connect_url(&token)
+}
+
+fn claims(node: &str, client: &str) -> ConnectClaims {
+    ConnectClaims::new(
+        ClientId::new(client).unwrap(),
+        NodeId::new(node).unwrap(),
+        json!(null),
+        Duration::from_secs(60),
+    )
+}
+
+async fn assert_refused(url: &str, status: u16, code: &str) -> Result<()> {
+    let (got, body) = Ws::refused(url).await?;
+    assert_eq!(got, status, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(body["error"], code);
+    assert!(
+        !body["message"].as_str().unwrap_or_default().is_empty(),
+        "a reason is given"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
+    let c = Cluster::start(2, NodeOpts::default()).await?;
+    let node = c.nodes[0].id.clone();
+
+    let mut expired = claims(&node, "eve");
+    expired.iat -= 120;
+    expired.exp = expired.iat + 60;
+    // Issued before the node started, too; expiry is checked first.
+    assert_refused(&url_with(&node, &expired, SECRET), 401, "token_expired").await?;
+
+    let url = url_with(&node, &claims(&node, "eve"), SECRET);
+    let (head, sig) = url.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { "B" } else { "A" };
+    assert_refused(
+        &format!("{head}.{flipped}{}", &sig[1..]),
+        401,
+        "token_bad_signature",
+    )
+    .await?;
+    assert_refused(
+        &url_with(&node, &claims(&node, "eve"), "some-other-secret-0123456789"),
+        401,
+        "token_bad_signature",
+    )
+    .await?;
+
+    // A token for node 1 presented to node 0.
+    let other = c.nodes[1].id.clone();
+    let wrong = url_with(&other, &claims(&other, "eve"), SECRET).replace(&other, &node);
+    assert_refused(&wrong, 403, "token_wrong_node").await?;
+
+    let once = url_with(&node, &claims(&node, "eve"), SECRET);
+    let _ws = Ws::connect(&once).await?;
+    assert_refused(&once, 401, "token_replayed").await?;
+
+    assert_refused(&format!("{node}/ws"), 401, "token_missing").await?;
+    assert_refused(&format!("{node}/ws?token=garbage"), 401, "token_malformed").await?;
+
+    let mut stale = claims(&node, "eve");
+    stale.iat -= 30;
+    assert_refused(&url_with(&node, &stale, SECRET), 401, "token_stale").await?;
+    assert!(c.nodes[0].metric("im_handshakes_refused_total").await? >= 8);
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_small_control_frames_may_be_sent() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+
+    let mut ws = c.connect("p").await?;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await?;
+    match ws.read(WAIT).await? {
+        Frame::Envelope(env) => assert_eq!(env.payload["event"], "pong"),
+        other => panic!("expected pong, got {other:?}"),
+    }
+
+    let mut ws = c.connect("q").await?;
+    ws.send(Message::text(r#"{"type":"send","to":"bob"}"#))
+        .await?;
+    assert_eq!(ws.closed().await?, Some(CloseCode::PolicyViolation.code()));
+
+    let mut ws = c.connect("r").await?;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await?;
+    assert_eq!(ws.closed().await?, Some(CloseCode::PolicyViolation.code()));
+
+    let mut ws = c.connect("s").await?;
+    ws.send(Message::text("x".repeat(4096))).await?;
+    assert_eq!(ws.closed().await?, Some(CloseCode::TooBig.code()));
+
+    assert_eq!(
+        c.nodes[0]
+            .metric(&format!(
+                "im_closes_total{{node=\"{}\",code=\"1008\"}}",
+                c.nodes[0].id
+            ))
+            .await?,
+        2
+    );
+    assert_eq!(
+        c.nodes[0]
+            .metric(&format!(
+                "im_closes_total{{node=\"{}\",code=\"1009\"}}",
+                c.nodes[0].id
+            ))
+            .await?,
+        1
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() -> Result<()> {
+    let opts = NodeOpts::default()
+        .arg("--heartbeat-interval-ms", 100)
+        .arg("--heartbeat-timeout-ms", 300);
+    let c = Cluster::start(1, opts).await?;
+    let mut silent = c.connect("silent").await?;
+    let mut live = c.connect("live").await?;
+
+    // `live` keeps reading, so its client library answers pings; `silent` reads nothing and
+    // never answers. Read `live` for well past the timeout.
+    let end = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < end {
+        match tokio::time::timeout(end - Instant::now(), live.stream.next_frame()).await {
+            Err(_) => break,
+            Ok(r) => r?,
+        }
+    }
+    let metric = format!(
+        "im_closes_total{{node=\"{}\",code=\"4000\"}}",
+        c.nodes[0].id
+    );
+    c.nodes[0].wait_metric(&metric, 1).await?;
+    assert_eq!(
+        silent.raw_close_code().await?,
+        CloseCode::HeartbeatTimeout.code()
+    );
+
+    c.im.send_message("x", ["live"], &"still here", false)
+        .await?;
+    assert_eq!(live.next_message().await?.payload, json!("still here"));
+    assert_eq!(
+        c.nodes[0].metric(&metric).await?,
+        1,
+        "only the silent client timed out"
+    );
+    Ok(())
+}
+
+trait NextFrame {
+    async fn next_frame(&mut self) -> Result<()>;
+}
+
+impl<S> NextFrame for S
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    async fn next_frame(&mut self) -> Result<()> {
+        use futures_util::StreamExt;
+        match self.next().await {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.into()),
+            None => anyhow::bail!("closed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default().arg("--queue-capacity", 8)).await?;
+    let mut slow = c.connect("slow").await?;
+    let mut fast = c.connect("fast").await?;
+    let metric = "im_slow_consumer_closes_total";
+    let chunk = "y".repeat(32 * 1024);
+
+    // The fast reader drains concurrently; the slow one reads nothing until it is cut off.
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let env = fast.next_message().await?;
+            if env.payload == json!("end") {
+                return anyhow::Ok(n);
+            }
+            assert_eq!(env.seq, Some(n + 1), "in order, nothing skipped");
+            n += 1;
+        }
+    });
+    let mut sent = 0u64;
+    let end = Instant::now() + Duration::from_secs(30);
+    while c.nodes[0].metric(metric).await? == 0 {
+        assert!(
+            Instant::now() < end && sent < 20_000,
+            "slow client never closed after {sent} messages"
+        );
+        for _ in 0..50 {
+            c.im.send_message("x", ["slow", "fast"], &chunk, false)
+                .await?;
+            sent += 1;
+        }
+    }
+    c.im.send_message("x", ["fast"], &"end", false).await?;
+    assert_eq!(reader.await??, sent, "the fast client got every message");
+    // What was already buffered reaches the slow client, then the close frame.
+    assert_eq!(slow.closed().await?, Some(CloseCode::SlowConsumer.code()));
+    let drops = c.nodes[0]
+        .metric(&format!(
+            "im_drops_total{{node=\"{}\",reason=\"queue_full\"}}",
+            c.nodes[0].id
+        ))
+        .await?;
+    assert!(drops >= 1);
+    eprintln!("slow consumer cut after {sent} messages of 32 KiB; {drops} frames dropped for it");
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_per_client_are_limited() -> Result<()> {
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg("--max-connections-per-client", 2),
+    )
+    .await?;
+    let _a = c.connect("greedy").await?;
+    let _b = c.connect("greedy").await?;
+    let url = c.im.prev_connect_server("greedy", json!(null))?;
+    assert_refused(&url, 429, "client_connection_limit").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_restart_keeps_sockets_open_and_pushes_resume() -> Result<()> {
+    let mut c = Cluster::start(2, NodeOpts::default()).await?;
+    let (a, b) = (c.client_on(0, "a"), c.client_on(1, "b"));
+    let mut wa = c.connect(&a).await?;
+    let mut wb = c.connect(&b).await?;
+    wait_for("presence written", WAIT, || async {
+        c.im.has_online(&a).await.ok()?.then_some(())
+    })
+    .await?;
+
+    c.redis.kill();
+    wait_for("healthz reports Redis down", WAIT, || async {
+        let (status, body) = c.nodes[0].get("/healthz").await.ok()?;
+        (status == 503 && body.contains("\"redis\":\"down\"")).then_some(())
+    })
+    .await?;
+    let err = c.im.send_message("x", [&a], &"lost", false).await;
+    assert!(err.is_err(), "a send during the outage fails loudly");
+    c.redis.restart()?;
+
+    for node in &c.nodes {
+        node.wait_metric("im_redis_reconnects_total", 1).await?;
+        wait_for("healthz ok", WAIT, || async {
+            (node.get("/healthz").await.ok()?.0 == 200).then_some(())
+        })
+        .await?;
+    }
+    c.im.send_message("x", [&a, &b], &"after", false).await?;
+    assert_eq!(wa.next_message().await?.payload, json!("after"));
+    assert_eq!(wb.next_message().await?.payload, json!("after"));
+    // Redis lost everything; the nodes rewrite presence when they see their lease lapsed.
+    wait_for("presence rewritten", WAIT, || async {
+        (c.im.has_online(&a).await.ok()? && c.im.has_online(&b).await.ok()?).then_some(())
+    })
+    .await?;
+    Ok(())
+}
