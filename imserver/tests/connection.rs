@@ -1,6 +1,8 @@
 //! One connection's life: token checks at the handshake, what a client may send, heartbeat,
 //! limits, slow consumers, and a Redis outage under open sockets.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
 mod fixture;
 
 use std::time::{Duration, Instant};
