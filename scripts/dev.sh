@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Starts the whole demo locally: a private redis-server on a free port (unless IM_REDIS_URL is
+# set), two imserver nodes and demo-web. Prints the URL to open; Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_redis_server
+echo "building..." >&2
+cargo build --quiet -p imserver -p demo-web
+bin=target/debug
+run=.run
+mkdir -p "$run"
+
+pids=()
+cleanup() {
+  trap - EXIT INT TERM
+  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+  wait 2>/dev/null
+}
+trap cleanup EXIT INT TERM
+
+# Prefer the usual ports; fall back to free ones when taken.
+pick_port() { if port_free "$1"; then echo "$1"; else free_port; fi; }
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_http() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1; see $run/*.log" >&2
+  return 1
+}
+
+if [ -z "${IM_REDIS_URL:-}" ]; then
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" \
+    >"$run/redis.log" 2>&1 &
+  pids+=($!)
+  wait_http "$rport"
+  export IM_REDIS_URL="redis://127.0.0.1:$rport"
+fi
+export IM_TOKEN_SECRET="${IM_TOKEN_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
+
+p1=$(pick_port 6001)
+p2=$(pick_port 6002)
+[ "$p2" = "$p1" ] && p2=$(free_port)
+nodes="ws://127.0.0.1:$p1,ws://127.0.0.1:$p2"
+for p in "$p1" "$p2"; do
+  "$bin/imserver" --listen "127.0.0.1:$p" >"$run/imserver-$p.log" 2>&1 &
+  pids+=($!)
+done
+web=$(pick_port 5000)
+IM_NODES="$nodes" "$bin/demo-web" --listen "127.0.0.1:$web" >"$run/demo-web.log" 2>&1 &
+pids+=($!)
+for p in "$p1" "$p2" "$web"; do wait_http "$p"; done
+
+cat <<EOT
+
+  Redis:     $IM_REDIS_URL
+  Nodes:     $nodes
+  Demo:      http://127.0.0.1:$web   <- open this in two browser windows
+
+  Logs in $run/. Ctrl-C stops everything.
+EOT
+wait
