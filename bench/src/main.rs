@@ -1,0 +1,256 @@
+//! imbench: opens many WebSocket connections to imserver nodes (each URL from
+//! `prev_connect_server`), drives traffic through imclient at a fixed rate for a fixed time,
+//! records delivery latency in an HDR histogram, reads the nodes' RSS and CPU from /proc, and
+//! prints one JSON line per run.
+
+#![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt as _;
+use hdrhistogram::Histogram;
+use imclient::{ImClient, ImClientOptions};
+use tokio::net::TcpSocket;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What traffic to drive.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Workload {
+    /// Private messages to random connected clients.
+    Private,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "imbench", about = "Load generator for imserver")]
+struct Args {
+    /// Redis URL the nodes use.
+    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Node addresses, comma separated.
+    #[arg(long, env = "IM_NODES", value_delimiter = ',', default_value = "ws://127.0.0.1:6001")]
+    nodes: Vec<String>,
+    /// Token secret shared with the nodes.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Redis key prefix.
+    #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
+    prefix: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Workload.
+    #[arg(long, value_enum, default_value = "private")]
+    workload: Workload,
+    /// Messages sent per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long to send, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Payload size in bytes (padding added to the timestamp).
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// Pids of the nodes, to read RSS and CPU from /proc.
+    #[arg(long, value_delimiter = ',')]
+    node_pid: Vec<u32>,
+}
+
+/// Shared counters and latency histograms of the readers.
+struct Stats {
+    received: AtomicU64,
+    /// Sharded so thousands of reader tasks rarely contend.
+    latency: Vec<Mutex<Histogram<u64>>>,
+}
+
+const LATENCY_SHARDS: usize = 16;
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Reads `"t":<digits>` out of an envelope without parsing all of it.
+fn sent_at(text: &str) -> Option<u64> {
+    let start = text.find("\"t\":")? + 4;
+    let digits: &str = &text[start..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// Seconds of CPU (user + system) used by `pid`, from /proc.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Resident memory of `pid` in KiB, from /proc.
+fn rss_kib(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn nodes_sum(pids: &[u32], f: impl Fn(&str) -> Option<f64>) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| f(&p.to_string())).sum()
+}
+
+async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
+    let client = format!("c{i}");
+    let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
+    let addr = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
+    let target: std::net::SocketAddr = tokio::net::lookup_host(&addr).await?.next().context("no address")?;
+    // Spread source addresses over 127.0.0.x so a bigger machine is not capped by one
+    // source address's ephemeral ports.
+    let socket = TcpSocket::new_v4()?;
+    if target.ip().is_loopback() {
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, (2 + i % 250) as u8], 0)))?;
+    }
+    let tcp = socket.connect(target).await?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("welcome") => {}
+        other => bail!("expected welcome, got {other:?}"),
+    }
+    tokio::spawn(async move {
+        let shard = &stats.latency[i % LATENCY_SHARDS];
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(text) = msg
+                && let Some(t) = sent_at(&text)
+            {
+                let micros = now_ns().saturating_sub(t) / 1000;
+                stats.received.fetch_add(1, Relaxed);
+                let _ = shard.lock().await.record(micros.max(1));
+            }
+        }
+    });
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let im = ImClient::new(
+        ImClientOptions::new(&args.redis_url, args.nodes.clone(), &args.secret).key_prefix(&args.prefix),
+    )?;
+    let stats = Arc::new(Stats {
+        received: AtomicU64::new(0),
+        latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"))).collect(),
+    });
+    let me = std::process::id().to_string();
+
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency));
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let (im, stats, gate) = (im.clone(), stats.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await?;
+            connect(&im, i, stats).await
+        }));
+    }
+    let mut connected = 0usize;
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(()) => connected += 1,
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    let rss_idle = nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
+    let node_cpu_before = nodes_sum(&args.node_pid, cpu_secs);
+    let tool_cpu_before = cpu_secs(&me).unwrap_or(0.0);
+
+    // Send at a fixed rate in 10 ms ticks.
+    let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.rate as f64 / 100.0).max(1.0);
+    let send_start = Instant::now();
+    let send_for = Duration::from_secs_f64(args.duration);
+    let mut interval = tokio::time::interval(tick);
+    let mut sent = 0u64;
+    let mut owed = 0.0f64;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut send_errors = 0u64;
+    while send_start.elapsed() < send_for && connected > 0 {
+        interval.tick().await;
+        owed += per_tick;
+        let n = owed as u64;
+        owed -= n as f64;
+        let batch: Vec<_> = (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let to = format!("c{}", rng % args.clients as u64);
+                let im = im.clone();
+                let payload = serde_json::json!({ "t": now_ns(), "p": pad });
+                async move { im.send_message("bench", [to], &payload, false).await }
+            })
+            .collect();
+        for r in futures_util::future::join_all(batch).await {
+            match r {
+                Ok(_) => sent += 1,
+                Err(_) => send_errors += 1,
+            }
+        }
+    }
+    let send_secs = send_start.elapsed().as_secs_f64();
+    let expected = sent;
+    let drain_end = Instant::now() + Duration::from_secs(5);
+    while stats.received.load(Relaxed) < expected && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let received = stats.received.load(Relaxed);
+    let rss_load = nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
+    let node_cpu = nodes_sum(&args.node_pid, cpu_secs).zip(node_cpu_before).map(|(a, b)| a - b);
+    let tool_cpu = cpu_secs(&me).unwrap_or(0.0) - tool_cpu_before;
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for shard in &stats.latency {
+        hist.add(&*shard.lock().await)?;
+    }
+    let report = serde_json::json!({
+        "workload": format!("{:?}", args.workload).to_lowercase(),
+        "clients": connected,
+        "connect_errors": args.clients - connected,
+        "first_connect_error": first_error,
+        "connect_secs": connect_secs,
+        "connects_per_sec": connected as f64 / connect_secs,
+        "rate_target": args.rate,
+        "sent": sent,
+        "send_errors": send_errors,
+        "send_rate": sent as f64 / send_secs,
+        "deliveries_expected": expected,
+        "deliveries_received": received,
+        "loss": expected.saturating_sub(received),
+        "deliveries_per_sec": received as f64 / send_secs,
+        "latency_us": { "p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
+                        "p99": hist.value_at_quantile(0.99), "max": hist.max() },
+        "node_rss_idle_kib": rss_idle,
+        "node_rss_load_kib": rss_load,
+        "node_rss_per_conn_bytes": rss_idle.map(|r| r * 1024.0 / connected.max(1) as f64),
+        "node_cpu_secs": node_cpu,
+        "node_cpu_us_per_delivery": node_cpu.map(|c| c * 1e6 / received.max(1) as f64),
+        "tool_cpu_secs": tool_cpu,
+        "tool_cpu_us_per_delivery": tool_cpu * 1e6 / received.max(1) as f64,
+    });
+    println!("{report}");
+    Ok(())
+}
