@@ -32,7 +32,12 @@ struct Args {
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Node addresses, comma separated.
-    #[arg(long, env = "IM_NODES", value_delimiter = ',', default_value = "ws://127.0.0.1:6001")]
+    #[arg(
+        long,
+        env = "IM_NODES",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:6001"
+    )]
     nodes: Vec<String>,
     /// Token secret shared with the nodes.
     #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
@@ -73,14 +78,19 @@ struct Stats {
 const LATENCY_SHARDS: usize = 16;
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Reads `"t":<digits>` out of an envelope without parsing all of it.
 fn sent_at(text: &str) -> Option<u64> {
     let start = text.find("\"t\":")? + 4;
     let digits: &str = &text[start..];
-    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
     digits[..end].parse().ok()
 }
 
@@ -96,7 +106,13 @@ fn cpu_secs(pid: &str) -> Option<f64> {
 /// Resident memory of `pid` in KiB, from /proc.
 fn rss_kib(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn nodes_sum(pids: &[u32], f: impl Fn(&str) -> Option<f64>) -> Option<f64> {
@@ -109,13 +125,24 @@ fn nodes_sum(pids: &[u32], f: impl Fn(&str) -> Option<f64>) -> Option<f64> {
 async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
     let client = format!("c{i}");
     let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
-    let addr = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
-    let target: std::net::SocketAddr = tokio::net::lookup_host(&addr).await?.next().context("no address")?;
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let target: std::net::SocketAddr = tokio::net::lookup_host(&addr)
+        .await?
+        .next()
+        .context("no address")?;
     // Spread source addresses over 127.0.0.x so a bigger machine is not capped by one
     // source address's ephemeral ports.
     let socket = TcpSocket::new_v4()?;
     if target.ip().is_loopback() {
-        socket.bind(std::net::SocketAddr::from(([127, 0, 0, (2 + i % 250) as u8], 0)))?;
+        socket.bind(std::net::SocketAddr::from((
+            [127, 0, 0, (2 + i % 250) as u8],
+            0,
+        )))?;
     }
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
@@ -144,11 +171,14 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let im = ImClient::new(
-        ImClientOptions::new(&args.redis_url, args.nodes.clone(), &args.secret).key_prefix(&args.prefix),
+        ImClientOptions::new(&args.redis_url, args.nodes.clone(), &args.secret)
+            .key_prefix(&args.prefix),
     )?;
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
-        latency: (0..LATENCY_SHARDS).map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"))).collect(),
+        latency: (0..LATENCY_SHARDS)
+            .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")))
+            .collect(),
     });
     let me = std::process::id().to_string();
 
@@ -219,7 +249,9 @@ async fn main() -> Result<()> {
     }
     let received = stats.received.load(Relaxed);
     let rss_load = nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
-    let node_cpu = nodes_sum(&args.node_pid, cpu_secs).zip(node_cpu_before).map(|(a, b)| a - b);
+    let node_cpu = nodes_sum(&args.node_pid, cpu_secs)
+        .zip(node_cpu_before)
+        .map(|(a, b)| a - b);
     let tool_cpu = cpu_secs(&me).unwrap_or(0.0) - tool_cpu_before;
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

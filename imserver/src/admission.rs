@@ -20,7 +20,7 @@ pub struct Admission {
     started_secs: u64,
     /// Accepted token ids and their expiry (seconds). Sharded so concurrent handshakes on
     /// different workers rarely contend; std Mutex, never held across an await.
-    used: Vec<Mutex<HashMap<String, u64>>>,
+    used: Vec<Mutex<UsedTokens>>,
 }
 
 impl Admission {
@@ -30,7 +30,9 @@ impl Admission {
             verifier: TokenVerifier::new(secret)?,
             node,
             started_secs: unix_secs(SystemTime::now()),
-            used: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            used: (0..SHARDS)
+                .map(|_| Mutex::new(UsedTokens::default()))
+                .collect(),
         })
     }
 
@@ -45,14 +47,25 @@ impl Admission {
         let now = unix_secs(SystemTime::now());
         let shard = &self.used[shard_of(&claims.jti)];
         let mut used = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if used.len() > 1024 {
-            used.retain(|_, exp| *exp >= now);
+        // Forget expired ids at most once a second: an expired token is refused anyway.
+        if now > used.pruned_at {
+            used.ids.retain(|_, exp| *exp >= now);
+            used.pruned_at = now;
         }
-        if used.insert(claims.jti.clone(), claims.exp).is_some() {
+        if used.ids.insert(claims.jti.clone(), claims.exp).is_some() {
             return Err(TokenError::Replayed);
         }
         Ok(claims)
     }
+}
+
+/// One shard of accepted token ids.
+#[derive(Debug, Default)]
+struct UsedTokens {
+    /// Token id to expiry, seconds since the Unix epoch.
+    ids: HashMap<String, u64>,
+    /// When expired ids were last removed, seconds.
+    pruned_at: u64,
 }
 
 fn shard_of(jti: &str) -> usize {

@@ -21,6 +21,10 @@ use crate::node::Node;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the subscriber connection is pinged.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long a ping may take before the connection is presumed dead.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs the subscriber until `stop` turns true.
 pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch::Receiver<bool>) {
@@ -29,36 +33,16 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
     let mut connected_before = false;
     loop {
         let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&topic).await?;
-            redis::RedisResult::Ok(pubsub)
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&topic).await?;
+            redis::RedisResult::Ok((sink, stream))
         };
-        let pubsub = tokio::select! {
+        let subscribed = tokio::select! {
             r = attempt => r,
             _ = stop.changed() => return,
         };
-        match pubsub {
-            Ok(pubsub) => {
-                if connected_before {
-                    node.metrics().redis_reconnects.fetch_add(1, Relaxed);
-                }
-                connected_before = true;
-                backoff = MIN_BACKOFF;
-                node.set_redis_up(true);
-                tracing::info!(node = %node.id(), %topic, "subscribed");
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        msg = messages.next() => match msg {
-                            Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
-                            None => break,
-                        },
-                        _ = stop.changed() => { node.set_redis_up(false); return }
-                    }
-                }
-                node.set_redis_up(false);
-                tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
-            }
+        let (mut sink, mut messages) = match subscribed {
+            Ok(parts) => parts,
             Err(e) => {
                 tracing::warn!(node = %node.id(), error = %e, ?backoff, "cannot subscribe to Redis; retrying");
                 tokio::select! {
@@ -66,8 +50,38 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                     _ = stop.changed() => return,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if connected_before {
+            node.metrics().redis_reconnects.fetch_add(1, Relaxed);
+        }
+        connected_before = true;
+        backoff = MIN_BACKOFF;
+        node.set_redis_up(true);
+        tracing::info!(node = %node.id(), %topic, "subscribed");
+        // A connection that dies without a reset (a partition) never ends the stream by
+        // itself; an unanswered ping tells.
+        let mut health =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
+                    None => break,
+                },
+                _ = health.tick() => {
+                    let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        tracing::warn!(node = %node.id(), "Redis subscriber did not answer a ping");
+                        break;
+                    }
+                }
+                _ = stop.changed() => { node.set_redis_up(false); return }
             }
         }
+        node.set_redis_up(false);
+        tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
     }
 }
 

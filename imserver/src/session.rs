@@ -6,6 +6,7 @@ use futures_util::StreamExt as _;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tracing::Instrument as _;
 
 use crate::hub::Registration;
 use crate::node::Node;
@@ -21,8 +22,22 @@ enum Exit {
     ClientClosed,
 }
 
-/// Runs the connection until it closes.
+/// Runs the connection until it closes, in a span with the node, client and connection ids.
 pub async fn run(
+    node: Node,
+    client: ClientId,
+    session: Session,
+    stream: actix_ws::MessageStream,
+    reg: Registration,
+) {
+    let span =
+        tracing::debug_span!("session", node = %node.id(), client = %client, conn = reg.id.0);
+    serve(node, client, session, stream, reg)
+        .instrument(span)
+        .await;
+}
+
+async fn serve(
     node: Node,
     client: ClientId,
     mut session: Session,
@@ -30,9 +45,6 @@ pub async fn run(
     mut reg: Registration,
 ) {
     let limits = node.limits().clone();
-    let span =
-        tracing::debug_span!("session", node = %node.id(), client = %client, conn = reg.id.0);
-    let _entered = span.enter();
     let mut inbound = stream
         .max_frame_size(limits.max_inbound_frame_bytes)
         .aggregate_continuations()

@@ -214,3 +214,30 @@ async fn a_restarted_node_purges_its_stale_presence() -> Result<()> {
     online(&c.im, "ghost", false).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn malformed_entries_in_the_event_stream_are_skipped() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut events = c.im.events(EventsFrom::Now).await?;
+    let mut redis = c.redis.conn().await?;
+    let key = c.im.keys().events();
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("event")
+        .arg("{not json")
+        .query_async(&mut redis)
+        .await?;
+    let _: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("other")
+        .arg("1")
+        .query_async(&mut redis)
+        .await?;
+    let _ws = c.connect("after-garbage").await?;
+    let ev = next_for(&mut events, "after-garbage").await?;
+    assert_eq!(ev.kind, EventKind::Online);
+    assert_eq!(events.skipped(), 2);
+    Ok(())
+}
