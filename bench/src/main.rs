@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
-use imclient::{ImClient, ImClientOptions};
+use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
 use tokio::sync::{Mutex, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
@@ -28,23 +28,8 @@ enum Workload {
 #[derive(Debug, Parser)]
 #[command(name = "imbench", about = "Load generator for imserver")]
 struct Args {
-    /// Redis URL the nodes use.
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    /// Node addresses, comma separated.
-    #[arg(
-        long,
-        env = "IM_NODES",
-        value_delimiter = ',',
-        default_value = "ws://127.0.0.1:6001"
-    )]
-    nodes: Vec<String>,
-    /// Token secret shared with the nodes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
-    secret: String,
-    /// Redis key prefix.
-    #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
-    prefix: String,
+    #[command(flatten)]
+    im: ImClientArgs,
     /// Connections to open.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -170,10 +155,7 @@ async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let im = ImClient::new(
-        ImClientOptions::new(&args.redis_url, args.nodes.clone(), &args.secret)
-            .key_prefix(&args.prefix),
-    )?;
+    let im = args.im.client()?;
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
         latency: (0..LATENCY_SHARDS)

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use clap::Parser;
-use imclient::{ImClient, ImClientOptions};
+use imclient::{ImClient, ImClientArgs};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
-
-/// The built-in secret of dev mode; the same one imserver uses with --dev.
-const DEV_SECRET: &str = "imserver-dev-secret-do-not-use-in-production";
 
 /// Configuration of the demo backend.
 #[derive(Debug, Parser)]
@@ -21,26 +18,8 @@ struct Config {
     /// Address to serve the API and page on.
     #[arg(long, env = "IM_WEB_LISTEN", default_value = "127.0.0.1:5000")]
     listen: SocketAddr,
-    /// Redis URL.
-    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    /// The imserver nodes as browsers reach them, comma separated.
-    #[arg(
-        long,
-        env = "IM_NODES",
-        value_delimiter = ',',
-        default_value = "ws://127.0.0.1:6001"
-    )]
-    nodes: Vec<String>,
-    /// Secret shared with the nodes.
-    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
-    token_secret: Option<String>,
-    /// Dev mode: use the built-in secret.
-    #[arg(long, env = "IM_DEV", default_value_t = false)]
-    dev: bool,
-    /// Redis key prefix, as the nodes use.
-    #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
-    key_prefix: String,
+    #[command(flatten)]
+    im: ImClientArgs,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,15 +87,7 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let secret = match (config.token_secret, config.dev) {
-        (Some(s), _) if !s.is_empty() => s,
-        (_, true) => DEV_SECRET.to_owned(),
-        _ => anyhow::bail!("no token secret: set IM_TOKEN_SECRET, or pass --dev for local use"),
-    };
-    let im = ImClient::new(
-        ImClientOptions::new(config.redis_url, config.nodes, secret).key_prefix(config.key_prefix),
-    )
-    .context("cannot build the imclient")?;
+    let im = config.im.client().context("cannot build the imclient")?;
     tracing::info!(listen = %config.listen, "demo-web serving");
     HttpServer::new(move || {
         App::new()

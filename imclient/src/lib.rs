@@ -11,6 +11,8 @@
 //! Redis names are built in [`keys`]; the wire format is in [`contract`]; the home-node rule
 //! is in [`node`]; connect tokens in [`token`]. docs/PROTOCOL.md documents all of it.
 
+#[cfg(feature = "clap")]
+mod args;
 mod client;
 pub mod contract;
 mod error;
@@ -21,6 +23,8 @@ pub mod node;
 mod presence;
 pub mod token;
 
+#[cfg(feature = "clap")]
+pub use args::ImClientArgs;
 pub use client::{
     DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL, ImClient, ImClientOptions,
     NodeReport, RedisSource, SendReport, new_message_id, now_ms,

@@ -13,6 +13,10 @@ use crate::ids::{ClientId, NodeId};
 /// Shortest secret accepted for signing, in bytes.
 pub const MIN_SECRET_BYTES: usize = 16;
 
+/// The secret of dev mode (`imserver --dev`, `ImClientArgs` with `--dev`). Never accepted
+/// outside dev mode.
+pub const DEV_SECRET: &str = "imserver-dev-secret-do-not-use-in-production";
+
 /// Why a token was refused. The HTTP status imserver answers with is [`TokenError::http_status`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// The secret used with `--dev` when none is given. Never accepted outside dev mode.
-pub const DEV_SECRET: &str = "imserver-dev-secret-do-not-use-in-production";
+pub use imclient::token::DEV_SECRET;
 
 /// Configuration of one imserver node.
 #[derive(Debug, Clone, Parser)]

@@ -1,0 +1,72 @@
+//! Command-line flags with `IM_*` environment fallbacks for building an [`ImClient`]
+//! (feature `clap`), so every backend reads the same settings the same way.
+
+use crate::client::{ImClient, ImClientOptions};
+use crate::error::{Error, Result};
+use crate::token::DEV_SECRET;
+
+/// Flags to flatten into a backend's own clap config.
+///
+/// ```
+/// use clap::Parser;
+/// #[derive(Parser)]
+/// struct Config {
+///     #[command(flatten)]
+///     im: imclient::ImClientArgs,
+/// }
+/// let config = Config::parse_from(["app", "--dev", "--nodes", "ws://a:1,ws://b:2"]);
+/// assert_eq!(config.im.options().unwrap().nodes.len(), 2);
+/// ```
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImClientArgs {
+    /// Redis URL shared with the nodes.
+    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// The imserver nodes as browsers reach them, comma separated.
+    #[arg(
+        long,
+        env = "IM_NODES",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:6001"
+    )]
+    pub nodes: Vec<String>,
+    /// Secret shared with the nodes (at least 16 bytes). Required unless --dev.
+    #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Dev mode: allows the built-in secret that `imserver --dev` uses.
+    #[arg(long, env = "IM_DEV", default_value_t = false)]
+    pub dev: bool,
+    /// Prefix of every Redis name, as the nodes use.
+    #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
+    pub key_prefix: String,
+}
+
+impl ImClientArgs {
+    /// The options these flags describe. Refuses a missing secret, or the dev secret, outside
+    /// dev mode.
+    pub fn options(&self) -> Result<ImClientOptions> {
+        let secret = match (&self.token_secret, self.dev) {
+            (Some(s), false) if s == DEV_SECRET => {
+                return Err(Error::Options(
+                    "the built-in dev secret needs --dev: set IM_TOKEN_SECRET".into(),
+                ));
+            }
+            (Some(s), _) if !s.is_empty() => s.clone(),
+            (_, true) => DEV_SECRET.to_owned(),
+            (_, false) => {
+                return Err(Error::Options(
+                    "no token secret: set IM_TOKEN_SECRET, or pass --dev for local use".into(),
+                ));
+            }
+        };
+        Ok(
+            ImClientOptions::new(&self.redis_url, self.nodes.clone(), secret)
+                .key_prefix(&self.key_prefix),
+        )
+    }
+
+    /// Builds the client.
+    pub fn client(&self) -> Result<ImClient> {
+        ImClient::new(self.options()?)
+    }
+}
