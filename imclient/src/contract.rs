@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{ClientId, NodeId};
+use crate::ids::{ChanName, ClientId, NodeId};
 
 /// What an envelope carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +15,8 @@ pub enum Kind {
     Message,
     /// A message to a channel's members.
     Channel,
+    /// A message to every online client.
+    Broadcast,
     /// Whether a message reached a receiver.
     Receipt,
     /// A business event pushed by a backend.
@@ -35,6 +37,56 @@ pub enum NodeCommand<'a> {
     Receipts(Receipts),
     /// Close every connection of a client.
     Kick(Kick),
+    /// A message to the local members of a channel (on the channel's topic).
+    #[serde(borrow)]
+    Chan(Fanout<'a>),
+    /// A message to every local client (on the broadcast topic).
+    #[serde(borrow)]
+    Broadcast(Fanout<'a>),
+    /// A client joined a channel; sent to its home node after the durable write.
+    Join(Membership),
+    /// A client left a channel; sent to its home node after the durable write.
+    Leave(Membership),
+    /// A channel was deleted (on the channel's topic): drop every local membership.
+    ChanDeleted(ChanDeleted),
+}
+
+/// One message for many receivers that the node finds itself: a channel's local members, or
+/// every local client.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Fanout<'a> {
+    /// Unique message id.
+    pub id: String,
+    /// The channel, for channel messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chan: Option<ChanName>,
+    /// Who sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ClientId>,
+    /// Leave the sender out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude_sender: bool,
+    /// The business payload.
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    /// When the backend sent it, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The client.
+    pub client: ClientId,
+    /// The channel.
+    pub chan: ChanName,
+}
+
+/// A deleted channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChanDeleted {
+    /// The channel.
+    pub chan: ChanName,
 }
 
 /// One message for some receivers on one node.
@@ -119,6 +171,9 @@ pub struct EnvelopeBody<'a> {
     /// The sender, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a ClientId>,
+    /// The channel, for channel messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chan: Option<&'a ChanName>,
     /// The business payload.
     pub payload: &'a RawValue,
     /// Send time, milliseconds since the Unix epoch.
@@ -162,6 +217,9 @@ pub struct Envelope {
     /// The sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ClientId>,
+    /// The channel, on channel messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chan: Option<ChanName>,
     /// The payload.
     #[serde(default)]
     pub payload: serde_json::Value,
@@ -322,6 +380,7 @@ mod tests {
             id: "m1",
             kind: Kind::Message,
             from: Some(&from),
+            chan: None,
             payload: &payload,
             ts: 3,
         });

@@ -21,6 +21,17 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A channel name was empty, too long or held characters that are not allowed.
+    #[error(
+        "invalid channel name {name:?}: {reason}; use 1 to 128 bytes without whitespace, control characters or braces"
+    )]
+    ChanName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
     /// A node address was empty or too long.
     #[error("invalid node address {0:?}: use 1 to 256 bytes, e.g. ws://127.0.0.1:6001")]
     NodeId(String),

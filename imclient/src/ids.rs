@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 pub const MAX_CLIENT_ID_BYTES: usize = 128;
 /// Longest node address accepted, in bytes.
 pub const MAX_NODE_ID_BYTES: usize = 256;
+/// Longest channel name accepted, in bytes.
+pub const MAX_CHAN_BYTES: usize = 128;
 
 /// A business-side identity: usually the user id of the web backend.
 ///
@@ -101,5 +103,57 @@ impl NodeId {
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A channel (group chat, room) name: 1 to 128 bytes, no whitespace, control characters or
+/// braces (braces are Redis Cluster hash-tag syntax).
+///
+/// ```
+/// use imclient::ChanName;
+/// assert!(ChanName::new("room:lobby").is_ok());
+/// assert!(ChanName::new("two words").is_err());
+/// assert!(ChanName::new("").is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChanName(String);
+
+impl ChanName {
+    /// Validates and wraps a channel name.
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        let reason = if name.is_empty() {
+            Some("it is empty")
+        } else if name.len() > MAX_CHAN_BYTES {
+            Some("it is longer than 128 bytes")
+        } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Some("it holds whitespace or control characters")
+        } else if name.contains(['{', '}']) {
+            Some("it holds { or }")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::ChanName { name, reason }),
+            None => Ok(Self(name)),
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ChanName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for ChanName {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
 }

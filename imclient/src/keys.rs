@@ -8,8 +8,14 @@
 //! | `{prefix}:lease:{node}` | string with TTL | the live instance id of that node |
 //! | `{prefix}:nodes` | set | node ids that hold, or held, presence |
 //! | `{prefix}:events` | stream | online/offline [`crate::Event`]s, field `event` |
+//! | `{prefix}:chan:{chan}` | pub/sub topic | channel messages and deletion, for nodes with members |
+//! | `{prefix}:broadcast` | pub/sub topic | messages for every online client, all nodes subscribe |
+//! | `{prefix}:members:{chan}` | set | the channel's member client ids (durable) |
+//! | `{prefix}:client-chans:{client}` | set | the client's channels (durable) |
+//! | `{prefix}:chans` | set | channels with at least one member |
+//! | `{prefix}:chan-online:{node}` | hash | channel → members online on that node |
 
-use crate::ids::NodeId;
+use crate::ids::{ChanName, ClientId, NodeId};
 
 /// Builds Redis names for one key prefix.
 ///
@@ -56,6 +62,43 @@ impl Keys {
     /// The set of nodes that hold presence.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
+    }
+
+    /// The pub/sub topic of a channel's messages.
+    pub fn chan_topic(&self, chan: &ChanName) -> String {
+        format!("{}:chan:{}", self.prefix, chan)
+    }
+
+    /// The channel name of a channel topic, if `topic` is one.
+    pub fn chan_of_topic<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":chan:")
+    }
+
+    /// The pub/sub topic every node subscribes to for broadcasts.
+    pub fn broadcast_topic(&self) -> String {
+        format!("{}:broadcast", self.prefix)
+    }
+
+    /// The durable member set of a channel.
+    pub fn members(&self, chan: &ChanName) -> String {
+        format!("{}:members:{}", self.prefix, chan)
+    }
+
+    /// The durable set of a client's channels.
+    pub fn client_chans(&self, client: &ClientId) -> String {
+        format!("{}:client-chans:{}", self.prefix, client)
+    }
+
+    /// The set of channels with at least one member.
+    pub fn chans(&self) -> String {
+        format!("{}:chans", self.prefix)
+    }
+
+    /// The hash of per-channel online member counts kept by `node`.
+    pub fn chan_online(&self, node: &NodeId) -> String {
+        format!("{}:chan-online:{}", self.prefix, node)
     }
 
     /// The stream of online/offline events.

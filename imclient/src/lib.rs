@@ -13,6 +13,7 @@
 
 #[cfg(feature = "clap")]
 mod args;
+mod channels;
 mod client;
 pub mod contract;
 mod error;
@@ -25,13 +26,14 @@ pub mod token;
 
 #[cfg(feature = "clap")]
 pub use args::ImClientArgs;
+pub use channels::{ChanInfo, FanoutReport};
 pub use client::{
     DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL, ImClient, ImClientOptions,
     NodeReport, RedisSource, SendReport, new_message_id, now_ms,
 };
 pub use error::{Error, Result};
 pub use events::{EVENT_FIELD, Event, EventKind, EventStream, EventsFrom, GroupStart};
-pub use ids::{ClientId, MAX_CLIENT_ID_BYTES, MAX_NODE_ID_BYTES, NodeId};
+pub use ids::{ChanName, ClientId, MAX_CHAN_BYTES, MAX_CLIENT_ID_BYTES, MAX_NODE_ID_BYTES, NodeId};
 
 /// The redis crate imclient is built on, for callers that build their own pool or commands.
 pub use deadpool_redis;

@@ -5,7 +5,7 @@ use redis::AsyncCommands;
 
 use crate::client::ImClient;
 use crate::error::Result;
-use crate::ids::{ClientId, NodeId};
+use crate::ids::ClientId;
 
 /// Keys read per HSCAN round trip when listing large hashes.
 const SCAN_COUNT: usize = 1000;
@@ -80,16 +80,5 @@ impl ImClient {
         let mut conn = self.pool().get().await?;
         let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
         Ok(counts.into_iter().sum())
-    }
-
-    /// The nodes that hold presence: the node list plus any node registered in Redis.
-    async fn presence_nodes(&self) -> Result<Vec<NodeId>> {
-        let mut conn = self.pool().get().await?;
-        let registered: Vec<String> = conn.smembers(self.keys().nodes()).await?;
-        let mut nodes: Vec<NodeId> = self.nodes().to_vec();
-        nodes.extend(registered.into_iter().filter_map(|n| NodeId::new(n).ok()));
-        nodes.sort();
-        nodes.dedup();
-        Ok(nodes)
     }
 }

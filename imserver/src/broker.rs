@@ -1,21 +1,25 @@
-//! The broker: one Redis subscriber connection that receives every command for this node and
-//! hands it to the hub. A lost connection is re-established and re-subscribed with backoff;
-//! WebSocket clients stay connected meanwhile.
+//! The broker: one Redis subscriber connection that receives every command for this node (its
+//! own topic, the broadcast topic, and the topics of channels with local members) and hands it
+//! to the hub. It subscribes to a channel's topic when the channel gets its first local member
+//! and unsubscribes when the last one goes. A lost connection is re-established and
+//! re-subscribed with backoff; WebSocket clients stay connected meanwhile.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use futures_util::StreamExt as _;
 use imclient::contract::{
-    CloseCode, Deliver, EnvelopeBody, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
+    CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
     ReceiptStatus, Receipts, envelope_body,
 };
-use imclient::{new_message_id, now_ms};
+use imclient::{ChanName, new_message_id, now_ms};
 use redis::AsyncCommands;
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
 
+use crate::hub::ChanOp;
 use crate::metrics::DropReason;
 use crate::node::Node;
 
@@ -32,9 +36,10 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     loop {
+        let fixed = [topic.clone(), node.keys().broadcast_topic()];
         let attempt = async {
             let (mut sink, stream) = client.get_async_pubsub().await?.split();
-            sink.subscribe(&topic).await?;
+            sink.subscribe(&fixed).await?;
             redis::RedisResult::Ok((sink, stream))
         };
         let subscribed = tokio::select! {
@@ -53,9 +58,13 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                 continue;
             }
         };
+        let mut chans: HashSet<ChanName> = HashSet::new();
         if connected_before {
             node.metrics().redis_reconnects.fetch_add(1, Relaxed);
+            // Join and leave controls sent while we were away are lost: read memberships again.
+            node.hub().resync_memberships();
         }
+        node.work().topics.mark_all(node.hub().chans());
         connected_before = true;
         backoff = MIN_BACKOFF;
         node.set_redis_up(true);
@@ -70,6 +79,12 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                     Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
                     None => break,
                 },
+                _ = node.work().topics.wait() => {
+                    if let Err(e) = reconcile(&node, &mut sink, &mut chans).await {
+                        tracing::warn!(node = %node.id(), error = %e, "cannot change channel subscriptions");
+                        break;
+                    }
+                }
                 _ = health.tick() => {
                     let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(ping, Ok(Ok(_))) {
@@ -81,8 +96,54 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
             }
         }
         node.set_redis_up(false);
+        node.metrics().chan_topics.store(0, Relaxed);
         tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
     }
+}
+
+/// Subscribes to the topics of channels that gained local members and unsubscribes from those
+/// that lost their last one. On failure the channels are marked again for the next connection.
+async fn reconcile(
+    node: &Node,
+    sink: &mut redis::aio::PubSubSink,
+    subscribed: &mut HashSet<ChanName>,
+) -> redis::RedisResult<()> {
+    let changed = node.work().topics.take();
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    for chan in &changed {
+        match (node.hub().chan_count(chan) > 0, subscribed.contains(chan)) {
+            (true, false) => add.push(chan.clone()),
+            (false, true) => remove.push(chan.clone()),
+            _ => {}
+        }
+    }
+    let topics = |chans: &[ChanName]| {
+        chans
+            .iter()
+            .map(|c| node.keys().chan_topic(c))
+            .collect::<Vec<_>>()
+    };
+    let result = async {
+        if !add.is_empty() {
+            sink.subscribe(topics(&add)).await?;
+            subscribed.extend(add.iter().cloned());
+        }
+        if !remove.is_empty() {
+            sink.unsubscribe(topics(&remove)).await?;
+            for chan in &remove {
+                subscribed.remove(chan);
+            }
+        }
+        redis::RedisResult::Ok(())
+    }
+    .await;
+    node.metrics()
+        .chan_topics
+        .store(subscribed.len() as u64, Relaxed);
+    if result.is_err() {
+        node.work().topics.mark_all(changed);
+    }
+    result
 }
 
 /// Handles one command from the node topic. Malformed commands are counted and dropped.
@@ -103,7 +164,35 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
             let n = node.hub().kick(&k.client, CloseCode::Kicked);
             tracing::info!(node = %node.id(), client = %k.client, connections = n, "force offline");
         }
+        NodeCommand::Chan(f) => {
+            let Some(chan) = &f.chan else {
+                node.metrics().dropped(DropReason::Malformed, 1);
+                return;
+            };
+            let body = fanout_body(&f, Kind::Channel);
+            let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
+            node.hub().fanout_chan(chan, &body, exclude);
+        }
+        NodeCommand::Broadcast(f) => {
+            let body = fanout_body(&f, Kind::Broadcast);
+            let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
+            node.hub().broadcast(&body, exclude);
+        }
+        NodeCommand::Join(m) => node.hub().apply(&m.client, ChanOp::Join(m.chan)),
+        NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
+        NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
     }
+}
+
+fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {
+    envelope_body(&EnvelopeBody {
+        id: &f.id,
+        kind,
+        from: f.from.as_ref(),
+        chan: f.chan.as_ref(),
+        payload: f.payload,
+        ts: f.ts,
+    })
 }
 
 fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
@@ -111,6 +200,7 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
         id: &d.id,
         kind: d.kind,
         from: d.from.as_ref(),
+        chan: None,
         payload: d.payload,
         ts: d.ts,
     });
@@ -176,6 +266,7 @@ fn receipts(node: &Node, r: &Receipts) {
             id: &id,
             kind: Kind::Receipt,
             from: None,
+            chan: None,
             payload: &raw,
             ts: now_ms(),
         });

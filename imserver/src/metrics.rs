@@ -45,6 +45,12 @@ pub struct Metrics {
     pub commands_in: AtomicU64,
     /// Frames queued to connections.
     pub deliveries: AtomicU64,
+    /// Clients reached by channel messages.
+    pub chan_deliveries: AtomicU64,
+    /// Channel topics this node is subscribed to.
+    pub chan_topics: AtomicU64,
+    /// Clients whose channels were loaded from Redis.
+    pub membership_loads: AtomicU64,
     drops: [AtomicU64; 3],
     closes: [AtomicU64; 7],
     /// Connections refused at the handshake (bad token, limits).

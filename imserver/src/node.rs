@@ -10,9 +10,8 @@ use imclient::keys::Keys;
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubWork};
 use crate::metrics::Metrics;
-use crate::presence::PresenceQueue;
 
 /// Settings a session needs, copied out of the config.
 #[derive(Debug, Clone)]
@@ -34,7 +33,7 @@ struct Shared {
     hub: Hub,
     admission: Admission,
     metrics: Arc<Metrics>,
-    presence: Arc<PresenceQueue>,
+    work: Arc<HubWork>,
     limits: SessionLimits,
     lease: Duration,
     events_maxlen: u64,
@@ -56,13 +55,13 @@ impl Node {
         secret: &[u8],
     ) -> Result<Self, imclient::token::TokenError> {
         let metrics = Arc::new(Metrics::default());
-        let presence = Arc::new(PresenceQueue::default());
+        let work = Arc::new(HubWork::default());
         let hub = Hub::new(
             config.max_connections_per_client,
             config.max_connections,
             config.queue_capacity,
             metrics.clone(),
-            presence.clone(),
+            work.clone(),
         );
         Ok(Self(Arc::new(Shared {
             admission: Admission::new(secret, id.clone())?,
@@ -71,7 +70,7 @@ impl Node {
             keys: Keys::new(config.key_prefix.clone()),
             hub,
             metrics,
-            presence,
+            work,
             limits: SessionLimits {
                 heartbeat_interval: config.heartbeat_interval(),
                 heartbeat_timeout: config.heartbeat_timeout(),
@@ -114,9 +113,9 @@ impl Node {
         &self.0.metrics
     }
 
-    /// Clients whose presence needs writing.
-    pub fn presence_queue(&self) -> &PresenceQueue {
-        &self.0.presence
+    /// Background work the hub asks for.
+    pub fn work(&self) -> &HubWork {
+        &self.0.work
     }
 
     /// Per-session settings.

@@ -1,5 +1,5 @@
-//! Presence in Redis: this node's hash of online clients, its lease, the online/offline event
-//! stream, and the purge of dead nodes.
+//! Presence in Redis: this node's hash of online clients, its per-channel online counts, its
+//! lease, the online/offline event stream, and the purge of dead nodes.
 //!
 //! Sessions never wait on Redis. The hub marks a client dirty when its connections change; one
 //! writer task compares the hub with what it last wrote and writes the difference, with an
@@ -9,17 +9,16 @@
 //! hash and rewrites what differs. Each renewal also checks the peers' leases and purges the
 //! presence of a node whose lease expired, emitting offline events for its clients.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use imclient::contract::PresenceRecord;
 use imclient::keys::Keys;
-use imclient::{ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
+use imclient::{ChanName, ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
 use redis::AsyncCommands;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::node::Node;
@@ -30,42 +29,15 @@ const BATCH: usize = 512;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Atomically takes a node's presence hash: refuses while the node's lease is alive (unless
-/// forced), else returns its entries and deletes it.
-/// KEYS: presence, lease, nodes. ARGV: node id, "force" or "".
+/// forced), else returns its entries and deletes it and the node's channel counts.
+/// KEYS: presence, lease, nodes, chan-online. ARGV: node id, "force" or "".
 const PURGE_SCRIPT: &str = r"
 if ARGV[2] ~= 'force' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local entries = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
 if ARGV[2] ~= 'force' then redis.call('SREM', KEYS[3], ARGV[1]) end
 return entries
 ";
-
-/// Clients whose presence may have changed.
-#[derive(Debug, Default)]
-pub struct PresenceQueue {
-    dirty: Mutex<HashSet<ClientId>>,
-    notify: Notify,
-}
-
-impl PresenceQueue {
-    /// Marks `client` for the writer.
-    pub fn mark(&self, client: &ClientId) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if dirty.insert(client.clone()) && dirty.len() == 1 {
-            self.notify.notify_one();
-        }
-    }
-
-    fn mark_all(&self, clients: impl IntoIterator<Item = ClientId>) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        dirty.extend(clients);
-        self.notify.notify_one();
-    }
-
-    fn take(&self) -> HashSet<ClientId> {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-}
 
 /// The writer's view of Redis.
 struct Writer {
@@ -73,6 +45,8 @@ struct Writer {
     pool: Pool,
     /// What this node's presence hash holds, as last written or read.
     written: HashMap<ClientId, PresenceRecord>,
+    /// What this node's channel count hash holds, as last written or read.
+    written_chans: HashMap<ChanName, u64>,
     started: bool,
     next_renewal: Instant,
 }
@@ -83,6 +57,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         node,
         pool,
         written: HashMap::new(),
+        written_chans: HashMap::new(),
         started: false,
         next_renewal: Instant::now(),
     };
@@ -102,7 +77,8 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = writer.node.presence_queue().notify.notified() => {}
+            _ = writer.node.work().presence.wait() => {}
+            _ = writer.node.work().chan_counts.wait() => {}
             _ = tokio::time::sleep_until(writer.next_renewal) => {}
             _ = stop.changed() => return,
         }
@@ -128,11 +104,17 @@ impl Writer {
             )
             .await?;
             self.written.clear();
+            self.written_chans.clear();
             self.renew_lease(&mut conn).await?;
             self.started = true;
             self.node
-                .presence_queue()
+                .work()
+                .presence
                 .mark_all(self.node.hub().clients());
+            self.node
+                .work()
+                .chan_counts
+                .mark_all(self.node.hub().chans());
         }
         if Instant::now() >= self.next_renewal {
             if self.renew_lease(&mut conn).await? {
@@ -140,7 +122,8 @@ impl Writer {
             }
             self.purge_dead_peers(&mut conn).await?;
         }
-        self.flush(&mut conn).await
+        self.flush(&mut conn).await?;
+        self.flush_chans(&mut conn).await
     }
 
     /// Renews the lease; returns true when it had lapsed.
@@ -177,7 +160,17 @@ impl Writer {
             .collect();
         let mut all: Vec<ClientId> = self.written.keys().cloned().collect();
         all.extend(self.node.hub().clients());
-        self.node.presence_queue().mark_all(all);
+        self.node.work().presence.mark_all(all);
+        let counts: HashMap<String, u64> = conn
+            .hgetall(self.keys().chan_online(self.node.id()))
+            .await?;
+        self.written_chans = counts
+            .into_iter()
+            .filter_map(|(k, v)| Some((ChanName::new(k).ok()?, v)))
+            .collect();
+        let mut chans: Vec<ChanName> = self.written_chans.keys().cloned().collect();
+        chans.extend(self.node.hub().chans());
+        self.node.work().chan_counts.mark_all(chans);
         Ok(())
     }
 
@@ -212,7 +205,7 @@ impl Writer {
 
     /// Writes the difference between the hub and the hash for every dirty client.
     async fn flush(&mut self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
-        let dirty: Vec<ClientId> = self.node.presence_queue().take().into_iter().collect();
+        let dirty: Vec<ClientId> = self.node.work().presence.take();
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
             let mut pipe = redis::pipe();
             let mut changes = Vec::new();
@@ -246,7 +239,8 @@ impl Writer {
             if let Err(e) = pipe.query_async::<()>(conn).await {
                 // Nothing of this batch or later ones was applied for sure: try them again.
                 self.node
-                    .presence_queue()
+                    .work()
+                    .presence
                     .mark_all(dirty[i * BATCH..].iter().cloned());
                 return Err(e);
             }
@@ -255,6 +249,48 @@ impl Writer {
                     Some(record) => self.written.insert(client, record),
                     None => self.written.remove(&client),
                 };
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the local online count of every dirty channel.
+    async fn flush_chans(
+        &mut self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> redis::RedisResult<()> {
+        let dirty = self.node.work().chan_counts.take();
+        let hash = self.keys().chan_online(self.node.id());
+        for (i, chunk) in dirty.chunks(BATCH).enumerate() {
+            let mut pipe = redis::pipe();
+            let mut changes = Vec::new();
+            for chan in chunk {
+                let desired = self.node.hub().chan_count(chan);
+                let current = self.written_chans.get(chan).copied();
+                match (desired, current) {
+                    (0, None) => continue,
+                    (0, Some(_)) => pipe.hdel(&hash, chan.as_str()).ignore(),
+                    (n, Some(c)) if n == c => continue,
+                    (n, _) => pipe.hset(&hash, chan.as_str(), n).ignore(),
+                };
+                changes.push((chan.clone(), desired));
+            }
+            if changes.is_empty() {
+                continue;
+            }
+            if let Err(e) = pipe.query_async::<()>(conn).await {
+                self.node
+                    .work()
+                    .chan_counts
+                    .mark_all(dirty[i * BATCH..].iter().cloned());
+                return Err(e);
+            }
+            for (chan, n) in changes {
+                if n == 0 {
+                    self.written_chans.remove(&chan);
+                } else {
+                    self.written_chans.insert(chan, n);
+                }
             }
         }
         Ok(())
@@ -295,6 +331,7 @@ async fn purge(
         .key(keys.presence(node))
         .key(keys.lease(node))
         .key(keys.nodes())
+        .key(keys.chan_online(node))
         .arg(node.as_str())
         .arg(if force { "force" } else { "" })
         .invoke_async(conn)

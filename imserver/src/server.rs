@@ -16,7 +16,7 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, presence, route};
+use crate::{broker, membership, presence, route};
 
 /// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
 pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
@@ -46,7 +46,8 @@ pub async fn run(
         pool.clone(),
         stop_rx.clone(),
     ));
-    let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx));
+    let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
+    let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx));
 
     let app_node = node.clone();
     let mut http = HttpServer::new(move || {
@@ -97,6 +98,7 @@ pub async fn run(
         Err(_) => tracing::warn!(node = %node.id(), "clearing presence timed out"),
     }
     let _ = broker.await;
+    let _ = loader.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");

@@ -1,0 +1,425 @@
+//! Channels (group chat, rooms): durable membership in Redis, independent of being online,
+//! and channel messages published once to the channel's own topic, whatever the member count.
+//!
+//! A join or leave writes the durable sets and publishes a control message to the client's home
+//! node in one Lua script, so control messages reach a node in the same order as the durable
+//! writes happened. docs/DESIGN.md explains why that order makes connect/join races safe.
+
+use std::collections::BTreeMap;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::client::{ImClient, new_message_id, now_ms};
+use crate::contract::{ChanDeleted, Fanout, Membership, NodeCommand};
+use crate::error::Result;
+use crate::ids::{ChanName, ClientId, NodeId};
+
+/// Members handled per pipeline or SSCAN page.
+const PAGE: usize = 1000;
+
+/// KEYS: members, client-chans, chans, home node topic. ARGV: client, chan, control JSON.
+const JOIN_SCRIPT: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 1
+";
+
+/// KEYS and ARGV as for the join script.
+const LEAVE_SCRIPT: &str = r"
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+redis.call('PUBLISH', KEYS[4], ARGV[3])
+return 1
+";
+
+/// A channel with its member and online counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChanInfo {
+    /// The channel.
+    pub chan: ChanName,
+    /// Members, online or not.
+    pub members: u64,
+    /// Members online now.
+    pub online: u64,
+}
+
+/// What happened to a channel message or broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanoutReport {
+    /// The message id every receiver sees.
+    pub message_id: String,
+    /// Nodes that took it (nodes with at least one online member, for a channel).
+    pub nodes: u64,
+}
+
+impl ImClient {
+    fn membership_cmd(
+        &self,
+        script: &str,
+        client: &ClientId,
+        chan: &ChanName,
+        join: bool,
+    ) -> Result<redis::Cmd> {
+        let home = self.home_node(client.as_str())?;
+        let m = Membership {
+            client: client.clone(),
+            chan: chan.clone(),
+        };
+        let control = if join {
+            NodeCommand::Join(m)
+        } else {
+            NodeCommand::Leave(m)
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script)
+            .arg(4)
+            .arg(self.keys().members(chan))
+            .arg(self.keys().client_chans(client))
+            .arg(self.keys().chans())
+            .arg(self.keys().node_topic(home))
+            .arg(client.as_str())
+            .arg(chan.as_str())
+            .arg(serde_json::to_string(&control)?);
+        Ok(cmd)
+    }
+
+    /// Makes `client_id` a member of `chan`, online or not. Joining twice is not an error. An
+    /// online client starts receiving the channel's messages within a round trip.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.join_chan("alice", "room:lobby").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_chan(&self, client_id: &str, chan: &str) -> Result<()> {
+        let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
+        let cmd = self.membership_cmd(JOIN_SCRIPT, &client, &chan, true)?;
+        let mut conn = self.pool().get().await?;
+        let _: i64 = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Makes many clients members of `chan`, pipelined a thousand at a time.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.join_chan_many(["alice", "bob", "carol"], "room:lobby").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join_chan_many<I, S>(&self, client_ids: I, chan: &str) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let chan = ChanName::new(chan)?;
+        let clients = client_ids
+            .into_iter()
+            .map(|c| ClientId::new(c.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut conn = self.pool().get().await?;
+        for page in clients.chunks(PAGE) {
+            let mut pipe = redis::pipe();
+            for client in page {
+                pipe.add_command(self.membership_cmd(JOIN_SCRIPT, client, &chan, true)?)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes `client_id` from `chan`. Leaving a channel one is not in is not an error.
+    /// Delivery to an online client stops within a round trip.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.leave_chan("alice", "room:lobby").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn leave_chan(&self, client_id: &str, chan: &str) -> Result<()> {
+        let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
+        let cmd = self.membership_cmd(LEAVE_SCRIPT, &client, &chan, false)?;
+        let mut conn = self.pool().get().await?;
+        let _: i64 = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// One page of a channel's members: pass cursor 0 first, then the returned cursor until it
+    /// is 0 again. For member lists too large to hold at once.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let mut cursor = 0;
+    /// loop {
+    ///     let (next, page) = im.chan_clients_page("room:lobby", cursor).await?;
+    ///     for member in page { println!("{member}"); }
+    ///     if next == 0 { break; }
+    ///     cursor = next;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn chan_clients_page(&self, chan: &str, cursor: u64) -> Result<(u64, Vec<ClientId>)> {
+        let chan = ChanName::new(chan)?;
+        let mut conn = self.pool().get().await?;
+        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(self.keys().members(&chan))
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(&mut conn)
+            .await?;
+        Ok((
+            next,
+            ids.into_iter()
+                .filter_map(|id| ClientId::new(id).ok())
+                .collect(),
+        ))
+    }
+
+    /// Every member of `chan`, online or not, sorted.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let members = im.chan_clients("room:lobby").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn chan_clients(&self, chan: &str) -> Result<Vec<ClientId>> {
+        let mut out = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let (next, page) = self.chan_clients_page(chan, cursor).await?;
+            out.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// How many members `chan` has, online or not (one SCARD).
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// println!("{} members", im.chan_member_count("room:lobby").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn chan_member_count(&self, chan: &str) -> Result<u64> {
+        let chan = ChanName::new(chan)?;
+        let mut conn = self.pool().get().await?;
+        Ok(conn.scard(self.keys().members(&chan)).await?)
+    }
+
+    /// How many members of `chan` are online now, from the counts each node keeps; no member
+    /// list is read.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// println!("{} online in the lobby", im.chan_online("room:lobby").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn chan_online(&self, chan: &str) -> Result<u64> {
+        let chan = ChanName::new(chan)?;
+        let nodes = self.presence_nodes().await?;
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.hget(self.keys().chan_online(node), chan.as_str());
+        }
+        let mut conn = self.pool().get().await?;
+        let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
+        Ok(counts.into_iter().flatten().sum())
+    }
+
+    /// Every channel that has members, with its member and online counts, sorted by name.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// for info in im.chans().await? {
+    ///     println!("{}: {} online of {}", info.chan, info.online, info.members);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn chans(&self) -> Result<Vec<ChanInfo>> {
+        let nodes = self.presence_nodes().await?;
+        let mut conn = self.pool().get().await?;
+        let names: Vec<String> = conn.smembers(self.keys().chans()).await?;
+        let mut online: BTreeMap<String, u64> = BTreeMap::new();
+        for node in &nodes {
+            let counts: Vec<(String, u64)> = conn.hgetall(self.keys().chan_online(node)).await?;
+            for (chan, n) in counts {
+                *online.entry(chan).or_default() += n;
+            }
+        }
+        let chans: Vec<ChanName> = names
+            .into_iter()
+            .filter_map(|n| ChanName::new(n).ok())
+            .collect();
+        let mut out = Vec::with_capacity(chans.len());
+        for page in chans.chunks(PAGE) {
+            let mut pipe = redis::pipe();
+            for chan in page {
+                pipe.scard(self.keys().members(chan));
+            }
+            let members: Vec<u64> = pipe.query_async(&mut conn).await?;
+            for (chan, members) in page.iter().zip(members) {
+                let online = online.get(chan.as_str()).copied().unwrap_or(0);
+                out.push(ChanInfo {
+                    chan: chan.clone(),
+                    members,
+                    online,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.chan.cmp(&b.chan));
+        Ok(out)
+    }
+
+    /// The channels `client_id` is a member of, sorted.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let mine = im.client_chans("alice").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn client_chans(&self, client_id: &str) -> Result<Vec<ChanName>> {
+        let client = ClientId::new(client_id)?;
+        let mut conn = self.pool().get().await?;
+        let names: Vec<String> = conn.smembers(self.keys().client_chans(&client)).await?;
+        let mut out: Vec<ChanName> = names
+            .into_iter()
+            .filter_map(|n| ChanName::new(n).ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Pushes `payload` to every online member of `chan` (leaving the sender out when
+    /// `exclude_sender`). One PUBLISH to the channel's topic, whatever the member count.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let report = im.send_chan_message("alice", "room:lobby", &serde_json::json!({"text": "hi all"}), true).await?;
+    /// println!("{} nodes have online members", report.nodes);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_chan_message<P: Serialize + ?Sized>(
+        &self,
+        sender: &str,
+        chan: &str,
+        payload: &P,
+        exclude_sender: bool,
+    ) -> Result<FanoutReport> {
+        let chan = ChanName::new(chan)?;
+        let topic = self.keys().chan_topic(&chan);
+        self.fanout(sender, Some(chan), topic, payload, exclude_sender)
+            .await
+    }
+
+    /// Pushes `payload` to every online client of every node: one PUBLISH (the original
+    /// ImHelper's SendBroadcastMessage).
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.broadcast("system", &serde_json::json!({"text": "maintenance at 22:00"})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast<P: Serialize + ?Sized>(
+        &self,
+        sender: &str,
+        payload: &P,
+    ) -> Result<FanoutReport> {
+        let topic = self.keys().broadcast_topic();
+        self.fanout(sender, None, topic, payload, false).await
+    }
+
+    async fn fanout<P: Serialize + ?Sized>(
+        &self,
+        sender: &str,
+        chan: Option<ChanName>,
+        topic: String,
+        payload: &P,
+        exclude_sender: bool,
+    ) -> Result<FanoutReport> {
+        let sender = ClientId::new(sender)?;
+        let payload = self.encode_payload(payload)?;
+        let message_id = new_message_id();
+        let fanout = Fanout {
+            id: message_id.clone(),
+            chan: chan.clone(),
+            from: Some(sender),
+            exclude_sender,
+            payload: &payload,
+            ts: now_ms(),
+        };
+        let cmd = if chan.is_some() {
+            NodeCommand::Chan(fanout)
+        } else {
+            NodeCommand::Broadcast(fanout)
+        };
+        let mut conn = self.pool().get().await?;
+        let nodes: u64 = conn.publish(topic, serde_json::to_string(&cmd)?).await?;
+        Ok(FanoutReport { message_id, nodes })
+    }
+
+    /// Deletes `chan` and every membership in it, a page of members at a time; nodes drop the
+    /// channel for their online members. Returns how many members it had.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.delete_chan("room:old").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_chan(&self, chan: &str) -> Result<u64> {
+        let chan = ChanName::new(chan)?;
+        let members_key = self.keys().members(&chan);
+        let mut conn = self.pool().get().await?;
+        let mut removed = 0u64;
+        loop {
+            let page: Vec<String> = redis::cmd("SPOP")
+                .arg(&members_key)
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            removed += page.len() as u64;
+            let mut pipe = redis::pipe();
+            for member in page.iter().filter_map(|m| ClientId::new(m.as_str()).ok()) {
+                pipe.srem(self.keys().client_chans(&member), chan.as_str())
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        let deleted = NodeCommand::ChanDeleted(ChanDeleted { chan: chan.clone() });
+        let _: () = redis::pipe()
+            .srem(self.keys().chans(), chan.as_str())
+            .ignore()
+            .publish(
+                self.keys().chan_topic(&chan),
+                serde_json::to_string(&deleted)?,
+            )
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(removed)
+    }
+
+    /// The nodes whose records may hold presence: the node list plus any node registered in
+    /// Redis.
+    pub(crate) async fn presence_nodes(&self) -> Result<Vec<NodeId>> {
+        let mut conn = self.pool().get().await?;
+        let registered: Vec<String> = conn.smembers(self.keys().nodes()).await?;
+        let mut nodes: Vec<NodeId> = self.nodes().to_vec();
+        nodes.extend(registered.into_iter().filter_map(|n| NodeId::new(n).ok()));
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
+    }
+}
