@@ -142,13 +142,18 @@ pub struct HubWork {
     pub memberships: Pending<ClientId>,
 }
 
+/// One shard of the client map.
+type ClientShard = Mutex<HashMap<ClientId, Arc<ClientEntry>>>;
+/// A channel's local members.
 type ChanMembers = HashMap<ClientId, Arc<ClientEntry>>;
+/// One shard of the channel map.
+type ChanShard = Mutex<HashMap<ChanName, ChanMembers>>;
 
 /// The registry.
 #[derive(Debug)]
 pub struct Hub {
-    clients: Box<[Mutex<HashMap<ClientId, Arc<ClientEntry>>>]>,
-    chans: Box<[Mutex<HashMap<ChanName, ChanMembers>>]>,
+    clients: Box<[ClientShard]>,
+    chans: Box<[ChanShard]>,
     next_conn: AtomicU64,
     connections: AtomicU64,
     max_per_client: usize,
