@@ -98,7 +98,7 @@ impl ImClient {
     pub async fn join_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
         let cmd = self.membership_cmd(JOIN_SCRIPT, &client, &chan, true)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let _: i64 = cmd.query_async(&mut conn).await?;
         Ok(())
     }
@@ -120,7 +120,7 @@ impl ImClient {
             .into_iter()
             .map(|c| ClientId::new(c.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         for page in clients.chunks(PAGE) {
             let mut pipe = redis::pipe();
             for client in page {
@@ -143,7 +143,7 @@ impl ImClient {
     pub async fn leave_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
         let cmd = self.membership_cmd(LEAVE_SCRIPT, &client, &chan, false)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let _: i64 = cmd.query_async(&mut conn).await?;
         Ok(())
     }
@@ -164,7 +164,7 @@ impl ImClient {
     /// ```
     pub async fn chan_clients_page(&self, chan: &str, cursor: u64) -> Result<(u64, Vec<ClientId>)> {
         let chan = ChanName::new(chan)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
             .arg(self.keys().members(&chan))
             .arg(cursor)
@@ -212,7 +212,7 @@ impl ImClient {
     /// ```
     pub async fn chan_member_count(&self, chan: &str) -> Result<u64> {
         let chan = ChanName::new(chan)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         Ok(conn.scard(self.keys().members(&chan)).await?)
     }
 
@@ -231,7 +231,7 @@ impl ImClient {
         for node in &nodes {
             pipe.hget(self.keys().chan_online(node), chan.as_str());
         }
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
         Ok(counts.into_iter().flatten().sum())
     }
@@ -247,7 +247,7 @@ impl ImClient {
     /// ```
     pub async fn chans(&self) -> Result<Vec<ChanInfo>> {
         let nodes = self.presence_nodes().await?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let names: Vec<String> = conn.smembers(self.keys().chans()).await?;
         let mut online: BTreeMap<String, u64> = BTreeMap::new();
         for node in &nodes {
@@ -289,7 +289,7 @@ impl ImClient {
     /// ```
     pub async fn client_chans(&self, client_id: &str) -> Result<Vec<ChanName>> {
         let client = ClientId::new(client_id)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let names: Vec<String> = conn.smembers(self.keys().client_chans(&client)).await?;
         let mut out: Vec<ChanName> = names
             .into_iter()
@@ -362,7 +362,7 @@ impl ImClient {
         } else {
             NodeCommand::Broadcast(fanout)
         };
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let nodes: u64 = conn.publish(topic, serde_json::to_string(&cmd)?).await?;
         Ok(FanoutReport { message_id, nodes })
     }
@@ -378,7 +378,7 @@ impl ImClient {
     pub async fn delete_chan(&self, chan: &str) -> Result<u64> {
         let chan = ChanName::new(chan)?;
         let members_key = self.keys().members(&chan);
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let mut removed = 0u64;
         loop {
             let page: Vec<String> = redis::cmd("SPOP")
@@ -414,7 +414,7 @@ impl ImClient {
     /// The nodes whose records may hold presence: the node list plus any node registered in
     /// Redis.
     pub(crate) async fn presence_nodes(&self) -> Result<Vec<NodeId>> {
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let registered: Vec<String> = conn.smembers(self.keys().nodes()).await?;
         let mut nodes: Vec<NodeId> = self.nodes().to_vec();
         nodes.extend(registered.into_iter().filter_map(|n| NodeId::new(n).ok()));

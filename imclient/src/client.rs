@@ -14,6 +14,7 @@ use crate::contract::{Deliver, Kick, Kind, NodeCommand, ReceiptResult, ReceiptSt
 use crate::error::{Error, Result};
 use crate::ids::{ClientId, NodeId};
 use crate::keys::Keys;
+use crate::link::{Link, LinkConn};
 use crate::node::home_node;
 use crate::token::{ConnectClaims, TokenIssuer};
 
@@ -158,6 +159,7 @@ pub struct NodeReport {
 
 struct Inner {
     pool: Pool,
+    link: Link,
     nodes: Vec<NodeId>,
     issuer: TokenIssuer,
     token_ttl: Duration,
@@ -215,6 +217,7 @@ impl ImClient {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                link: Link::new(pool.clone()),
                 pool,
                 nodes,
                 issuer,
@@ -228,6 +231,11 @@ impl ImClient {
     /// The Redis pool, for the application's own use.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    /// The shared connection for non-blocking commands.
+    pub(crate) async fn conn(&self) -> Result<LinkConn<'_>> {
+        self.inner.link.get().await
     }
 
     /// The Redis names this client uses.
@@ -350,7 +358,7 @@ impl ImClient {
                 taken: false,
             });
         }
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.conn().await?;
         let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
         for (report, subscribers) in nodes.iter_mut().zip(counts) {
             report.taken = subscribers > 0;
@@ -384,6 +392,19 @@ impl ImClient {
         Ok(report)
     }
 
+    /// Checks that Redis answers, e.g. for the backend's health endpoint.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.ping().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Closes every connection of `client_id` (close code 4002: do not reconnect). Returns
     /// whether its home node is running.
     ///
@@ -396,7 +417,7 @@ impl ImClient {
         let client = ClientId::new(client_id)?;
         let node = self.home_node(client.as_str())?;
         let cmd = NodeCommand::Kick(Kick { client });
-        let mut conn = self.inner.pool.get().await?;
+        let mut conn = self.conn().await?;
         let subscribers: i64 = conn
             .publish(
                 self.inner.keys.node_topic(node),

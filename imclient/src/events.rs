@@ -122,7 +122,7 @@ impl ImClient {
             EventsFrom::Now => {
                 // Pin "now" to the last id at start, so events between this call and the first
                 // read are not lost (XREAD with `$` would skip them).
-                let mut conn = self.pool().get().await?;
+                let mut conn = self.conn().await?;
                 let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
                     .arg(&key)
                     .arg("+")
@@ -164,7 +164,7 @@ impl ImClient {
         start: GroupStart,
     ) -> Result<EventStream> {
         let key = self.keys().events();
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let start_id = match start {
             GroupStart::Now => "$",
             GroupStart::Beginning => "0",

@@ -20,6 +20,7 @@ mod error;
 mod events;
 mod ids;
 pub mod keys;
+mod link;
 pub mod node;
 mod presence;
 pub mod token;

@@ -20,7 +20,7 @@ impl ImClient {
     /// ```
     pub async fn has_online(&self, client_id: &str) -> Result<bool> {
         let node = self.home_node(client_id)?;
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         Ok(conn.hexists(self.keys().presence(node), client_id).await?)
     }
 
@@ -34,7 +34,7 @@ impl ImClient {
     /// ```
     pub async fn online_clients(&self) -> Result<Vec<ClientId>> {
         let mut out = Vec::new();
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         for node in self.presence_nodes().await? {
             let key = self.keys().presence(&node);
             let mut cursor: u64 = 0;
@@ -77,7 +77,7 @@ impl ImClient {
         for node in &nodes {
             pipe.hlen(self.keys().presence(node));
         }
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.conn().await?;
         let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
         Ok(counts.into_iter().sum())
     }

@@ -78,6 +78,16 @@ pub struct Config {
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// Fault injection for tests: hold each channel-membership load result this long before
+    /// applying it, widening the window in which membership changes race a connect.
+    #[arg(
+        long,
+        env = "IM_FAULT_MEMBERSHIP_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_membership_delay_ms: u64,
+
     /// HTTP worker threads. Default: one per core.
     #[arg(long, env = "IM_WORKERS")]
     pub workers: Option<usize>,

@@ -60,6 +60,10 @@ async fn load(node: &Node, pool: &Pool, clients: &[imclient::ClientId]) -> Resul
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
+    let delay = node.limits().fault_membership_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     for ((entry, generation), names) in tickets.iter().zip(sets) {
         let chans = names
             .into_iter()

@@ -129,6 +129,24 @@ impl Metrics {
             self.deliveries.load(Relaxed),
         );
         metric(
+            "im_chan_deliveries_total",
+            "counter",
+            "Clients reached by channel messages.",
+            self.chan_deliveries.load(Relaxed),
+        );
+        metric(
+            "im_chan_topics",
+            "gauge",
+            "Channel topics subscribed (channels with local members).",
+            self.chan_topics.load(Relaxed),
+        );
+        metric(
+            "im_membership_loads_total",
+            "counter",
+            "Clients whose channels were loaded from Redis.",
+            self.membership_loads.load(Relaxed),
+        );
+        metric(
             "im_handshakes_refused_total",
             "counter",
             "Connections refused at the handshake.",

@@ -22,6 +22,8 @@ pub struct SessionLimits {
     pub heartbeat_timeout: Duration,
     /// Largest inbound frame, bytes.
     pub max_inbound_frame_bytes: usize,
+    /// Fault injection: delay before a membership load result is applied.
+    pub fault_membership_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ impl Node {
                 heartbeat_interval: config.heartbeat_interval(),
                 heartbeat_timeout: config.heartbeat_timeout(),
                 max_inbound_frame_bytes: config.max_inbound_frame_bytes,
+                fault_membership_delay: Duration::from_millis(config.fault_membership_delay_ms),
             },
             lease: config.lease(),
             events_maxlen: config.events_maxlen,

@@ -1,0 +1,90 @@
+//! The shared Redis connection of an `ImClient`: one multiplexed connection taken out of the
+//! pool and used by every non-blocking call, so concurrent calls are pipelined on it and no
+//! call pays the pool's per-checkout health check (an UNWATCH and a PING round trip). When a
+//! command fails in a way that may have broken the connection, it is dropped and the next call
+//! takes a fresh one from the pool. Blocking reads (events) take their own pooled connection.
+
+use std::sync::{Mutex, MutexGuard};
+
+use deadpool_redis::{Connection, Pool};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::error::Result;
+
+/// The shared connection and the pool it is replaced from.
+pub(crate) struct Link {
+    pool: Pool,
+    /// The connection in use; `None` until first use and after a failure.
+    current: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Link {
+    pub(crate) fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            current: Mutex::new(None),
+        }
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle on the shared connection, connecting first if needed.
+    pub(crate) async fn get(&self) -> Result<LinkConn<'_>> {
+        if let Some(conn) = self.slot().clone() {
+            return Ok(LinkConn { conn, link: self });
+        }
+        let conn = Connection::take(self.pool.get().await?);
+        *self.slot() = Some(conn.clone());
+        Ok(LinkConn { conn, link: self })
+    }
+
+    fn failed(&self, error: &RedisError) {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error()
+            || error.is_timeout()
+        {
+            self.slot().take();
+        }
+    }
+}
+
+/// A handle on the shared connection that reports failures back to its [`Link`].
+pub(crate) struct LinkConn<'a> {
+    conn: MultiplexedConnection,
+    link: &'a Link,
+}
+
+impl ConnectionLike for LinkConn<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            if let Err(e) = &result {
+                self.link.failed(e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &result {
+                self.link.failed(e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
