@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Quick benchmark: a private redis-server, one imserver node (release build) and the imbench load
-# tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
+# Quick benchmark: a private redis-server, NODES imserver nodes (release build, default 1) and the
+# imbench load tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
 #   scripts/bench.sh --clients 10000 --rate 20000 --duration 5
+#   NODES=2 scripts/bench.sh --workload channel --clients 10000 --rate 20 --duration 10
 # Prints imbench's JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,16 @@ for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && b
 export IM_REDIS_URL="redis://127.0.0.1:$rport"
 export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
-mkfifo "$run/ready"
-RUST_LOG=warn target/release/imserver --listen 127.0.0.1:0 --max-connections 20000 >"$run/ready" 2>"$run/node.log" &
-npid=$!
-pids+=($npid)
-read -r ready <"$run/ready"
-node=$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")
-target/release/imbench --nodes "$node" --node-pid "$npid" "$@"
+nodes=()
+npids=()
+for k in $(seq 1 "${NODES:-1}"); do
+  mkfifo "$run/ready$k"
+  RUST_LOG=warn target/release/imserver --listen 127.0.0.1:0 --max-connections 20000 \
+    >"$run/ready$k" 2>"$run/node$k.log" &
+  npids+=($!)
+  pids+=($!)
+  read -r ready <"$run/ready$k"
+  nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
+done
+join() { local IFS=,; echo "$*"; }
+target/release/imbench --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@"

@@ -23,6 +23,10 @@ use tokio_tungstenite::tungstenite::Message;
 enum Workload {
     /// Private messages to random connected clients.
     Private,
+    /// One channel whose members are all the clients.
+    Channel,
+    /// Many small channels (`--chan-size` members each); each message to a random one.
+    SmallChannels,
 }
 
 #[derive(Debug, Parser)]
@@ -48,6 +52,9 @@ struct Args {
     /// Payload size in bytes (padding added to the timestamp).
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
+    /// Members per channel for the small-channels workload.
+    #[arg(long, default_value_t = 10)]
+    chan_size: usize,
     /// Pids of the nodes, to read RSS and CPU from /proc.
     #[arg(long, value_delimiter = ',')]
     node_pid: Vec<u32>,
@@ -61,6 +68,11 @@ struct Stats {
 }
 
 const LATENCY_SHARDS: usize = 16;
+
+/// The name of benchmark channel `g`.
+fn chan_name(g: usize) -> String {
+    format!("bench:{g}")
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -164,6 +176,20 @@ async fn main() -> Result<()> {
     });
     let me = std::process::id().to_string();
 
+    // Memberships are durable: set them up before anyone connects.
+    let groups = match args.workload {
+        Workload::Private => 0,
+        Workload::Channel => 1,
+        Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
+    };
+    for g in 0..groups {
+        let members: Vec<String> = match args.workload {
+            Workload::Channel => (0..args.clients).map(|i| format!("c{i}")).collect(),
+            _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients)).map(|i| format!("c{i}")).collect(),
+        };
+        im.join_chan_many(&members, &chan_name(g)).await?;
+    }
+
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let mut tasks = Vec::with_capacity(args.clients);
@@ -185,6 +211,20 @@ async fn main() -> Result<()> {
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    // Channel messages reach only members whose channels the nodes have loaded: wait for it.
+    if groups > 0 {
+        let ready_by = Instant::now() + Duration::from_secs(60);
+        loop {
+            let online: u64 = im.chans().await?.iter().map(|c| c.online).sum();
+            if online >= connected as u64 {
+                break;
+            }
+            if Instant::now() > ready_by {
+                bail!("only {online} of {connected} members online in their channels after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let rss_idle = nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
     let node_cpu_before = nodes_sum(&args.node_pid, cpu_secs);
     let tool_cpu_before = cpu_secs(&me).unwrap_or(0.0);
@@ -192,7 +232,7 @@ async fn main() -> Result<()> {
     // Send at a fixed rate in 10 ms ticks.
     let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
     let tick = Duration::from_millis(10);
-    let per_tick = (args.rate as f64 / 100.0).max(1.0);
+    let per_tick = args.rate as f64 / 100.0;
     let send_start = Instant::now();
     let send_for = Duration::from_secs_f64(args.duration);
     let mut interval = tokio::time::interval(tick);
@@ -200,6 +240,7 @@ async fn main() -> Result<()> {
     let mut owed = 0.0f64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut send_errors = 0u64;
+    let mut expected = 0u64;
     while send_start.elapsed() < send_for && connected > 0 {
         interval.tick().await;
         owed += per_tick;
@@ -210,21 +251,38 @@ async fn main() -> Result<()> {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let to = format!("c{}", rng % args.clients as u64);
                 let im = im.clone();
                 let payload = serde_json::json!({ "t": now_ns(), "p": pad });
-                async move { im.send_message("bench", [to], &payload, false).await }
+                let (workload, clients, chan_size) = (args.workload, args.clients as u64, args.chan_size as u64);
+                async move {
+                    match workload {
+                        Workload::Private => {
+                            let to = format!("c{}", rng % clients);
+                            im.send_message("bench", [to], &payload, false).await.map(|_| 1)
+                        }
+                        Workload::Channel => {
+                            im.send_chan_message("bench", &chan_name(0), &payload, false).await.map(|_| clients)
+                        }
+                        Workload::SmallChannels => {
+                            let g = rng % groups as u64;
+                            let members = chan_size.min(clients - g * chan_size);
+                            im.send_chan_message("bench", &chan_name(g as usize), &payload, false).await.map(|_| members)
+                        }
+                    }
+                }
             })
             .collect();
         for r in futures_util::future::join_all(batch).await {
             match r {
-                Ok(_) => sent += 1,
+                Ok(receivers) => {
+                    sent += 1;
+                    expected += receivers;
+                }
                 Err(_) => send_errors += 1,
             }
         }
     }
     let send_secs = send_start.elapsed().as_secs_f64();
-    let expected = sent;
     let drain_end = Instant::now() + Duration::from_secs(5);
     while stats.received.load(Relaxed) < expected && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(10)).await;

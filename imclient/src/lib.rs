@@ -6,6 +6,9 @@
 //! ([`ImClient::prev_connect_server`]) naming the client's home node, pushes messages
 //! ([`ImClient::send_message`]) through Redis to that node, asks who is online
 //! ([`ImClient::has_online`]) and reads online/offline events ([`ImClient::events`]).
+//! Channels (rooms, group chats) have durable membership ([`ImClient::join_chan`]) and cost one
+//! publish per message whatever their size ([`ImClient::send_chan_message`]);
+//! [`ImClient::broadcast`] reaches every online client.
 //! Browsers never send business data over their socket: they call the backend over HTTP.
 //!
 //! Redis names are built in [`keys`]; the wire format is in [`contract`]; the home-node rule
