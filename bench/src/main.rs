@@ -185,7 +185,9 @@ async fn main() -> Result<()> {
     for g in 0..groups {
         let members: Vec<String> = match args.workload {
             Workload::Channel => (0..args.clients).map(|i| format!("c{i}")).collect(),
-            _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients)).map(|i| format!("c{i}")).collect(),
+            _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients))
+                .map(|i| format!("c{i}"))
+                .collect(),
         };
         im.join_chan_many(&members, &chan_name(g)).await?;
     }
@@ -253,20 +255,26 @@ async fn main() -> Result<()> {
                 rng ^= rng << 17;
                 let im = im.clone();
                 let payload = serde_json::json!({ "t": now_ns(), "p": pad });
-                let (workload, clients, chan_size) = (args.workload, args.clients as u64, args.chan_size as u64);
+                let (workload, clients, chan_size) =
+                    (args.workload, args.clients as u64, args.chan_size as u64);
                 async move {
                     match workload {
                         Workload::Private => {
                             let to = format!("c{}", rng % clients);
-                            im.send_message("bench", [to], &payload, false).await.map(|_| 1)
+                            im.send_message("bench", [to], &payload, false)
+                                .await
+                                .map(|_| 1)
                         }
-                        Workload::Channel => {
-                            im.send_chan_message("bench", &chan_name(0), &payload, false).await.map(|_| clients)
-                        }
+                        Workload::Channel => im
+                            .send_chan_message("bench", &chan_name(0), &payload, false)
+                            .await
+                            .map(|_| clients),
                         Workload::SmallChannels => {
                             let g = rng % groups as u64;
                             let members = chan_size.min(clients - g * chan_size);
-                            im.send_chan_message("bench", &chan_name(g as usize), &payload, false).await.map(|_| members)
+                            im.send_chan_message("bench", &chan_name(g as usize), &payload, false)
+                                .await
+                                .map(|_| members)
                         }
                     }
                 }

@@ -1,15 +1,23 @@
-//! demo-web: a small business backend on imclient. For now it signs users in by name, hands
-//! out connect URLs, sends private messages with receipts and lists who is online; the page
-//! shows what the socket receives. (The full chat demo grows from here.)
+//! demo-web: a small but honest business backend on imclient. It signs users in by display
+//! name, owns the rooms, decides who may write where, and keeps the last messages of each
+//! room in memory; imclient carries its decisions to the browsers through imserver.
+//! The page (static/) and the browser client script (static/imclient.js) are served from here.
+
+mod api;
+mod presence_feed;
+mod rooms;
+mod users;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use clap::Parser;
-use imclient::{ImClient, ImClientArgs};
-use serde::Deserialize;
+use imclient::ImClientArgs;
 use tracing_subscriber::EnvFilter;
+
+use crate::api::AppState;
 
 /// Configuration of the demo backend.
 #[derive(Debug, Parser)]
@@ -22,61 +30,12 @@ struct Config {
     im: ImClientArgs,
 }
 
-#[derive(Debug, Deserialize)]
-struct Who {
-    client: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Send {
-    from: String,
-    to: String,
-    text: String,
-}
-
-fn bad_request(e: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::BadRequest().json(serde_json::json!({ "error": e.to_string() }))
-}
-
-async fn connect_url(im: web::Data<ImClient>, who: web::Query<Who>) -> HttpResponse {
-    match im.prev_connect_server(&who.client, serde_json::json!({ "name": who.client })) {
-        Ok(url) => HttpResponse::Ok().json(serde_json::json!({ "url": url })),
-        Err(e) => bad_request(e),
-    }
-}
-
-async fn send(im: web::Data<ImClient>, body: web::Json<Send>) -> HttpResponse {
-    if body.text.trim().is_empty() || body.text.len() > 2000 {
-        return bad_request("text must be 1 to 2000 bytes");
-    }
-    let payload = serde_json::json!({ "text": body.text });
-    match im
-        .send_message(&body.from, [&body.to], &payload, true)
-        .await
-    {
-        Ok(report) => HttpResponse::Ok().json(serde_json::json!({ "id": report.message_id })),
-        Err(imclient::Error::ClientId { .. }) => {
-            bad_request("from and to must be 1 to 128 characters")
-        }
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
-        }
-    }
-}
-
-async fn online(im: web::Data<ImClient>) -> HttpResponse {
-    match im.online_clients().await {
-        Ok(list) => HttpResponse::Ok().json(list),
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "error": e.to_string() }))
-        }
-    }
-}
-
-async fn page() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(include_str!("../static/index.html"))
+/// One static file, compiled in so the binary runs from anywhere.
+fn asset(
+    content_type: &'static str,
+    body: &'static str,
+) -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
+    move || std::future::ready(HttpResponse::Ok().content_type(content_type).body(body))
 }
 
 #[actix_web::main]
@@ -88,14 +47,47 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let im = config.im.client().context("cannot build the imclient")?;
+    let state = AppState {
+        im: im.clone(),
+        users: Arc::default(),
+        rooms: Arc::default(),
+    };
+    let consumer = format!("demo-web-{}", config.listen);
+    tokio::spawn(presence_feed::run(im, state.users.clone(), consumer));
+
     tracing::info!(listen = %config.listen, "demo-web serving");
     HttpServer::new(move || {
         App::new()
-            .app_data(web::Data::new(im.clone()))
-            .route("/", web::get().to(page))
-            .route("/prev-connect-imserver", web::get().to(connect_url))
-            .route("/send", web::post().to(send))
-            .route("/online", web::get().to(online))
+            .app_data(web::Data::new(state.clone()))
+            .configure(api::configure)
+            .route(
+                "/",
+                web::get().to(asset(
+                    "text/html; charset=utf-8",
+                    include_str!("../static/index.html"),
+                )),
+            )
+            .route(
+                "/app.js",
+                web::get().to(asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("../static/app.js"),
+                )),
+            )
+            .route(
+                "/imclient.js",
+                web::get().to(asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("../static/imclient.js"),
+                )),
+            )
+            .route(
+                "/style.css",
+                web::get().to(asset(
+                    "text/css; charset=utf-8",
+                    include_str!("../static/style.css"),
+                )),
+            )
     })
     .bind(config.listen)
     .with_context(|| format!("cannot bind {}", config.listen))?
