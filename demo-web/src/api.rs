@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use imclient::ImClient;
 use serde::Deserialize;
 use serde_json::json;
@@ -44,19 +44,52 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/rooms/{room}/messages", web::post().to(send_room));
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": message.to_string() }))
+/// Why a request was refused; rendered as JSON `{"error": "..."}` with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No session cookie, or an unknown one.
+    #[error("sign in first")]
+    SignedOut,
+    /// Bad input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Input over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not allowed for this user.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such room or user.
+    #[error("{0}")]
+    NotFound(String),
+    /// imclient failed (Redis away).
+    #[error("messaging is unavailable: {0}")]
+    Im(#[from] imclient::Error),
 }
 
-fn im_error(e: imclient::Error) -> HttpResponse {
-    tracing::warn!(error = %e, "imclient call failed");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("messaging is unavailable: {e}"),
-    )
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::SignedOut => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Im(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Im(e) = self {
+            tracing::warn!(error = %e, "imclient call failed");
+        }
+        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+    }
 }
 
-fn signed_in(req: &HttpRequest, state: &AppState) -> Result<(String, User), HttpResponse> {
+type ApiResult = Result<HttpResponse, ApiError>;
+
+fn signed_in(req: &HttpRequest, state: &AppState) -> Result<(String, User), ApiError> {
     let token = req
         .cookie(COOKIE)
         .map(|c| c.value().to_owned())
@@ -65,39 +98,26 @@ fn signed_in(req: &HttpRequest, state: &AppState) -> Result<(String, User), Http
         .users
         .by_session(&token)
         .map(|user| (token, user))
-        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "sign in first"))
+        .ok_or(ApiError::SignedOut)
 }
 
-fn room_of(name: &str) -> Result<&'static str, HttpResponse> {
+fn room_of(name: &str) -> Result<&'static str, ApiError> {
     Rooms::find(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!("no room {name:?}; rooms are {}", ROOMS.join(", ")),
-        )
+        ApiError::NotFound(format!("no room {name:?}; rooms are {}", ROOMS.join(", ")))
     })
 }
 
-fn text_of(text: &str) -> Result<String, HttpResponse> {
+fn text_of(text: &str) -> Result<String, ApiError> {
     let text = text.trim();
     if text.is_empty() {
-        Err(error(StatusCode::BAD_REQUEST, "text is empty"))
+        Err(ApiError::BadRequest("text is empty".into()))
     } else if text.chars().count() > MAX_TEXT_CHARS {
-        Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("text is longer than {MAX_TEXT_CHARS} characters"),
-        ))
+        Err(ApiError::TooLarge(format!(
+            "text is longer than {MAX_TEXT_CHARS} characters"
+        )))
     } else {
         Ok(text.to_owned())
     }
-}
-
-macro_rules! tri {
-    ($e:expr) => {
-        match $e {
-            Ok(v) => v,
-            Err(response) => return response,
-        }
-    };
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,67 +125,51 @@ struct SignIn {
     name: String,
 }
 
-async fn sign_in(state: web::Data<AppState>, body: web::Json<SignIn>) -> HttpResponse {
-    let name = match clean_name(&body.name) {
-        Ok(name) => name,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
+async fn sign_in(state: web::Data<AppState>, body: web::Json<SignIn>) -> ApiResult {
+    let name = clean_name(&body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let (token, user) = state.users.sign_in(name);
     let cookie = Cookie::build(COOKIE, token)
         .path("/")
         .http_only(true)
         .same_site(SameSite::Strict)
         .finish();
-    HttpResponse::Ok().cookie(cookie).json(user)
+    Ok(HttpResponse::Ok().cookie(cookie).json(user))
 }
 
-async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let (token, user) = tri!(signed_in(&req, &state));
+async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
+    let (token, user) = signed_in(&req, &state)?;
     state.users.sign_out(&token);
     // The business ends the session, so its sockets go too: the IM reports it offline.
-    if let Err(e) = state.im.force_offline(&user.id).await {
-        return im_error(e);
-    }
+    state.im.force_offline(&user.id).await?;
     let mut gone = Cookie::build(COOKIE, "").path("/").finish();
     gone.make_removal();
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .cookie(gone)
-        .json(json!({ "signed_out": user.id }))
+        .json(json!({ "signed_out": user.id })))
 }
 
-async fn me(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let node = state
+async fn me(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let node = state.im.home_node(&user.id)?.to_string();
+    Ok(HttpResponse::Ok().json(json!({ "id": user.id, "name": user.name, "node": node })))
+}
+
+async fn connect_url(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let url = state
         .im
-        .home_node(&user.id)
-        .map(|n| n.to_string())
-        .unwrap_or_default();
-    HttpResponse::Ok().json(json!({ "id": user.id, "name": user.name, "node": node }))
+        .prev_connect_server(&user.id, json!({ "name": user.name }))?;
+    Ok(HttpResponse::Ok().json(json!({ "url": url })))
 }
 
-async fn connect_url(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    match state
-        .im
-        .prev_connect_server(&user.id, json!({ "name": user.name }))
-    {
-        Ok(url) => HttpResponse::Ok().json(json!({ "url": url })),
-        Err(e) => im_error(e),
-    }
-}
-
-async fn online(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    tri!(signed_in(&req, &state));
-    match state.im.online_clients().await {
-        Ok(ids) => {
-            let list: Vec<User> = ids
-                .iter()
-                .filter_map(|id| state.users.by_id(id.as_str()))
-                .collect();
-            HttpResponse::Ok().json(list)
-        }
-        Err(e) => im_error(e),
-    }
+async fn online(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
+    signed_in(&req, &state)?;
+    let ids = state.im.online_clients().await?;
+    let list: Vec<User> = ids
+        .iter()
+        .filter_map(|id| state.users.by_id(id.as_str()))
+        .collect();
+    Ok(HttpResponse::Ok().json(list))
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,75 +182,55 @@ async fn send_private(
     req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Private>,
-) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let text = tri!(text_of(&body.text));
-    let Some(to) = state.users.by_id(&body.to) else {
-        return error(StatusCode::NOT_FOUND, format!("no user {:?}", body.to));
-    };
+) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let text = text_of(&body.text)?;
+    let to = state
+        .users
+        .by_id(&body.to)
+        .ok_or_else(|| ApiError::NotFound(format!("no user {:?}", body.to)))?;
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "to": to.id });
-    match state
+    let report = state
         .im
         .send_message(&user.id, [&to.id], &payload, true)
-        .await
-    {
-        Ok(report) => HttpResponse::Ok().json(json!({ "id": report.message_id })),
-        Err(e) => im_error(e),
-    }
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "id": report.message_id })))
 }
 
-async fn rooms(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let mine = match state.im.client_chans(&user.id).await {
-        Ok(chans) => chans,
-        Err(e) => return im_error(e),
-    };
+async fn rooms(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let mine = state.im.client_chans(&user.id).await?;
     let mut list = Vec::new();
     for room in ROOMS {
-        let online = match state.im.chan_online(room).await {
-            Ok(n) => n,
-            Err(e) => return im_error(e),
-        };
+        let online = state.im.chan_online(room).await?;
         let joined = mine.iter().any(|c| c.as_str() == room);
         list.push(json!({ "name": room, "online": online, "joined": joined }));
     }
-    HttpResponse::Ok().json(list)
+    Ok(HttpResponse::Ok().json(list))
 }
 
-async fn join(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    room: web::Path<String>,
-) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let room = tri!(room_of(&room));
-    match state.im.join_chan(&user.id, room).await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "joined": room })),
-        Err(e) => im_error(e),
-    }
+async fn join(req: HttpRequest, state: web::Data<AppState>, room: web::Path<String>) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let room = room_of(&room)?;
+    state.im.join_chan(&user.id, room).await?;
+    Ok(HttpResponse::Ok().json(json!({ "joined": room })))
 }
 
-async fn leave(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    room: web::Path<String>,
-) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let room = tri!(room_of(&room));
-    match state.im.leave_chan(&user.id, room).await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "left": room })),
-        Err(e) => im_error(e),
-    }
+async fn leave(req: HttpRequest, state: web::Data<AppState>, room: web::Path<String>) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let room = room_of(&room)?;
+    state.im.leave_chan(&user.id, room).await?;
+    Ok(HttpResponse::Ok().json(json!({ "left": room })))
 }
 
 async fn room_history(
     req: HttpRequest,
     state: web::Data<AppState>,
     room: web::Path<String>,
-) -> HttpResponse {
-    tri!(signed_in(&req, &state));
-    let room = tri!(room_of(&room));
-    HttpResponse::Ok().json(state.rooms.recent(room))
+) -> ApiResult {
+    signed_in(&req, &state)?;
+    let room = room_of(&room)?;
+    Ok(HttpResponse::Ok().json(state.rooms.recent(room)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,39 +243,33 @@ async fn send_room(
     state: web::Data<AppState>,
     room: web::Path<String>,
     body: web::Json<RoomText>,
-) -> HttpResponse {
-    let (_, user) = tri!(signed_in(&req, &state));
-    let room = tri!(room_of(&room));
-    let text = tri!(text_of(&body.text));
-    match state.im.client_chans(&user.id).await {
-        Ok(chans) if chans.iter().any(|c| c.as_str() == room) => {}
-        Ok(_) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                format!("join {room} before writing to it"),
-            );
-        }
-        Err(e) => return im_error(e),
+) -> ApiResult {
+    let (_, user) = signed_in(&req, &state)?;
+    let room = room_of(&room)?;
+    let text = text_of(&body.text)?;
+    if !state
+        .im
+        .client_chans(&user.id)
+        .await?
+        .iter()
+        .any(|c| c.as_str() == room)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "join {room} before writing to it"
+        )));
     }
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "room": room });
-    match state
+    let report = state
         .im
         .send_chan_message(&user.id, room, &payload, false)
-        .await
-    {
-        Ok(report) => {
-            state.rooms.record(
-                room,
-                RoomMessage {
-                    id: report.message_id.clone(),
-                    from: user.id,
-                    from_name: user.name,
-                    text,
-                    ts: imclient::now_ms(),
-                },
-            );
-            HttpResponse::Ok().json(json!({ "id": report.message_id }))
-        }
-        Err(e) => im_error(e),
-    }
+        .await?;
+    let message = RoomMessage {
+        id: report.message_id.clone(),
+        from: user.id,
+        from_name: user.name,
+        text,
+        ts: imclient::now_ms(),
+    };
+    state.rooms.record(room, message);
+    Ok(HttpResponse::Ok().json(json!({ "id": report.message_id })))
 }

@@ -115,6 +115,32 @@ test('two people chat through the whole stack', async (t) => {
   // Ben is on a phone-width screen.
   const ben = await signIn('Ben', { width: 390, height: 844 });
 
+  await t.test('bad input gets a JSON error with a proper status', async () => {
+    const results = await ann.page.evaluate(async (ben) => {
+      const call = async (path, body) => {
+        const r = await fetch(path, body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        return [r.status, (await r.json()).error];
+      };
+      return {
+        unknownRoom: await call('/api/rooms/nope/join', {}),
+        empty: await call('/api/messages', { to: ben, text: '   ' }),
+        tooLong: await call('/api/messages', { to: ben, text: 'x'.repeat(1001) }),
+        unknownUser: await call('/api/messages', { to: 'u-nobody', text: 'hi' }),
+        notMember: await call('/api/rooms/rust/messages', { text: 'hi' }),
+        badName: await call('/api/signin', { name: '' }),
+      };
+    }, ben.me.id);
+    assert.equal(results.unknownRoom[0], 404);
+    assert.match(results.unknownRoom[1], /no room "nope"/);
+    assert.deepEqual(results.empty, [400, 'text is empty']);
+    assert.equal(results.tooLong[0], 413);
+    assert.equal(results.unknownUser[0], 404);
+    assert.deepEqual(results.notMember, [403, 'join rust before writing to it']);
+    assert.deepEqual(results.badName, [400, 'name is empty']);
+    const anon = await fetch(`${stack.web}/prev-connect-imserver`);
+    assert.equal(anon.status, 401);
+  });
+
   await t.test('A sees B come online', async () => {
     await ann.page.locator(`#online-list li[data-user="${ben.me.id}"]`).waitFor({ timeout: WAIT });
   });
