@@ -3,15 +3,19 @@
 //! ([`ImClient::events`]), or the replicas of a backend share them through a consumer group
 //! ([`ImClient::event_group`]).
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use deadpool_redis::Pool;
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::client::ImClient;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ids::{ClientId, NodeId};
 
 /// The stream entry field that holds the event JSON.
@@ -79,18 +83,26 @@ enum Mode {
     Group {
         group: String,
         consumer: String,
+        /// Whether this consumer's own unacknowledged entries have been read again.
         pending_done: bool,
-        to_ack: Vec<String>,
     },
 }
 
-/// An async stream of events. Call [`EventStream::next`] in a loop.
+/// Entries a reader may fetch ahead of the caller.
+const PREFETCH: usize = BATCH;
+
+/// An async stream of events. Call [`EventStream::next`] in a loop; it is cancel-safe, so it
+/// can sit in a `select!`. A background task reads Redis ahead of the caller (at most a batch)
+/// and stops when the stream is dropped.
 pub struct EventStream {
-    pool: Pool,
     key: String,
-    mode: Mode,
-    buffered: VecDeque<(String, Event)>,
-    skipped: u64,
+    rx: mpsc::Receiver<Result<(String, Event)>>,
+    /// Group mode: ids the caller is done with, acknowledged by the reader.
+    acks: Option<Arc<Mutex<Vec<String>>>>,
+    /// Group mode: the id `next` returned last, done once `next` is called again.
+    last: Option<String>,
+    skipped: Arc<AtomicU64>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for EventStream {
@@ -98,6 +110,12 @@ impl std::fmt::Debug for EventStream {
         f.debug_struct("EventStream")
             .field("key", &self.key)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -130,8 +148,7 @@ impl ImClient {
                     .arg("COUNT")
                     .arg(1)
                     .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
+                    .await?;
                 last.into_iter()
                     .next()
                     .map(|(id, _)| id)
@@ -185,7 +202,6 @@ impl ImClient {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
             pending_done: false,
-            to_ack: Vec::new(),
         };
         Ok(EventStream::new(self.pool().clone(), key, mode))
     }
@@ -193,35 +209,102 @@ impl ImClient {
 
 impl EventStream {
     fn new(pool: Pool, key: String, mode: Mode) -> Self {
-        Self {
+        let (tx, rx) = mpsc::channel(PREFETCH);
+        let acks = matches!(mode, Mode::Group { .. }).then(|| Arc::new(Mutex::new(Vec::new())));
+        let skipped = Arc::new(AtomicU64::new(0));
+        let reader = Reader {
             pool,
-            key,
+            key: key.clone(),
             mode,
-            buffered: VecDeque::new(),
-            skipped: 0,
+            acks: acks.clone(),
+            skipped: skipped.clone(),
+        };
+        let reader = tokio::spawn(reader.run(tx));
+        Self {
+            key,
+            rx,
+            acks,
+            last: None,
+            skipped,
+            reader,
         }
     }
 
     /// Entries skipped because they were not valid events (written by something else).
     pub fn skipped(&self) -> u64 {
-        self.skipped
+        self.skipped.load(Ordering::Relaxed)
     }
 
     /// The next event and its stream id, waiting for one to arrive. Returns an error when Redis
-    /// cannot be reached; calling again retries from where it stopped.
+    /// cannot be reached; the reader keeps retrying, so calling again goes on from where it
+    /// stopped. Cancel-safe: an event is never lost by dropping this future.
     pub async fn next(&mut self) -> Result<(String, Event)> {
-        loop {
-            if let Some(item) = self.buffered.pop_front() {
-                if let Mode::Group { to_ack, .. } = &mut self.mode {
-                    to_ack.push(item.0.clone());
+        if let (Some(acks), Some(done)) = (&self.acks, self.last.take()) {
+            lock(acks).push(done);
+        }
+        match self.rx.recv().await {
+            Some(Ok(item)) => {
+                if self.acks.is_some() {
+                    self.last = Some(item.0.clone());
                 }
-                return Ok(item);
+                Ok(item)
             }
-            self.fill().await?;
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Options("the event reader stopped".into())),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The background half of an [`EventStream`].
+struct Reader {
+    pool: Pool,
+    key: String,
+    mode: Mode,
+    acks: Option<Arc<Mutex<Vec<String>>>>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Reader {
+    async fn run(mut self, tx: mpsc::Sender<Result<(String, Event)>>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.read().await {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(50);
+                    for (id, map) in entries {
+                        match parse_entry(&map) {
+                            Ok(event) => {
+                                if tx.send(Ok((id, event))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(reason) => {
+                                self.skipped.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(key = %self.key, %id, %reason, "skipping malformed event");
+                                if let Some(acks) = &self.acks {
+                                    lock(acks).push(id);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 
-    async fn fill(&mut self) -> Result<()> {
+    /// One blocking read (after acknowledging what the caller is done with).
+    async fn read(&mut self) -> Result<Vec<(String, HashMap<String, redis::Value>)>> {
         let mut conn = self.pool.get().await?;
         let reply: Option<StreamReadReply> = match &mut self.mode {
             Mode::All { last_id } => {
@@ -233,12 +316,20 @@ impl EventStream {
                 group,
                 consumer,
                 pending_done,
-                to_ack,
             } => {
-                if !to_ack.is_empty() {
-                    let _: i64 = conn.xack(&self.key, group.as_str(), to_ack).await?;
-                    to_ack.clear();
+                if let Some(acks) = &self.acks {
+                    let done: Vec<String> = std::mem::take(&mut *lock(acks));
+                    if !done.is_empty() {
+                        if let Err(e) = conn
+                            .xack::<_, _, _, i64>(&self.key, group.as_str(), &done)
+                            .await
+                        {
+                            lock(acks).extend(done);
+                            return Err(e.into());
+                        }
+                    }
                 }
+                // First the entries this consumer was given before and never acknowledged.
                 let id = if *pending_done { ">" } else { "0" };
                 let mut opts = StreamReadOptions::default()
                     .group(group.as_str(), consumer.as_str())
@@ -248,38 +339,30 @@ impl EventStream {
                 }
                 let reply: Option<StreamReadReply> =
                     conn.xread_options(&[&self.key], &[id], &opts).await?;
-                let empty = reply
-                    .as_ref()
-                    .is_none_or(|r| r.keys.iter().all(|k| k.ids.is_empty()));
-                if !*pending_done && empty {
+                if !*pending_done
+                    && reply
+                        .as_ref()
+                        .is_none_or(|r| r.keys.iter().all(|k| k.ids.is_empty()))
+                {
                     *pending_done = true;
                 }
                 reply
             }
         };
-        let Some(reply) = reply else { return Ok(()) };
-        for stream in reply.keys {
+        let mut out = Vec::new();
+        for stream in reply.into_iter().flat_map(|r| r.keys) {
             for entry in stream.ids {
                 if let Mode::All { last_id } = &mut self.mode {
                     last_id.clone_from(&entry.id);
                 }
-                match parse_entry(&entry.map) {
-                    Ok(event) => self.buffered.push_back((entry.id, event)),
-                    Err(reason) => {
-                        self.skipped += 1;
-                        tracing::warn!(key = %self.key, id = %entry.id, %reason, "skipping malformed event");
-                        if let Mode::Group { to_ack, .. } = &mut self.mode {
-                            to_ack.push(entry.id);
-                        }
-                    }
-                }
+                out.push((entry.id, entry.map));
             }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
-fn parse_entry(map: &std::collections::HashMap<String, redis::Value>) -> Result<Event, String> {
+fn parse_entry(map: &HashMap<String, redis::Value>) -> Result<Event, String> {
     let value = map
         .get(EVENT_FIELD)
         .ok_or_else(|| format!("no `{EVENT_FIELD}` field"))?;
