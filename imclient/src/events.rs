@@ -319,14 +319,13 @@ impl Reader {
             } => {
                 if let Some(acks) = &self.acks {
                     let done: Vec<String> = std::mem::take(&mut *lock(acks));
-                    if !done.is_empty() {
-                        if let Err(e) = conn
+                    if !done.is_empty()
+                        && let Err(e) = conn
                             .xack::<_, _, _, i64>(&self.key, group.as_str(), &done)
                             .await
-                        {
-                            lock(acks).extend(done);
-                            return Err(e.into());
-                        }
+                    {
+                        lock(acks).extend(done);
+                        return Err(e.into());
                     }
                 }
                 // First the entries this consumer was given before and never acknowledged.
