@@ -114,7 +114,12 @@ async function loadRooms() {
 }
 
 function connect() {
-  const conn = new ImConnection({ getUrl: async () => (await api('/prev-connect-imserver')).url });
+  // ?heartbeat_ms=…&timeout_ms=… tune the client's dead-connection detection (tests use it).
+  const q = new URLSearchParams(location.search);
+  const tuned = {};
+  if (q.get('heartbeat_ms')) tuned.heartbeatMs = Number(q.get('heartbeat_ms'));
+  if (q.get('timeout_ms')) tuned.timeoutMs = Number(q.get('timeout_ms'));
+  const conn = new ImConnection({ getUrl: async () => (await api('/prev-connect-imserver')).url, ...tuned });
   state.conn = conn;
   conn.addEventListener('state', (ev) => {
     $('state').textContent = ev.detail.state;

@@ -96,11 +96,11 @@ after(async () => {
   await Promise.all([...children].map((c) => stop(c, 'SIGKILL')));
 });
 
-async function signIn(name, viewport) {
+async function signIn(name, viewport, query = '') {
   const context = await browser.newContext({ viewport });
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`[${name}] page error: ${e.message}`));
-  await page.goto(stack.web);
+  await page.goto(stack.web + '/' + query);
   await page.fill('#signin-name', name);
   await page.click('#signin-btn');
   await page.locator('#state[data-state="connected"]').waitFor({ timeout: WAIT });
@@ -204,4 +204,19 @@ test('two people chat through the whole stack', async (t) => {
   });
 
   await ann.page.screenshot({ path: path.join(artifacts, 'ann-after-ben-left.png') });
+});
+
+test('the page notices a node that went silent and comes back when it answers again', async () => {
+  // Fast heartbeat: ping every 300 ms, give up on a connection silent for 1.2 s.
+  const cat = await signIn('Cat', { width: 800, height: 600 }, '?heartbeat_ms=300&timeout_ms=1200');
+  const i = stack.nodes.findIndex((n) => n.id === cat.me.node);
+  const node = stack.nodes[i];
+  // SIGSTOP freezes the node: the TCP connection stays open, so the browser sees nothing wrong.
+  node.child.kill('SIGSTOP');
+  try {
+    await cat.page.locator('#state[data-state="reconnecting"]').waitFor({ timeout: WAIT });
+  } finally {
+    node.child.kill('SIGCONT');
+  }
+  await cat.page.locator('#state[data-state="connected"]').waitFor({ timeout: WAIT });
 });
