@@ -5,18 +5,18 @@
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
-use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
 use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
-use tokio::sync::{Mutex, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::Semaphore;
+
+mod wire;
 
 /// What traffic to drive.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,16 +81,6 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads `"t":<digits>` out of an envelope without parsing all of it.
-fn sent_at(text: &str) -> Option<u64> {
-    let start = text.find("\"t\":")? + 4;
-    let digits: &str = &text[start..];
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    digits[..end].parse().ok()
-}
-
 /// Seconds of CPU (user + system) used by `pid`, from /proc.
 fn cpu_secs(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -122,13 +112,9 @@ fn nodes_sum(pids: &[u32], f: impl Fn(&str) -> Option<f64>) -> Option<f64> {
 async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
     let client = format!("c{i}");
     let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
-    let addr = url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let target: std::net::SocketAddr = tokio::net::lookup_host(&addr)
+    let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
+    let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
+    let target: std::net::SocketAddr = tokio::net::lookup_host(host)
         .await?
         .next()
         .context("no address")?;
@@ -143,24 +129,34 @@ async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
     }
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) if t.contains("welcome") => {}
-        other => bail!("expected welcome, got {other:?}"),
+    let mut ws = wire::Socket::upgrade(tcp, host, &format!("/{path}")).await?;
+    let mut welcomed = false;
+    ws.read(|text| {
+        welcomed = wire::find_str(text, "welcome");
+        wire::Flow::Stop
+    })
+    .await?;
+    if !welcomed {
+        bail!("the first frame was not a welcome");
     }
     tokio::spawn(async move {
         let shard = &stats.latency[i % LATENCY_SHARDS];
-        while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(text) = msg
-                && let Some(t) = sent_at(&text)
-            {
-                let micros = now_ns().saturating_sub(t) / 1000;
-                stats.received.fetch_add(1, Relaxed);
-                let _ = shard.lock().await.record(micros.max(1));
-            }
-        }
+        let _ = ws
+            .read(|text| {
+                if let Some(t) = wire::sent_at(text) {
+                    let micros = now_ns().saturating_sub(t) / 1000;
+                    stats.received.fetch_add(1, Relaxed);
+                    let _ = lock(shard).record(micros.max(1));
+                }
+                wire::Flow::Continue
+            })
+            .await;
     });
     Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[tokio::main]
@@ -304,7 +300,7 @@ async fn main() -> Result<()> {
 
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for shard in &stats.latency {
-        hist.add(&*shard.lock().await)?;
+        hist.add(&*lock(shard))?;
     }
     let report = serde_json::json!({
         "workload": format!("{:?}", args.workload).to_lowercase(),
