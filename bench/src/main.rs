@@ -69,9 +69,16 @@ struct Stats {
 
 const LATENCY_SHARDS: usize = 16;
 
-/// The name of benchmark channel `g`.
+/// The name of benchmark channel `g`; unique to this run, so runs sharing a Redis do not see
+/// each other's memberships.
 fn chan_name(g: usize) -> String {
-    format!("bench:{g}")
+    format!("{}{g}", chan_prefix())
+}
+
+/// What this run's channel names start with.
+fn chan_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!("bench:{}:", now_ns() % 1_000_000_007))
 }
 
 fn now_ns() -> u64 {
@@ -213,7 +220,12 @@ async fn main() -> Result<()> {
     if groups > 0 {
         let ready_by = Instant::now() + Duration::from_secs(60);
         loop {
-            let online: u64 = im.chans().await?.iter().map(|c| c.online).sum();
+            let chans = im.chans().await?;
+            let online: u64 = chans
+                .iter()
+                .filter(|c| c.chan.as_str().starts_with(chan_prefix()))
+                .map(|c| c.online)
+                .sum();
             if online >= connected as u64 {
                 break;
             }
@@ -316,6 +328,7 @@ async fn main() -> Result<()> {
         "deliveries_expected": expected,
         "deliveries_received": received,
         "loss": expected.saturating_sub(received),
+        "extra": received.saturating_sub(expected),
         "deliveries_per_sec": received as f64 / send_secs,
         "latency_us": { "p50": hist.value_at_quantile(0.5), "p90": hist.value_at_quantile(0.9),
                         "p99": hist.value_at_quantile(0.99), "max": hist.max() },

@@ -1,0 +1,80 @@
+//! Smoke test of the load tool: a small run against a real node must connect everyone and
+//! lose nothing, in each workload, and print one JSON report.
+
+#[path = "../../imserver/tests/fixture/mod.rs"]
+mod fixture;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use fixture::{Cluster, NodeOpts};
+
+fn run_imbench(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
+    ensure!(
+        fixture::imserver_bin().exists(),
+        "imserver is not built: run `cargo test --workspace`"
+    );
+    let nodes: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+    let pids: Vec<String> = c.nodes.iter().map(|n| n.pid().to_string()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_imbench"))
+        .args([
+            "--redis-url",
+            &c.redis.url(),
+            "--nodes",
+            &nodes.join(","),
+            "--key-prefix",
+            fixture::PREFIX,
+        ])
+        .args(["--node-pid", &pids.join(",")])
+        .args(args)
+        .env("IM_TOKEN_SECRET", fixture::SECRET)
+        .output()
+        .context("cannot run imbench")?;
+    ensure!(
+        out.status.success(),
+        "imbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout)?;
+    Ok(serde_json::from_str(line.trim())?)
+}
+
+#[tokio::test]
+async fn imbench_reports_every_delivery_in_each_workload() -> Result<()> {
+    let c = Cluster::start(2, NodeOpts::default()).await?;
+    for workload in ["private", "channel", "small-channels"] {
+        let report = run_imbench(
+            &c,
+            &[
+                "--workload",
+                workload,
+                "--clients",
+                "60",
+                "--rate",
+                "200",
+                "--duration",
+                "0.5",
+            ],
+        )?;
+        assert_eq!(report["clients"], 60, "{workload}: {report}");
+        assert!(
+            report["sent"].as_u64().unwrap_or(0) > 0,
+            "{workload}: {report}"
+        );
+        assert_eq!(report["loss"], 0, "{workload}: {report}");
+        assert_eq!(report["extra"], 0, "{workload}: {report}");
+        assert_eq!(
+            report["deliveries_expected"], report["deliveries_received"],
+            "{workload}: {report}"
+        );
+        assert!(
+            report["latency_us"]["p50"].as_u64().unwrap_or(0) > 0,
+            "{workload}: {report}"
+        );
+        assert!(
+            report["node_rss_idle_kib"].as_f64().unwrap_or(0.0) > 0.0,
+            "{workload}: {report}"
+        );
+    }
+    Ok(())
+}
