@@ -56,16 +56,33 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
 
+    // One close-request future for the whole session, so the loop does not register a new
+    // waiter on every turn.
+    let kill = reg.kill.clone();
+    let killed = kill.wait();
+    tokio::pin!(killed);
+
     let exit = loop {
         tokio::select! {
             biased;
-            code = reg.kill.wait() => break Exit::Close(code),
+            code = &mut killed => break Exit::Close(code),
             frame = reg.rx.recv() => {
-                let Some(frame) = frame else { break Exit::Close(CloseCode::GoingAway) };
-                // A client that does not read blocks this send; stay responsive to close requests.
-                tokio::select! {
-                    sent = session.text(frame) => if sent.is_err() { break Exit::ClientClosed },
-                    code = reg.kill.wait() => break Exit::Close(code),
+                let Some(mut frame) = frame else { break Exit::Close(CloseCode::GoingAway) };
+                // Write what is queued before going back to waiting. A client that does not
+                // read blocks the write; stay responsive to close requests meanwhile.
+                let stop = loop {
+                    tokio::select! {
+                        biased;
+                        sent = session.text(frame) => if sent.is_err() { break Some(Exit::ClientClosed) },
+                        code = &mut killed => break Some(Exit::Close(code)),
+                    }
+                    match reg.rx.try_recv() {
+                        Ok(next) => frame = next,
+                        Err(_) => break None,
+                    }
+                };
+                if let Some(exit) = stop {
+                    break exit;
                 }
             }
             msg = inbound.next() => {
