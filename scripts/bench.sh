@@ -1,37 +1,29 @@
 #!/usr/bin/env bash
-# Quick benchmark: a private redis-server, NODES imserver nodes (release build, default 1) and the
-# imbench load tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
-#   scripts/bench.sh --clients 10000 --rate 20000 --duration 5
-#   NODES=2 scripts/bench.sh --workload channel --clients 10000 --rate 20 --duration 10
-# Prints imbench's JSON line.
+# The benchmark set: each workload RUNS times (default 3), back to back, then the medians go
+# into docs/BENCHMARKS.md (between the generated markers) and the raw JSON lines into
+# target/bench/results.jsonl. Takes about 10 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib.sh
+runs="${RUNS:-3}"
+out=target/bench
+mkdir -p "$out"
+: >"$out/results.jsonl"
 
-ensure_redis_server
-cargo build --quiet --release -p imserver -p imbench
-run=$(mktemp -d)
-pids=()
-cleanup() { [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$run"; }
-trap cleanup EXIT INT TERM
-
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" >"$run/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break; sleep 0.05; done
-export IM_REDIS_URL="redis://127.0.0.1:$rport"
-export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-
-nodes=()
-npids=()
-for k in $(seq 1 "${NODES:-1}"); do
-  mkfifo "$run/ready$k"
-  RUST_LOG=warn target/release/imserver --listen 127.0.0.1:0 --max-connections 20000 \
-    >"$run/ready$k" 2>"$run/node$k.log" &
-  npids+=($!)
-  pids+=($!)
-  read -r ready <"$run/ready$k"
-  nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
+# name | nodes | imbench arguments
+set_=(
+  "idle-10k|1|--workload private --clients 10000 --rate 10 --duration 1"
+  "private-50k|1|--workload private --clients 10000 --rate 50000 --duration 5"
+  "channel-2k|2|--workload channel --clients 2000 --rate 20 --duration 10"
+  "channel-10k|2|--workload channel --clients 10000 --rate 20 --duration 10"
+  "small-channels|2|--workload small-channels --clients 10000 --chan-size 10 --rate 5000 --duration 5"
+)
+for entry in "${set_[@]}"; do
+  IFS='|' read -r name nodes args <<<"$entry"
+  for i in $(seq 1 "$runs"); do
+    echo "== $name run $i/$runs" >&2
+    # shellcheck disable=SC2086
+    line=$(NODES=$nodes scripts/bench-run.sh $args)
+    echo "{\"name\":\"$name\",\"server\":\"imserver\",\"run\":$i,\"report\":$line}" >>"$out/results.jsonl"
+  done
 done
-join() { local IFS=,; echo "$*"; }
-target/release/imbench --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@"
+python3 scripts/bench_report.py "$out/results.jsonl" docs/BENCHMARKS.md

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One benchmark run: a private redis-server, NODES imserver nodes (release build, default 1) and the
+# imbench load tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
+#   scripts/bench-run.sh --clients 10000 --rate 20000 --duration 5
+#   NODES=2 scripts/bench-run.sh --workload channel --clients 10000 --rate 20 --duration 10
+# Prints imbench's JSON line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_redis_server
+cargo build --quiet --release -p imserver -p imbench
+run=$(mktemp -d)
+pids=()
+cleanup() { [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$run"; }
+trap cleanup EXIT INT TERM
+
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" >"$run/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$rport") 2>/dev/null && break; sleep 0.05; done
+export IM_REDIS_URL="redis://127.0.0.1:$rport"
+export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+
+nodes=()
+npids=()
+for k in $(seq 1 "${NODES:-1}"); do
+  mkfifo "$run/ready$k"
+  RUST_LOG=warn target/release/imserver --listen 127.0.0.1:0 --max-connections 20000 \
+    >"$run/ready$k" 2>"$run/node$k.log" &
+  npids+=($!)
+  pids+=($!)
+  read -r ready <"$run/ready$k"
+  nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
+done
+join() { local IFS=,; echo "$*"; }
+target/release/imbench --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@"
