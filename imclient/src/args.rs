@@ -2,8 +2,8 @@
 //! (feature `clap`), so every backend reads the same settings the same way.
 
 use crate::client::{ImClient, ImClientOptions};
-use crate::error::{Error, Result};
-use crate::token::DEV_SECRET;
+use crate::error::Result;
+use crate::token::resolve_secret;
 
 /// Flags to flatten into a backend's own clap config.
 ///
@@ -45,20 +45,7 @@ impl ImClientArgs {
     /// The options these flags describe. Refuses a missing secret, or the dev secret, outside
     /// dev mode.
     pub fn options(&self) -> Result<ImClientOptions> {
-        let secret = match (&self.token_secret, self.dev) {
-            (Some(s), false) if s == DEV_SECRET => {
-                return Err(Error::Options(
-                    "the built-in dev secret needs --dev: set IM_TOKEN_SECRET".into(),
-                ));
-            }
-            (Some(s), _) if !s.is_empty() => s.clone(),
-            (_, true) => DEV_SECRET.to_owned(),
-            (_, false) => {
-                return Err(Error::Options(
-                    "no token secret: set IM_TOKEN_SECRET, or pass --dev for local use".into(),
-                ));
-            }
-        };
+        let secret = resolve_secret(self.token_secret.as_deref(), self.dev)?;
         Ok(
             ImClientOptions::new(&self.redis_url, self.nodes.clone(), secret)
                 .key_prefix(&self.key_prefix),

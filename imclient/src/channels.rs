@@ -156,7 +156,7 @@ impl ImClient {
     /// let mut cursor = 0;
     /// loop {
     ///     let (next, page) = im.chan_clients_page("room:lobby", cursor).await?;
-    ///     for member in page { println!("{member}"); }
+    ///     for member in page { tracing::info!("{member}"); }
     ///     if next == 0 { break; }
     ///     cursor = next;
     /// }
@@ -207,7 +207,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// println!("{} members", im.chan_member_count("room:lobby").await?);
+    /// tracing::info!("{} members", im.chan_member_count("room:lobby").await?);
     /// # Ok(()) }
     /// ```
     pub async fn chan_member_count(&self, chan: &str) -> Result<u64> {
@@ -221,7 +221,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// println!("{} online in the lobby", im.chan_online("room:lobby").await?);
+    /// tracing::info!("{} online in the lobby", im.chan_online("room:lobby").await?);
     /// # Ok(()) }
     /// ```
     pub async fn chan_online(&self, chan: &str) -> Result<u64> {
@@ -241,7 +241,7 @@ impl ImClient {
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
     /// for info in im.chans().await? {
-    ///     println!("{}: {} online of {}", info.chan, info.online, info.members);
+    ///     tracing::info!("{}: {} online of {}", info.chan, info.online, info.members);
     /// }
     /// # Ok(()) }
     /// ```
@@ -305,7 +305,7 @@ impl ImClient {
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
     /// let report = im.send_chan_message("alice", "room:lobby", &serde_json::json!({"text": "hi all"}), true).await?;
-    /// println!("{} nodes have online members", report.nodes);
+    /// tracing::info!("{} nodes have online members", report.nodes);
     /// # Ok(()) }
     /// ```
     pub async fn send_chan_message<P: Serialize + ?Sized>(

@@ -295,7 +295,7 @@ impl ImClient {
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
     /// let report = im.send_message("system", ["alice", "bob"], &"hello", false).await?;
     /// for node in &report.nodes {
-    ///     println!("{}: {} receivers, taken: {}", node.node, node.receivers.len(), node.taken);
+    ///     tracing::info!("{}: {} receivers, taken: {}", node.node, node.receivers.len(), node.taken);
     /// }
     /// # Ok(()) }
     /// ```

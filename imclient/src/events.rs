@@ -128,7 +128,7 @@ impl ImClient {
     /// let mut events = im.events(EventsFrom::Now).await?;
     /// loop {
     ///     let (id, ev) = events.next().await?;
-    ///     println!("{id}: {} is {:?}", ev.client, ev.kind);
+    ///     tracing::info!("{id}: {} is {:?}", ev.client, ev.kind);
     /// }
     /// # }
     /// ```

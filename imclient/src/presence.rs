@@ -15,7 +15,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// if im.has_online("alice").await? { println!("alice is here"); }
+    /// if im.has_online("alice").await? { tracing::info!("alice is here"); }
     /// # Ok(()) }
     /// ```
     pub async fn has_online(&self, client_id: &str) -> Result<bool> {
@@ -29,7 +29,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// for client in im.online_clients().await? { println!("{client}"); }
+    /// for client in im.online_clients().await? { tracing::info!("{client}"); }
     /// # Ok(()) }
     /// ```
     pub async fn online_clients(&self) -> Result<Vec<ClientId>> {
@@ -65,7 +65,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// println!("{} online", im.online_count().await?);
+    /// tracing::info!("{} online", im.online_count().await?);
     /// # Ok(()) }
     /// ```
     pub async fn online_count(&self) -> Result<u64> {

@@ -17,6 +17,29 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// outside dev mode.
 pub const DEV_SECRET: &str = "imserver-dev-secret-do-not-use-in-production";
 
+/// Picks the token secret from a configured one and the dev flag: the configured secret when
+/// it is set, the built-in [`DEV_SECRET`] in dev mode, and an error otherwise (no secret, the
+/// dev secret outside dev mode, or one shorter than [`MIN_SECRET_BYTES`]).
+///
+/// ```
+/// use imclient::token::{resolve_secret, DEV_SECRET, TokenError};
+/// assert_eq!(resolve_secret(None, true).unwrap(), DEV_SECRET);
+/// assert!(matches!(resolve_secret(None, false), Err(TokenError::NoSecret)));
+/// assert!(matches!(resolve_secret(Some(DEV_SECRET), false), Err(TokenError::DevSecret)));
+/// ```
+pub fn resolve_secret(configured: Option<&str>, dev: bool) -> Result<String, TokenError> {
+    let secret = match (configured, dev) {
+        (Some(s), false) if s == DEV_SECRET => return Err(TokenError::DevSecret),
+        (Some(s), _) if !s.is_empty() => s.to_owned(),
+        (_, true) => DEV_SECRET.to_owned(),
+        (_, false) => return Err(TokenError::NoSecret),
+    };
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(TokenError::WeakSecret);
+    }
+    Ok(secret)
+}
+
 /// Why a token was refused. The HTTP status imserver answers with is [`TokenError::http_status`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -47,6 +70,14 @@ pub enum TokenError {
     /// The secret is too short to sign with.
     #[error("token secret is shorter than 16 bytes: use a long random secret")]
     WeakSecret,
+    /// No secret is configured outside dev mode.
+    #[error(
+        "no token secret: set IM_TOKEN_SECRET (or --token-secret), or pass --dev for local use"
+    )]
+    NoSecret,
+    /// The built-in dev secret outside dev mode.
+    #[error("the built-in dev secret is only allowed with --dev: set IM_TOKEN_SECRET")]
+    DevSecret,
     /// Signing failed.
     #[error("cannot sign token: {0}")]
     Signing(String),
@@ -64,6 +95,8 @@ impl TokenError {
             TokenError::Replayed => "token_replayed",
             TokenError::Stale => "token_stale",
             TokenError::WeakSecret => "token_weak_secret",
+            TokenError::NoSecret => "token_no_secret",
+            TokenError::DevSecret => "token_dev_secret",
             TokenError::Signing(_) => "token_signing",
         }
     }

@@ -96,17 +96,9 @@ pub struct Config {
 /// A configuration that must not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// No secret outside dev mode.
-    #[error(
-        "no token secret: set IM_TOKEN_SECRET (or --token-secret), or pass --dev for local use"
-    )]
-    MissingSecret,
-    /// The dev secret outside dev mode.
-    #[error("the built-in dev secret is only allowed with --dev: set IM_TOKEN_SECRET")]
-    DevSecret,
-    /// A secret too short to be safe.
-    #[error("the token secret is shorter than 16 bytes: use a long random secret")]
-    WeakSecret,
+    /// No usable token secret: missing, the dev secret outside dev mode, or too short.
+    #[error(transparent)]
+    Secret(#[from] imclient::token::TokenError),
     /// Heartbeat settings that would close healthy connections.
     #[error("heartbeat timeout ({timeout} ms) must be at least twice the interval ({interval} ms)")]
     Heartbeat {
@@ -123,15 +115,7 @@ pub enum ConfigError {
 impl Config {
     /// Checks the settings and returns the token secret to use.
     pub fn validate(&self) -> Result<Vec<u8>, ConfigError> {
-        let secret = match (&self.token_secret, self.dev) {
-            (Some(s), false) if s == DEV_SECRET => return Err(ConfigError::DevSecret),
-            (Some(s), _) if !s.is_empty() => s.clone(),
-            (_, true) => DEV_SECRET.to_owned(),
-            (_, false) => return Err(ConfigError::MissingSecret),
-        };
-        if secret.len() < imclient::token::MIN_SECRET_BYTES {
-            return Err(ConfigError::WeakSecret);
-        }
+        let secret = imclient::token::resolve_secret(self.token_secret.as_deref(), self.dev)?;
         if self.heartbeat_interval_ms == 0
             || self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms
         {
@@ -183,6 +167,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imclient::token::TokenError;
 
     fn parse(args: &[&str]) -> Config {
         let mut all = vec!["imserver"];
@@ -194,19 +179,19 @@ mod tests {
     fn refuses_to_run_without_a_secret_outside_dev() {
         assert!(matches!(
             parse(&[]).validate(),
-            Err(ConfigError::MissingSecret)
+            Err(ConfigError::Secret(TokenError::NoSecret))
         ));
         assert!(matches!(
             parse(&["--token-secret", ""]).validate(),
-            Err(ConfigError::MissingSecret)
+            Err(ConfigError::Secret(TokenError::NoSecret))
         ));
         assert!(matches!(
             parse(&["--token-secret", DEV_SECRET]).validate(),
-            Err(ConfigError::DevSecret)
+            Err(ConfigError::Secret(TokenError::DevSecret))
         ));
         assert!(matches!(
             parse(&["--token-secret", "short"]).validate(),
-            Err(ConfigError::WeakSecret)
+            Err(ConfigError::Secret(TokenError::WeakSecret))
         ));
         assert!(parse(&["--dev"]).validate().is_ok());
         assert!(

@@ -362,6 +362,33 @@ async fn membership_survives_races_between_joins_and_connects() -> Result<()> {
     Ok(())
 }
 
+/// Connects clients `j0..jN` and, right after each welcome, joins (or leaves) its channel
+/// `solo{i}`: the node has registered the client and is loading its channels, so the change's
+/// control can arrive between that read and its result.
+async fn connect_then(c: &Cluster, n: usize, join: bool) -> Result<Vec<Ws>> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let im = c.im.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = format!("j{i}");
+            let ws =
+                Ws::connect(&im.prev_connect_server(&client, serde_json::Value::Null)?).await?;
+            let chan = format!("solo{i}");
+            if join {
+                im.join_chan(&client, &chan).await?;
+            } else {
+                im.leave_chan(&client, &chan).await?;
+            }
+            anyhow::Ok(ws)
+        }));
+    }
+    let mut sockets = Vec::new();
+    for t in tasks {
+        sockets.push(t.await??);
+    }
+    Ok(sockets)
+}
+
 /// A hundred clients connect and, as soon as they are welcomed, join a channel of their own
 /// (then, in a second round, leave it): each connect's channel load races one membership
 /// change that nothing later corrects. Every client must end up with its durable membership.
@@ -377,24 +404,8 @@ async fn a_membership_change_racing_the_connect_is_never_lost() -> Result<()> {
     .await?;
     let node = &c.nodes[0];
 
-    // Round 1: connect and join at the same time.
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let im = c.im.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = format!("j{i}");
-            let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
-            // Join right after the welcome: the node has registered the client and is loading
-            // its channels, so the join's control can arrive between that read and its result.
-            let ws = Ws::connect(&url).await?;
-            im.join_chan(&client, &format!("solo{i}")).await?;
-            anyhow::Ok(ws)
-        }));
-    }
-    let mut sockets = Vec::new();
-    for t in tasks {
-        sockets.push(t.await??);
-    }
+    // Round 1: each client joins its own channel right after its welcome.
+    let sockets = connect_then(&c, N, true).await?;
     // Judge only once every load has been applied.
     node.wait_metric("im_membership_loads_total", N as u64)
         .await?;
@@ -423,22 +434,8 @@ async fn a_membership_change_racing_the_connect_is_never_lost() -> Result<()> {
     })
     .await?;
 
-    // Round 2: connect and leave at the same time.
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let im = c.im.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = format!("j{i}");
-            let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
-            let ws = Ws::connect(&url).await?;
-            im.leave_chan(&client, &format!("solo{i}")).await?;
-            anyhow::Ok(ws)
-        }));
-    }
-    let mut sockets = Vec::new();
-    for t in tasks {
-        sockets.push(t.await??);
-    }
+    // Round 2: each client leaves its channel right after its welcome.
+    let sockets = connect_then(&c, N, false).await?;
     assert!(c.im.chans().await?.is_empty(), "every leave is durable");
     node.wait_metric("im_membership_loads_total", 2 * N as u64)
         .await?;
