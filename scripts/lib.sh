@@ -17,3 +17,34 @@ ensure_redis_server() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# Prints the path of the sockudo binary, the peer server the benchmarks compare against:
+# $SOCKUDO, else sockudo on PATH, else target/peer/bin/sockudo, else it is installed there
+# (a long compile; needs protoc, which comes from Debian's protobuf-compiler). Run from the
+# repository root.
+ensure_sockudo() {
+  if [ -n "${SOCKUDO:-}" ]; then
+    echo "$SOCKUDO"
+  elif command -v sockudo >/dev/null 2>&1; then
+    command -v sockudo
+  elif [ -x target/peer/bin/sockudo ]; then
+    echo target/peer/bin/sockudo
+  else
+    command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler
+    echo "installing sockudo into target/peer (a long compile, once)" >&2
+    # Only the local and Redis adapters: the benchmarks need nothing else, and the default
+    # features pull in OpenTelemetry and more build time.
+    cargo install --root target/peer sockudo --no-default-features --features local,redis >&2
+    echo target/peer/bin/sockudo
+  fi
+}
+
+# Waits until something listens on 127.0.0.1:$1 (up to 30 s); fails early when pid $2 exits.
+wait_port() {
+  for _ in $(seq 1 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}

@@ -1,7 +1,8 @@
 //! imbench: opens many WebSocket connections to imserver nodes (each URL from
 //! `prev_connect_server`), drives traffic through imclient at a fixed rate for a fixed time,
 //! records delivery latency in an HDR histogram, reads the nodes' RSS and CPU from /proc, and
-//! prints one JSON line per run.
+//! prints one JSON line per run. With `--pusher-addr` it drives a Pusher-protocol peer
+//! (Sockudo) through the same workloads instead, for side-by-side figures (`pusher.rs`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
+use futures_util::StreamExt as _;
 use hdrhistogram::Histogram;
 use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
+mod pusher;
 mod wire;
 
 /// What traffic to drive.
@@ -58,6 +61,70 @@ struct Args {
     /// Pids of the nodes, to read RSS and CPU from /proc.
     #[arg(long, value_delimiter = ',')]
     node_pid: Vec<u32>,
+    /// Drive a Pusher-protocol peer (e.g. Sockudo) instead of imserver: its nodes' addresses.
+    /// Connections and publishes are spread over them round robin.
+    #[arg(long, value_delimiter = ',')]
+    pusher_addr: Vec<std::net::SocketAddr>,
+    /// The peer's app id.
+    #[arg(long, default_value = "bench")]
+    pusher_app: String,
+    /// The peer's app key.
+    #[arg(long, default_value = "bench-key")]
+    pusher_key: String,
+    /// The peer's app secret.
+    #[arg(long, default_value = "bench-secret")]
+    pusher_secret: String,
+    /// HTTP connections the peer's events are published over (one request at a time on each).
+    #[arg(long, default_value_t = 64)]
+    pusher_conns: usize,
+    /// Events per publish to the peer: 1 uses its events API (one event per request), more
+    /// its batch_events API (Pusher allows up to 10).
+    #[arg(long, default_value_t = 1)]
+    pusher_batch: usize,
+}
+
+/// A connection (with its handshake and subscriptions) that takes longer than this is counted
+/// as a connect error instead of holding up the run.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What is being measured.
+enum Target {
+    /// imserver nodes, driven through imclient.
+    Im(ImClient),
+    /// A Pusher-protocol peer, driven through its HTTP API (the publisher knows the peer).
+    Peer(Box<pusher::Publisher>),
+}
+
+/// Sends in flight at once towards imserver (imclient pipelines them over its Redis
+/// connections); far above what the rates of the benchmark set keep in flight, so only a
+/// stalled server reaches it.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// Outcomes of the sends.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    /// Deliveries the sent messages should make.
+    expected: u64,
+    send_errors: u64,
+    first_send_error: Option<String>,
+}
+
+impl Tally {
+    /// Counts a send of `messages` messages that should make `receivers` deliveries, or that
+    /// failed.
+    fn add(&mut self, done: Result<(u64, u64), (u64, anyhow::Error)>) {
+        match done {
+            Ok((messages, receivers)) => {
+                self.sent += messages;
+                self.expected += receivers;
+            }
+            Err((messages, e)) => {
+                self.send_errors += messages;
+                self.first_send_error.get_or_insert(format!("{e:#}"));
+            }
+        }
+    }
 }
 
 /// Shared counters and latency histograms of the readers.
@@ -75,10 +142,17 @@ fn chan_name(g: usize) -> String {
     format!("{}{g}", chan_prefix())
 }
 
-/// What this run's channel names start with.
+/// The peer's stand-in for a private message to `client`: a channel only that client subscribes
+/// to (Pusher has no addressing by user for server-sent events).
+fn private_chan(client: u64) -> String {
+    format!("{}c{client}", chan_prefix())
+}
+
+/// What this run's channel names start with. Only characters Pusher allows in channel names
+/// (`[A-Za-z0-9_\-=@,.;]`), so both servers get the same names.
 fn chan_prefix() -> &'static str {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PREFIX.get_or_init(|| format!("bench:{}:", now_ns() % 1_000_000_007))
+    PREFIX.get_or_init(|| format!("bench-{}-", now_ns() % 1_000_000_007))
 }
 
 fn now_ns() -> u64 {
@@ -116,17 +190,9 @@ fn nodes_sum(pids: &[u32], f: impl Fn(&str) -> Option<f64>) -> Option<f64> {
     pids.iter().map(|p| f(&p.to_string())).sum()
 }
 
-async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
-    let client = format!("c{i}");
-    let url = im.prev_connect_server(&client, serde_json::Value::Null)?;
-    let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
-    let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
-    let target: std::net::SocketAddr = tokio::net::lookup_host(host)
-        .await?
-        .next()
-        .context("no address")?;
-    // Spread source addresses over 127.0.0.x so a bigger machine is not capped by one
-    // source address's ephemeral ports.
+/// A TCP connection to `target` from a source address spread over 127.0.0.x (by `i`), so a
+/// bigger machine is not capped by one source address's ephemeral ports.
+async fn open_tcp(target: std::net::SocketAddr, i: usize) -> Result<tokio::net::TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if target.ip().is_loopback() {
         socket.bind(std::net::SocketAddr::from((
@@ -136,7 +202,20 @@ async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
     }
     let tcp = socket.connect(target).await?;
     tcp.set_nodelay(true)?;
-    let mut ws = wire::Socket::upgrade(tcp, host, &format!("/{path}")).await?;
+    Ok(tcp)
+}
+
+/// Connects client `i` to its home node and starts reading.
+async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
+    let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
+    let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
+    let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
+    let target = tokio::net::lookup_host(host)
+        .await?
+        .next()
+        .context("no address")?;
+    let mut ws =
+        wire::Socket::upgrade(open_tcp(target, i).await?, host, &format!("/{path}")).await?;
     let mut welcomed = false;
     ws.read(|text| {
         welcomed = wire::find_str(text, "welcome");
@@ -150,15 +229,77 @@ async fn connect(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
         let shard = &stats.latency[i % LATENCY_SHARDS];
         let _ = ws
             .read(|text| {
-                if let Some(t) = wire::sent_at(text) {
-                    let micros = now_ns().saturating_sub(t) / 1000;
-                    stats.received.fetch_add(1, Relaxed);
-                    let _ = lock(shard).record(micros.max(1));
-                }
+                record(&stats, shard, text);
                 wire::Flow::Continue
             })
             .await;
     });
+    Ok(())
+}
+
+/// Connects client `i` to the peer, subscribes it to its channels and starts reading.
+async fn connect_peer(
+    peer: &pusher::Peer,
+    i: usize,
+    channels: Vec<String>,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let addr = peer.node(i);
+    let mut ws = pusher::subscribe(peer, addr, open_tcp(addr, i).await?, &channels).await?;
+    tokio::spawn(async move {
+        let shard = &stats.latency[i % LATENCY_SHARDS];
+        let _ = ws
+            .read(|text| pusher::pong_or(text, |text| record(&stats, shard, text)))
+            .await;
+    });
+    Ok(())
+}
+
+/// Counts a delivery and records its latency, if `text` carries a send time.
+fn record(stats: &Stats, shard: &Mutex<Histogram<u64>>, text: &[u8]) {
+    if let Some(t) = wire::sent_at(text) {
+        let micros = now_ns().saturating_sub(t) / 1000;
+        stats.received.fetch_add(1, Relaxed);
+        let _ = lock(shard).record(micros.max(1));
+    }
+}
+
+/// Sends `messages` (receiver: a client id or a channel number; deliveries expected; payload):
+/// one each through imclient, or one publish of them all to the peer.
+async fn send(
+    target: &Target,
+    workload: Workload,
+    messages: Vec<(u64, u64, serde_json::Value)>,
+) -> Result<()> {
+    match target {
+        Target::Im(im) => {
+            for (to, _, payload) in messages {
+                match workload {
+                    Workload::Private => {
+                        im.send_message("bench", [format!("c{to}")], &payload, false)
+                            .await?;
+                    }
+                    _ => {
+                        im.send_chan_message("bench", &chan_name(to as usize), &payload, false)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Target::Peer(publisher) => {
+            let events: Vec<(String, String)> = messages
+                .into_iter()
+                .map(|(to, _, payload)| {
+                    let channel = match workload {
+                        Workload::Private => private_chan(to),
+                        _ => chan_name(to as usize),
+                    };
+                    (channel, payload.to_string())
+                })
+                .collect();
+            publisher.publish(&events).await?;
+        }
+    }
     Ok(())
 }
 
@@ -170,7 +311,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let im = args.im.client()?;
+    let peer_mode = !args.pusher_addr.is_empty();
+    let target = if peer_mode {
+        let peer = pusher::Peer {
+            addrs: args.pusher_addr.clone(),
+            app_id: args.pusher_app.clone(),
+            key: args.pusher_key.clone(),
+            secret: args.pusher_secret.clone(),
+        };
+        Target::Peer(Box::new(pusher::Publisher::new(peer, args.pusher_conns)))
+    } else {
+        Target::Im(args.im.client()?)
+    };
+    let target = Arc::new(target);
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
         latency: (0..LATENCY_SHARDS)
@@ -185,39 +338,61 @@ async fn main() -> Result<()> {
         Workload::Channel => 1,
         Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
     };
-    for g in 0..groups {
-        let members: Vec<String> = match args.workload {
-            Workload::Channel => (0..args.clients).map(|i| format!("c{i}")).collect(),
-            _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients))
-                .map(|i| format!("c{i}"))
-                .collect(),
-        };
-        im.join_chan_many(&members, &chan_name(g)).await?;
+    if let Target::Im(im) = &*target {
+        for g in 0..groups {
+            let members: Vec<String> = match args.workload {
+                Workload::Channel => (0..args.clients).map(|i| format!("c{i}")).collect(),
+                _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients))
+                    .map(|i| format!("c{i}"))
+                    .collect(),
+            };
+            im.join_chan_many(&members, &chan_name(g)).await?;
+        }
     }
 
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
     let mut tasks = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let (im, stats, gate) = (im.clone(), stats.clone(), gate.clone());
+        let (target, stats, gate) = (target.clone(), stats.clone(), gate.clone());
+        // A peer subscribes each socket to the channels it belongs to.
+        let channels = match args.workload {
+            Workload::Private => vec![private_chan(i as u64)],
+            Workload::Channel => vec![chan_name(0)],
+            Workload::SmallChannels => vec![chan_name(i / args.chan_size.max(1))],
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await?;
-            connect(&im, i, stats).await
+            let connect = async {
+                match &*target {
+                    Target::Im(im) => connect_im(im, i, stats).await,
+                    Target::Peer(publisher) => {
+                        connect_peer(publisher.peer(), i, channels, stats).await
+                    }
+                }
+            };
+            tokio::time::timeout(CONNECT_TIMEOUT, connect)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no connection in {CONNECT_TIMEOUT:?}")))
         }));
     }
     let mut connected = 0usize;
     let mut first_error = None;
-    for t in tasks {
+    let mut online = vec![false; args.clients];
+    for (i, t) in tasks.into_iter().enumerate() {
         match t.await? {
-            Ok(()) => connected += 1,
+            Ok(()) => {
+                connected += 1;
+                online[i] = true;
+            }
             Err(e) => {
-                first_error.get_or_insert(e.to_string());
+                first_error.get_or_insert(format!("{e:#}"));
             }
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
     // Channel messages reach only members whose channels the nodes have loaded: wait for it.
-    if groups > 0 {
+    if let (Target::Im(im), true) = (&*target, groups > 0) {
         let ready_by = Instant::now() + Duration::from_secs(60);
         loop {
             let chans = im.chans().await?;
@@ -235,69 +410,100 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Deliveries are expected only to connected clients: a client that failed to connect is a
+    // connect error in the report, not a loss. Connected members per channel:
+    let members_online: Vec<u64> = match args.workload {
+        Workload::Private => Vec::new(),
+        Workload::Channel => vec![connected as u64],
+        Workload::SmallChannels => online
+            .chunks(args.chan_size.max(1))
+            .map(|group| group.iter().filter(|&&o| o).count() as u64)
+            .collect(),
+    };
     let rss_idle = nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
     let node_cpu_before = nodes_sum(&args.node_pid, cpu_secs);
     let tool_cpu_before = cpu_secs(&me).unwrap_or(0.0);
 
-    // Send at a fixed rate in 10 ms ticks.
+    // Send at a fixed rate, topped up every 10 ms. Sends run concurrently in this one task, and
+    // a slow one (the peer answers a channel publish only after its local fan-out) does not
+    // hold up the ones after it. At most `max_in_flight` at once: past that the sender waits,
+    // and the report's send_rate shows the rate the server took. The send time is stamped when
+    // a send starts, so waiting for a free slot is not counted as delivery latency.
     let pad = "x".repeat(args.payload_bytes.saturating_sub(30));
-    let tick = Duration::from_millis(10);
-    let per_tick = args.rate as f64 / 100.0;
+    let max_in_flight = match &*target {
+        Target::Im(_) => MAX_IN_FLIGHT,
+        // One request at a time per connection: more would only queue inside the tool.
+        Target::Peer(_) => args.pusher_conns.max(1),
+    };
+    let batch = match &*target {
+        Target::Im(_) => 1,
+        Target::Peer(_) => args.pusher_batch.max(1) as u64,
+    };
+    let mut sends = futures_util::stream::FuturesUnordered::new();
     let send_start = Instant::now();
     let send_for = Duration::from_secs_f64(args.duration);
-    let mut interval = tokio::time::interval(tick);
-    let mut sent = 0u64;
-    let mut owed = 0.0f64;
+    let mut interval = tokio::time::interval(Duration::from_millis(10));
+    let mut created = 0u64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut send_errors = 0u64;
-    let mut expected = 0u64;
-    while send_start.elapsed() < send_for && connected > 0 {
-        interval.tick().await;
-        owed += per_tick;
-        let n = owed as u64;
-        owed -= n as f64;
-        let batch: Vec<_> = (0..n)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let im = im.clone();
-                let payload = serde_json::json!({ "t": now_ns(), "p": pad });
-                let (workload, clients, chan_size) =
-                    (args.workload, args.clients as u64, args.chan_size as u64);
-                async move {
-                    match workload {
+    let mut tally = Tally::default();
+    loop {
+        let elapsed = send_start.elapsed();
+        if elapsed >= send_for || connected == 0 {
+            break;
+        }
+        // Rounded up: the first message goes at once, and a 1 s run at 10/s sends 10.
+        let due = (elapsed.as_secs_f64() * args.rate as f64).ceil() as u64;
+        while created < due && sends.len() < max_in_flight {
+            // One message per send, or up to --pusher-batch in one batch publish to the peer.
+            let k = (due - created).min(batch);
+            created += k;
+            let messages: Vec<(u64, u64, serde_json::Value)> = (0..k)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    // Receiver: a client id (private) or a channel; and how many get it.
+                    let (to, receivers) = match args.workload {
                         Workload::Private => {
-                            let to = format!("c{}", rng % clients);
-                            im.send_message("bench", [to], &payload, false)
-                                .await
-                                .map(|_| 1)
+                            let to = rng % args.clients as u64;
+                            (to, u64::from(online[to as usize]))
                         }
-                        Workload::Channel => im
-                            .send_chan_message("bench", &chan_name(0), &payload, false)
-                            .await
-                            .map(|_| clients),
+                        Workload::Channel => (0, members_online[0]),
                         Workload::SmallChannels => {
                             let g = rng % groups as u64;
-                            let members = chan_size.min(clients - g * chan_size);
-                            im.send_chan_message("bench", &chan_name(g as usize), &payload, false)
-                                .await
-                                .map(|_| members)
+                            (g, members_online[g as usize])
                         }
-                    }
-                }
-            })
-            .collect();
-        for r in futures_util::future::join_all(batch).await {
-            match r {
-                Ok(receivers) => {
-                    sent += 1;
-                    expected += receivers;
-                }
-                Err(_) => send_errors += 1,
-            }
+                    };
+                    (
+                        to,
+                        receivers,
+                        serde_json::json!({ "t": now_ns(), "p": pad }),
+                    )
+                })
+                .collect();
+            let (target, workload) = (target.clone(), args.workload);
+            sends.push(async move {
+                let receivers = messages.iter().map(|m| m.1).sum::<u64>();
+                send(&target, workload, messages)
+                    .await
+                    .map(|()| (k, receivers))
+                    .map_err(|e| (k, e))
+            });
+        }
+        tokio::select! {
+            _ = interval.tick() => {}
+            Some(done) = sends.next(), if !sends.is_empty() => tally.add(done),
         }
     }
+    while let Some(done) = sends.next().await {
+        tally.add(done);
+    }
+    let Tally {
+        sent,
+        expected,
+        send_errors,
+        first_send_error,
+    } = tally;
     let send_secs = send_start.elapsed().as_secs_f64();
     let drain_end = Instant::now() + Duration::from_secs(5);
     while stats.received.load(Relaxed) < expected && Instant::now() < drain_end {
@@ -315,6 +521,7 @@ async fn main() -> Result<()> {
         hist.add(&*lock(shard))?;
     }
     let report = serde_json::json!({
+        "server": if peer_mode { "peer" } else { "imserver" },
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "clients": connected,
         "connect_errors": args.clients - connected,
@@ -324,6 +531,8 @@ async fn main() -> Result<()> {
         "rate_target": args.rate,
         "sent": sent,
         "send_errors": send_errors,
+        "pusher_batch": peer_mode.then_some(args.pusher_batch),
+        "first_send_error": first_send_error,
         "send_rate": sent as f64 / send_secs,
         "deliveries_expected": expected,
         "deliveries_received": received,

@@ -13,6 +13,8 @@ pub enum Flow {
     Continue,
     /// Stop reading.
     Stop,
+    /// Send this text frame, then keep reading.
+    Reply(String),
 }
 
 /// An upgraded connection.
@@ -57,7 +59,6 @@ impl Socket {
     }
 
     /// Sends a text frame (masked with a zero key, as clients must mask and any key will do).
-    #[allow(dead_code)] // used by the Pusher peer workload
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.send_frame(0x1, text.as_bytes()).await
     }
@@ -92,11 +93,11 @@ impl Socket {
                 let end = payload_at + len;
                 self.start = end;
                 match opcode {
-                    0x1 => {
-                        if let Flow::Stop = on_text(&self.buf[payload_at..end]) {
-                            return Ok(true);
-                        }
-                    }
+                    0x1 => match on_text(&self.buf[payload_at..end]) {
+                        Flow::Continue => {}
+                        Flow::Stop => return Ok(true),
+                        Flow::Reply(text) => self.send_frame(0x1, text.as_bytes()).await?,
+                    },
                     0x8 => return Ok(false),
                     0x9 => {
                         let ping = self.buf[payload_at..end].to_vec();
