@@ -92,6 +92,9 @@ async fn serve(
         }
         Ok((accept, client, reg)) => {
             drop(req);
+            // Frames are small and written as they come: Nagle would hold each behind the
+            // previous one's ACK.
+            let _ = io.set_nodelay(true);
             let head = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
             );
@@ -100,7 +103,10 @@ async fn serve(
                 return Err(e);
             }
             tracing::debug!(node = %node.id(), client = %client, conn = reg.id.0, "connected");
-            session::run(node, client, io, early, reg).await;
+            // The session runs as a task of its own and this handshake task ends: it is sized
+            // for the whole HTTP dispatcher (about 2.4 KiB), and would stay that big for as
+            // long as the connection lives.
+            actix_rt::spawn(session::run(node, client, io, early, reg));
             Ok(())
         }
     }

@@ -18,6 +18,7 @@ pub mod hub;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod pending;
 pub mod presence;
 pub mod route;

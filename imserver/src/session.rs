@@ -2,31 +2,29 @@
 //! outbound queue, the heartbeat tick and close requests, with one exit: unregister, then close
 //! once with a reason.
 //!
-//! Why the session owns the socket rather than going through an HTTP response body: a frame
-//! is encoded straight from the queue into one write (several queued frames share a syscall),
-//! with one task wake per delivery instead of two, and an idle connection holds no buffers at
-//! all (see docs/DESIGN.md, "Owning the socket"). Frame parsing and encoding are actix-http's.
+//! Why the session owns the socket rather than going through an HTTP response body: queued
+//! frames leave in one vectored write per batch, with one task wake per delivery instead of
+//! two, and an idle connection holds no buffers at all (see docs/DESIGN.md, "Owning the
+//! socket"). Frame parsing is actix-http's.
 
+use std::collections::VecDeque;
 use std::io;
 
 use actix_http::ws::{CloseReason, OpCode, Parser, ProtocolError};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tracing::Instrument as _;
 
 use crate::hub::Registration;
 use crate::node::Node;
+use crate::outbox::{self, Outbox};
 
 /// How long closing may take (the close frame, then the client's answer) before the socket is
 /// dropped anyway.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Queued frames are encoded into one write up to about this many bytes.
-const WRITE_BATCH: usize = 64 * 1024;
 
 /// Room reserved for a read when the inbound buffer is empty: client frames are small.
 const READ_CHUNK: usize = 512;
@@ -60,13 +58,16 @@ pub async fn run(
 async fn serve(
     node: Node,
     client: ClientId,
-    mut stream: TcpStream,
+    stream: TcpStream,
     early: BytesMut,
-    mut reg: Registration,
+    reg: Registration,
 ) {
     let limits = node.limits().clone();
+    let socket = stream;
+    let outbox = reg.outbox.clone();
     let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
-    let mut out = BytesMut::new();
+    // Frames claimed from the outbox and not yet fully written.
+    let mut in_flight = VecDeque::new();
     let mut heartbeat = interval_at(
         Instant::now() + limits.heartbeat_interval,
         limits.heartbeat_interval,
@@ -74,73 +75,73 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
 
-    // One close-request future for the whole session, so the loop does not register a new
-    // waiter on every turn.
-    let kill = reg.kill.clone();
-    let killed = kill.wait();
-    tokio::pin!(killed);
-
     let exit = 'session: loop {
-        // Frames the client pipelined behind its handshake, or left over from the last read.
-        let stop = loop {
+        // Messages the client pipelined behind its handshake, or left over from the last read.
+        loop {
             match inbound.next_message() {
                 Ok(Some(msg)) => {
-                    if let Some(exit) = answer(msg, &mut out) {
-                        break Some(exit);
+                    if let Some(exit) = answer(msg, &outbox) {
+                        break 'session exit;
                     }
                 }
-                Ok(None) => break None,
-                Err(code) => break Some(Exit::Close(code)),
+                Ok(None) => break,
+                Err(code) => break 'session Exit::Close(code),
             }
-        };
-        if let Some(exit) = stop {
-            break exit;
         }
-        // Write what the last turn produced. A client that does not read blocks the write;
-        // stay responsive to close requests meanwhile.
-        if !out.is_empty() {
-            tokio::select! {
-                biased;
-                code = &mut killed => break Exit::Close(code),
-                sent = stream.write_all_buf(&mut out) => if sent.is_err() { break Exit::Lost },
+        if let Some(code) = outbox.close_requested() {
+            break Exit::Close(code);
+        }
+        // Write what is queued. A client that does not read blocks the write; stay
+        // responsive to close requests meanwhile.
+        while let Some(frames) = outbox.take_queued() {
+            in_flight = frames;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = outbox.wait() => {
+                        if let Some(code) = outbox.close_requested() {
+                            break 'session Exit::Close(code);
+                        }
+                    }
+                    sent = outbox::write_all(&socket, &mut in_flight) => {
+                        if sent.is_err() {
+                            break 'session Exit::Lost;
+                        }
+                        // Let go of the batch's memory: an idle connection should hold none.
+                        in_flight = VecDeque::new();
+                        break;
+                    }
+                }
             }
-            // Release the buffer: an idle connection should hold none.
-            out = BytesMut::new();
         }
 
         tokio::select! {
             biased;
-            code = &mut killed => break Exit::Close(code),
-            frame = reg.rx.recv() => {
-                let Some(frame) = frame else { break Exit::Close(CloseCode::GoingAway) };
-                Parser::write_message(&mut out, frame.as_bytes(), OpCode::Text, true, false);
-                // Everything queued goes out in the same write.
-                while out.len() < WRITE_BATCH {
-                    let Ok(frame) = reg.rx.try_recv() else { break };
-                    Parser::write_message(&mut out, frame.as_bytes(), OpCode::Text, true, false);
-                }
-            }
-            ready = stream.readable() => {
+            // Frames were queued or a close was requested: both handled above.
+            _ = outbox.wait() => {}
+            ready = read_ready(&socket) => {
                 if ready.is_err() {
                     break Exit::Lost;
                 }
-                match inbound.fill(&stream) {
-                    Ok(0) => break 'session Exit::Lost,
+                match inbound.fill(&socket) {
+                    Ok(0) => break Exit::Lost,
                     Ok(_) => last_heard = Instant::now(),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break 'session Exit::Lost,
+                    Err(_) => break Exit::Lost,
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.heartbeat_timeout {
                     break Exit::Close(CloseCode::HeartbeatTimeout);
                 }
-                Parser::write_message(&mut out, b"", OpCode::Ping, true, false);
+                outbox.queue_control(control(OpCode::Ping, b""));
             }
         }
     };
 
     node.hub().unregister(&client, reg.id);
+    // What is left: the rest of a frame being written must go before anything else.
+    in_flight.extend(outbox.shut());
     let reason = match exit {
         Exit::Close(code) => {
             node.metrics().closed(code);
@@ -157,23 +158,36 @@ async fn serve(
         }),
         Exit::Lost => return,
     };
-    let _ = timeout(CLOSE_TIMEOUT, close(&mut stream, out, reason)).await;
+    let _ = timeout(CLOSE_TIMEOUT, close(&socket, in_flight, reason)).await;
 }
 
-/// Answers one client message, adding any reply to `out`; returns how the session ends, if it
-/// does.
-fn answer(msg: InboundMessage, out: &mut BytesMut) -> Option<Exit> {
+/// Waits until the socket has something to read. Through `poll_read_ready` rather than
+/// `readable()`: it takes over the socket's reader waker slot, which otherwise keeps the
+/// finished handshake task (about 2.4 KiB) alive for as long as the connection lives.
+async fn read_ready(socket: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
+}
+
+/// A control frame from the node.
+fn control(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(payload.len() + 2);
+    Parser::write_message(&mut buf, payload, opcode, true, false);
+    buf.freeze()
+}
+
+/// Answers one client message, queueing any reply; returns how the session ends, if it does.
+fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
     match msg {
         InboundMessage::Text(text) => match serde_json::from_slice::<ClientFrame>(&text) {
             Ok(ClientFrame::Ping) => {
                 let pong = system_frame(&SystemEvent::Pong);
-                Parser::write_message(out, pong.as_bytes(), OpCode::Text, true, false);
+                outbox.queue_control(control(OpCode::Text, pong.as_bytes()));
                 None
             }
             Err(_) => Some(Exit::Close(CloseCode::PolicyViolation)),
         },
         InboundMessage::Ping(payload) => {
-            Parser::write_message(out, &payload, OpCode::Pong, true, false);
+            outbox.queue_control(control(OpCode::Pong, &payload));
             None
         }
         InboundMessage::Pong => None,
@@ -181,18 +195,25 @@ fn answer(msg: InboundMessage, out: &mut BytesMut) -> Option<Exit> {
     }
 }
 
-/// Sends what is still queued and the close frame, then waits for the client to answer or
+/// Writes what is still queued and the close frame, then waits for the client to answer or
 /// hang up, so the close frame is not lost to a reset caused by unread input.
-async fn close(stream: &mut TcpStream, mut out: BytesMut, reason: Option<CloseReason>) {
-    Parser::write_close(&mut out, reason, false);
-    if stream.write_all_buf(&mut out).await.is_err() {
+async fn close(socket: &TcpStream, mut frames: VecDeque<Bytes>, reason: Option<CloseReason>) {
+    let mut close = BytesMut::new();
+    Parser::write_close(&mut close, reason, false);
+    frames.push_back(close.freeze());
+    if outbox::write_all(socket, &mut frames).await.is_err() {
         return;
     }
-    let _ = stream.shutdown().await;
     let mut sink = [0u8; 512];
-    while let Ok(n) = stream.read(&mut sink).await {
-        if n == 0 {
-            break;
+    loop {
+        if read_ready(socket).await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
