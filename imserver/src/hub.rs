@@ -19,7 +19,7 @@ use imclient::{ChanName, ClientId, now_ms};
 use tokio::sync::Notify;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Frame, Outbox};
 use crate::pending::Pending;
 
 const SHARDS: usize = 64;
@@ -221,7 +221,7 @@ impl Hub {
                 return Err(Refusal::ClientLimit(self.max_per_client));
             }
             // A new outbox always has room for one frame (and has no socket yet: it queues).
-            let _ = outbox.send_text(&welcome(id));
+            let _ = outbox.send(Frame::text(welcome(id)));
             inner.conns.push(ConnHandle {
                 id,
                 outbox: outbox.clone(),
@@ -475,15 +475,15 @@ impl Hub {
             return false;
         }
         inner.seq += 1;
-        let frame = contract::frame(inner.seq, body);
+        let frame = Frame::text(contract::frame(inner.seq, body));
         for conn in &inner.conns {
-            self.send(conn, &frame);
+            self.send(conn, frame.clone());
         }
         true
     }
 
-    fn send(&self, conn: &ConnHandle, frame: &str) {
-        match conn.outbox.send_text(frame) {
+    fn send(&self, conn: &ConnHandle, frame: Frame) {
+        match conn.outbox.send(frame) {
             Ok(()) => {
                 self.metrics.deliveries.fetch_add(1, Relaxed);
             }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io;
 
 use actix_http::ws::{CloseReason, OpCode, Parser, ProtocolError};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
 use tokio::net::TcpStream;
@@ -20,7 +20,7 @@ use tracing::Instrument as _;
 
 use crate::hub::Registration;
 use crate::node::Node;
-use crate::outbox::{self, Outbox};
+use crate::outbox::{self, Frame, Outbox};
 
 /// How long closing may take (the close frame, then the client's answer) before the socket is
 /// dropped anyway.
@@ -93,8 +93,7 @@ async fn serve(
         }
         // Write what is queued. A client that does not read blocks the write; stay
         // responsive to close requests meanwhile.
-        while let Some(frames) = outbox.take_queued() {
-            in_flight = frames;
+        while outbox.take_queued(&mut in_flight) {
             loop {
                 tokio::select! {
                     biased;
@@ -107,8 +106,6 @@ async fn serve(
                         if sent.is_err() {
                             break 'session Exit::Lost;
                         }
-                        // Let go of the batch's memory: an idle connection should hold none.
-                        in_flight = VecDeque::new();
                         break;
                     }
                 }
@@ -134,7 +131,7 @@ async fn serve(
                 if last_heard.elapsed() > limits.heartbeat_timeout {
                     break Exit::Close(CloseCode::HeartbeatTimeout);
                 }
-                outbox.queue_control(control(OpCode::Ping, b""));
+                outbox.queue_control(Frame::ping());
             }
         }
     };
@@ -168,26 +165,19 @@ async fn read_ready(socket: &TcpStream) -> io::Result<()> {
     std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
 }
 
-/// A control frame from the node.
-fn control(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(payload.len() + 2);
-    Parser::write_message(&mut buf, payload, opcode, true, false);
-    buf.freeze()
-}
-
 /// Answers one client message, queueing any reply; returns how the session ends, if it does.
 fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
     match msg {
         InboundMessage::Text(text) => match serde_json::from_slice::<ClientFrame>(&text) {
             Ok(ClientFrame::Ping) => {
                 let pong = system_frame(&SystemEvent::Pong);
-                outbox.queue_control(control(OpCode::Text, pong.as_bytes()));
+                outbox.queue_control(Frame::text(pong));
                 None
             }
             Err(_) => Some(Exit::Close(CloseCode::PolicyViolation)),
         },
         InboundMessage::Ping(payload) => {
-            outbox.queue_control(control(OpCode::Pong, &payload));
+            outbox.queue_control(Frame::pong(payload.freeze()));
             None
         }
         InboundMessage::Pong => None,
@@ -197,10 +187,8 @@ fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
 
 /// Writes what is still queued and the close frame, then waits for the client to answer or
 /// hang up, so the close frame is not lost to a reset caused by unread input.
-async fn close(socket: &TcpStream, mut frames: VecDeque<Bytes>, reason: Option<CloseReason>) {
-    let mut close = BytesMut::new();
-    Parser::write_close(&mut close, reason, false);
-    frames.push_back(close.freeze());
+async fn close(socket: &TcpStream, mut frames: VecDeque<Frame>, reason: Option<CloseReason>) {
+    frames.push_back(Frame::close(reason));
     if outbox::write_all(socket, &mut frames).await.is_err() {
         return;
     }
