@@ -26,7 +26,7 @@ nodes=()
 npids=()
 for k in $(seq 1 "${NODES:-1}"); do
   mkfifo "$run/ready$k"
-  RUST_LOG=warn target/release/imserver --listen 127.0.0.1:0 --max-connections 20000 \
+  RUST_LOG=warn "${IMSERVER:-target/release/imserver}" --listen 127.0.0.1:0 --max-connections 20000 \
     >"$run/ready$k" 2>"$run/node$k.log" &
   npids+=($!)
   pids+=($!)

@@ -11,15 +11,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytestring::ByteString;
 use imclient::contract::{self, CloseCode, PresenceRecord};
 use imclient::token::ConnectClaims;
 use imclient::{ChanName, ClientId, now_ms};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::metrics::{DropReason, Metrics};
+use crate::outbox::{self, Frame, Outbox};
 use crate::pending::Pending;
 
 const SHARDS: usize = 64;
@@ -28,38 +28,11 @@ const SHARDS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
 
-/// Tells a session to close, from any thread, even when its queue is full.
-#[derive(Debug, Default)]
-pub struct Kill {
-    code: OnceLock<CloseCode>,
-    notify: Notify,
-}
-
-impl Kill {
-    /// Asks the session to close with `code`; the first request wins.
-    pub fn fire(&self, code: CloseCode) {
-        if self.code.set(code).is_ok() {
-            self.notify.notify_one();
-        }
-    }
-
-    /// Waits until a close is requested. Cancel-safe.
-    pub async fn wait(&self) -> CloseCode {
-        loop {
-            if let Some(code) = self.code.get() {
-                return *code;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
 /// What the hub keeps per connection.
 #[derive(Debug)]
 struct ConnHandle {
     id: ConnId,
-    tx: mpsc::Sender<ByteString>,
-    kill: Arc<Kill>,
+    outbox: Arc<Outbox>,
 }
 
 /// A membership change, as recorded while a client's channels are being loaded.
@@ -112,10 +85,8 @@ impl ClientEntry {
 pub struct Registration {
     /// This connection's id.
     pub id: ConnId,
-    /// Frames to write, in order. The welcome frame is first.
-    pub rx: mpsc::Receiver<ByteString>,
-    /// Fired when the node wants the connection closed.
-    pub kill: Arc<Kill>,
+    /// Frames to write, in order (the welcome frame is first), and close requests.
+    pub outbox: Arc<Outbox>,
 }
 
 /// Why a connection was not registered.
@@ -221,9 +192,7 @@ impl Hub {
             return Err(Refusal::NodeLimit(self.max_total));
         }
         let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
-        // One extra slot so the welcome frame never counts against the client's queue.
-        let (tx, rx) = mpsc::channel(self.queue_capacity + 1);
-        let kill = Arc::new(Kill::default());
+        let outbox = Arc::new(Outbox::new(self.queue_capacity));
         let new_client = {
             let mut shard = lock(&self.clients[shard_of(&claims.sub)]);
             let mut new_client = false;
@@ -251,12 +220,11 @@ impl Hub {
                 }
                 return Err(Refusal::ClientLimit(self.max_per_client));
             }
-            // A new channel always has room for one frame.
-            let _ = tx.try_send(ByteString::from(welcome(id)));
+            // A new outbox always has room for one frame (and has no socket yet: it queues).
+            let _ = outbox.send(Frame::text(welcome(id)));
             inner.conns.push(ConnHandle {
                 id,
-                tx,
-                kill: kill.clone(),
+                outbox: outbox.clone(),
             });
             new_client
         };
@@ -268,7 +236,7 @@ impl Hub {
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_opened.fetch_add(1, Relaxed);
         self.work.presence.mark(&claims.sub);
-        Ok(Registration { id, rx, kill })
+        Ok(Registration { id, outbox })
     }
 
     /// Removes a connection. Idempotent. When it was the client's last, the client leaves the
@@ -507,24 +475,24 @@ impl Hub {
             return false;
         }
         inner.seq += 1;
-        let frame = ByteString::from(contract::frame(inner.seq, body));
+        let frame = Frame::text(contract::frame(inner.seq, body));
         for conn in &inner.conns {
-            self.queue(conn, frame.clone());
+            self.send(conn, frame.clone());
         }
         true
     }
 
-    fn queue(&self, conn: &ConnHandle, frame: ByteString) {
-        match conn.tx.try_send(frame) {
+    fn send(&self, conn: &ConnHandle, frame: Frame) {
+        match conn.outbox.send(frame) {
             Ok(()) => {
                 self.metrics.deliveries.fetch_add(1, Relaxed);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(outbox::Refused::Full) => {
                 self.metrics.dropped(DropReason::QueueFull, 1);
-                conn.kill.fire(CloseCode::SlowConsumer);
+                conn.outbox.request_close(CloseCode::SlowConsumer);
             }
             // The session is ending and will unregister.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(outbox::Refused::Closed) => {}
         }
     }
 
@@ -535,7 +503,7 @@ impl Hub {
         };
         let inner = entry.lock();
         for conn in &inner.conns {
-            conn.kill.fire(code);
+            conn.outbox.request_close(code);
         }
         inner.conns.len()
     }
@@ -546,7 +514,7 @@ impl Hub {
             let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
             for entry in entries {
                 for conn in &entry.lock().conns {
-                    conn.kill.fire(code);
+                    conn.outbox.request_close(code);
                 }
             }
         }

@@ -4,7 +4,8 @@
 //! socket alive and pushes whatever Redis delivers for them. It holds no business logic.
 //!
 //! `main` parses [`Config`], binds, and calls [`server::run`]; tests do the same on port 0.
-//! The parts: [`route`] (HTTP and the handshake), [`session`] (one connection's loop), [`hub`]
+//! The parts: [`route`] (plain HTTP), [`handshake`] (the WebSocket upgrade), [`session`]
+//! (one connection's loop, on the socket it owns), [`hub`]
 //! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
 //! lease and events in Redis), [`admission`] (token checks), [`metrics`].
 
@@ -12,10 +13,12 @@ pub mod admission;
 pub mod broker;
 pub mod config;
 mod error;
+pub mod handshake;
 pub mod hub;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod pending;
 pub mod presence;
 pub mod route;

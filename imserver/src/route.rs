@@ -1,13 +1,10 @@
-//! HTTP routes: the WebSocket handshake (`GET /ws?token=…`), `/healthz` and `/metrics`.
+//! Plain HTTP routes: `/healthz`, `/metrics`, and `/ws` requests that are not upgrades.
+//! WebSocket upgrades are served by [`handshake`], which takes the socket.
 
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
-use imclient::contract::{SystemEvent, system_frame};
-use serde::Deserialize;
+use actix_web::{HttpResponse, web};
 
-use crate::hub::Refusal;
+use crate::handshake;
 use crate::node::Node;
-use crate::session;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -16,86 +13,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics));
 }
 
-#[derive(Debug, Deserialize)]
-struct ConnectQuery {
-    #[serde(default)]
-    token: String,
-}
-
-fn refuse(node: &Node, status: StatusCode, code: &str, message: String) -> HttpResponse {
-    node.metrics()
-        .refused
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::debug!(node = %node.id(), %code, "refused connection");
-    HttpResponse::build(status).json(serde_json::json!({ "error": code, "message": message }))
-}
-
-async fn ws(
-    req: HttpRequest,
-    body: web::Payload,
-    query: web::Query<ConnectQuery>,
-    node: web::Data<Node>,
-) -> HttpResponse {
-    let node = node.get_ref().clone();
-    if node.shutting_down() {
-        return refuse(
-            &node,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "node is shutting down; reconnect with a fresh URL".into(),
-        );
-    }
-    // The handshake is checked first: it has no side effects, while admitting burns the token.
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
-        Ok(parts) => parts,
-        Err(e) => {
-            return refuse(
-                &node,
-                StatusCode::BAD_REQUEST,
-                "not_websocket",
-                e.to_string(),
-            );
-        }
-    };
-    let claims = match node.admission().admit(&query.token) {
-        Ok(claims) => claims,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-            return refuse(&node, status, e.code(), e.to_string());
-        }
-    };
-    let heartbeat_ms = node.limits().heartbeat_interval.as_millis() as u64;
-    let welcome = |conn: crate::hub::ConnId| {
-        system_frame(&SystemEvent::Welcome {
-            client: claims.sub.clone(),
-            node: node.id().clone(),
-            conn: conn.0,
-            epoch: node.epoch().to_owned(),
-            heartbeat_ms,
-        })
-    };
-    let reg = match node.hub().register(&claims, welcome) {
-        Ok(reg) => reg,
-        Err(r @ Refusal::ClientLimit(_)) => {
-            return refuse(
-                &node,
-                StatusCode::TOO_MANY_REQUESTS,
-                "client_connection_limit",
-                r.to_string(),
-            );
-        }
-        Err(r @ Refusal::NodeLimit(_)) => {
-            return refuse(
-                &node,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "node_full",
-                r.to_string(),
-            );
-        }
-    };
-    tracing::debug!(node = %node.id(), client = %claims.sub, conn = reg.id.0, "connected");
-    actix_web::rt::spawn(session::run(node, claims.sub, session, stream, reg));
-    response
+/// `/ws` without a WebSocket upgrade (upgrades never reach the routes: see [`handshake`]).
+async fn ws(node: web::Data<Node>) -> HttpResponse {
+    let refused = handshake::not_websocket("expected a WebSocket upgrade request");
+    refused.record(&node);
+    HttpResponse::BadRequest()
+        .content_type("application/json")
+        .body(refused.body())
 }
 
 async fn healthz(node: web::Data<Node>) -> HttpResponse {

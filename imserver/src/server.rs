@@ -6,7 +6,10 @@
 use std::future::Future;
 use std::net::TcpListener;
 
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{App, web};
 use deadpool_redis::{Config as PoolConfig, Runtime};
 use imclient::NodeId;
 use imclient::contract::CloseCode;
@@ -16,7 +19,7 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, membership, presence, route};
+use crate::{broker, handshake, membership, presence, route};
 
 /// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
 pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
@@ -49,20 +52,34 @@ pub async fn run(
     let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
     let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx));
 
+    // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
+    // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
+    // other request goes to the actix-web routes.
     let app_node = node.clone();
-    let mut http = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(app_node.clone()))
-            .configure(route::configure)
-    })
-    .disable_signals()
-    .shutdown_timeout(1)
-    .backlog(4096)
-    .max_connection_rate(4096);
+    let mut http = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(1)
+        .backlog(4096)
+        .max_concurrent_connections(config.max_connections + 1024);
     if let Some(workers) = config.workers {
         http = http.workers(workers);
     }
-    let http = http.listen(listener)?.run();
+    let http = http
+        .listen("imserver", listener, move || {
+            let app = App::new()
+                .app_data(web::Data::new(app_node.clone()))
+                .configure(route::configure)
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            let ws_node = app_node.clone();
+            let upgrade =
+                fn_service(move |(req, framed)| handshake::upgrade(ws_node.clone(), req, framed));
+            HttpService::build()
+                .upgrade(upgrade)
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     let handle = http.handle();
     let serving = tokio::spawn(http);
     tracing::info!(node = %node.id(), epoch = node.epoch(), "node started");

@@ -1,38 +1,56 @@
-//! One WebSocket connection: a single loop over inbound frames, the outbound queue, the
-//! heartbeat tick and close requests, with one exit: unregister, then close once with a reason.
+//! One WebSocket connection, on the TCP stream it owns: a single loop over inbound frames, the
+//! outbound queue, the heartbeat tick and close requests, with one exit: unregister, then close
+//! once with a reason.
+//!
+//! Why the session owns the socket rather than going through an HTTP response body: queued
+//! frames leave in one vectored write per batch, with one task wake per delivery instead of
+//! two, and an idle connection holds no buffers at all (see docs/DESIGN.md, "Owning the
+//! socket"). Frame parsing is actix-http's.
 
-use actix_ws::{AggregatedMessage, CloseReason, ProtocolError, Session};
-use futures_util::StreamExt as _;
+use std::collections::VecDeque;
+use std::io;
+
+use actix_http::ws::{CloseReason, OpCode, Parser, ProtocolError};
+use bytes::BytesMut;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tracing::Instrument as _;
 
 use crate::hub::Registration;
 use crate::node::Node;
+use crate::outbox::{self, Frame, Outbox};
 
-/// How long the final close frame may take to queue before the socket is dropped anyway.
+/// How long closing may take (the close frame, then the client's answer) before the socket is
+/// dropped anyway.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Room reserved for a read when the inbound buffer is empty: client frames are small.
+const READ_CHUNK: usize = 512;
 
 /// How the loop ended.
 enum Exit {
     /// The node closes the connection with this code.
     Close(CloseCode),
-    /// The client closed or went away; answer its close if it sent one.
-    ClientClosed,
+    /// The client sent a close frame (with this reason, if any); answer it.
+    ClientClosed(Option<CloseReason>),
+    /// The connection is gone; nothing more can be sent.
+    Lost,
 }
 
 /// Runs the connection until it closes, in a span with the node, client and connection ids.
+/// `early` holds bytes the client sent right behind its handshake.
 pub async fn run(
     node: Node,
     client: ClientId,
-    session: Session,
-    stream: actix_ws::MessageStream,
+    stream: TcpStream,
+    early: BytesMut,
     reg: Registration,
 ) {
     let span =
         tracing::debug_span!("session", node = %node.id(), client = %client, conn = reg.id.0);
-    serve(node, client, session, stream, reg)
+    serve(node, client, stream, early, reg)
         .instrument(span)
         .await;
 }
@@ -40,15 +58,16 @@ pub async fn run(
 async fn serve(
     node: Node,
     client: ClientId,
-    mut session: Session,
-    stream: actix_ws::MessageStream,
-    mut reg: Registration,
+    stream: TcpStream,
+    early: BytesMut,
+    reg: Registration,
 ) {
     let limits = node.limits().clone();
-    let mut inbound = stream
-        .max_frame_size(limits.max_inbound_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_inbound_frame_bytes);
+    let socket = stream;
+    let outbox = reg.outbox.clone();
+    let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
+    // Frames claimed from the outbox and not yet fully written.
+    let mut in_flight = VecDeque::new();
     let mut heartbeat = interval_at(
         Instant::now() + limits.heartbeat_interval,
         limits.heartbeat_interval,
@@ -56,69 +75,70 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
 
-    // One close-request future for the whole session, so the loop does not register a new
-    // waiter on every turn.
-    let kill = reg.kill.clone();
-    let killed = kill.wait();
-    tokio::pin!(killed);
-
-    let exit = loop {
-        tokio::select! {
-            biased;
-            code = &mut killed => break Exit::Close(code),
-            frame = reg.rx.recv() => {
-                let Some(mut frame) = frame else { break Exit::Close(CloseCode::GoingAway) };
-                // Write what is queued before going back to waiting. A client that does not
-                // read blocks the write; stay responsive to close requests meanwhile.
-                let stop = loop {
-                    tokio::select! {
-                        biased;
-                        sent = session.text(frame) => if sent.is_err() { break Some(Exit::ClientClosed) },
-                        code = &mut killed => break Some(Exit::Close(code)),
+    let exit = 'session: loop {
+        // Messages the client pipelined behind its handshake, or left over from the last read.
+        loop {
+            match inbound.next_message() {
+                Ok(Some(msg)) => {
+                    if let Some(exit) = answer(msg, &outbox) {
+                        break 'session exit;
                     }
-                    match reg.rx.try_recv() {
-                        Ok(next) => frame = next,
-                        Err(_) => break None,
+                }
+                Ok(None) => break,
+                Err(code) => break 'session Exit::Close(code),
+            }
+        }
+        if let Some(code) = outbox.close_requested() {
+            break Exit::Close(code);
+        }
+        // Write what is queued. A client that does not read blocks the write; stay
+        // responsive to close requests meanwhile.
+        while outbox.take_queued(&mut in_flight) {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = outbox.wait() => {
+                        if let Some(code) = outbox.close_requested() {
+                            break 'session Exit::Close(code);
+                        }
                     }
-                };
-                if let Some(exit) = stop {
-                    break exit;
+                    sent = outbox::write_all(&socket, &mut in_flight) => {
+                        if sent.is_err() {
+                            break 'session Exit::Lost;
+                        }
+                        break;
+                    }
                 }
             }
-            msg = inbound.next() => {
-                last_heard = Instant::now();
-                match msg {
-                    None | Some(Ok(AggregatedMessage::Close(_))) => break Exit::ClientClosed,
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() { break Exit::ClientClosed }
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => {}
-                    Some(Ok(AggregatedMessage::Text(text))) => match serde_json::from_str::<ClientFrame>(&text) {
-                        Ok(ClientFrame::Ping) => {
-                            if session.text(system_frame(&SystemEvent::Pong)).await.is_err() {
-                                break Exit::ClientClosed;
-                            }
-                        }
-                        Err(_) => break Exit::Close(CloseCode::PolicyViolation),
-                    },
-                    Some(Ok(AggregatedMessage::Binary(_))) => break Exit::Close(CloseCode::PolicyViolation),
-                    Some(Err(ProtocolError::Overflow)) => break Exit::Close(CloseCode::TooBig),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "protocol error");
-                        break Exit::Close(CloseCode::PolicyViolation);
-                    }
+        }
+
+        tokio::select! {
+            biased;
+            // Frames were queued or a close was requested: both handled above.
+            _ = outbox.wait() => {}
+            ready = read_ready(&socket) => {
+                if ready.is_err() {
+                    break Exit::Lost;
+                }
+                match inbound.fill(&socket) {
+                    Ok(0) => break Exit::Lost,
+                    Ok(_) => last_heard = Instant::now(),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => break Exit::Lost,
                 }
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.heartbeat_timeout {
                     break Exit::Close(CloseCode::HeartbeatTimeout);
                 }
-                if session.ping(b"").await.is_err() { break Exit::ClientClosed }
+                outbox.queue_control(Frame::ping());
             }
         }
     };
 
     node.hub().unregister(&client, reg.id);
+    // What is left: the rest of a frame being written must go before anything else.
+    in_flight.extend(outbox.shut());
     let reason = match exit {
         Exit::Close(code) => {
             node.metrics().closed(code);
@@ -128,7 +148,214 @@ async fn serve(
                 description: Some(code.reason().to_owned()),
             })
         }
-        Exit::ClientClosed => None,
+        // Echo the client's code, as RFC 6455 asks.
+        Exit::ClientClosed(reason) => reason.map(|r| CloseReason {
+            code: r.code,
+            description: None,
+        }),
+        Exit::Lost => return,
     };
-    let _ = timeout(CLOSE_TIMEOUT, session.close(reason)).await;
+    let _ = timeout(CLOSE_TIMEOUT, close(&socket, in_flight, reason)).await;
+}
+
+/// Waits until the socket has something to read. Through `poll_read_ready` rather than
+/// `readable()`: it takes over the socket's reader waker slot, which otherwise keeps the
+/// finished handshake task (about 2.4 KiB) alive for as long as the connection lives.
+async fn read_ready(socket: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
+}
+
+/// Answers one client message, queueing any reply; returns how the session ends, if it does.
+fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
+    match msg {
+        InboundMessage::Text(text) => match serde_json::from_slice::<ClientFrame>(&text) {
+            Ok(ClientFrame::Ping) => {
+                let pong = system_frame(&SystemEvent::Pong);
+                outbox.queue_control(Frame::text(pong));
+                None
+            }
+            Err(_) => Some(Exit::Close(CloseCode::PolicyViolation)),
+        },
+        InboundMessage::Ping(payload) => {
+            outbox.queue_control(Frame::pong(payload.freeze()));
+            None
+        }
+        InboundMessage::Pong => None,
+        InboundMessage::Close(reason) => Some(Exit::ClientClosed(reason)),
+    }
+}
+
+/// Writes what is still queued and the close frame, then waits for the client to answer or
+/// hang up, so the close frame is not lost to a reset caused by unread input.
+async fn close(socket: &TcpStream, mut frames: VecDeque<Frame>, reason: Option<CloseReason>) {
+    frames.push_back(Frame::close(reason));
+    if outbox::write_all(socket, &mut frames).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 512];
+    loop {
+        if read_ready(socket).await.is_err() {
+            return;
+        }
+        match socket.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A complete message from the client.
+#[derive(Debug, PartialEq, Eq)]
+enum InboundMessage {
+    Text(BytesMut),
+    Ping(BytesMut),
+    Pong,
+    Close(Option<CloseReason>),
+}
+
+/// The inbound half: buffers what was read and cuts it into messages, joining continuation
+/// frames and holding every message to the size limit.
+struct Inbound {
+    buf: BytesMut,
+    /// A text message whose continuation frames are still coming.
+    partial: Option<BytesMut>,
+    max: usize,
+}
+
+impl Inbound {
+    fn new(early: BytesMut, max: usize) -> Self {
+        Self {
+            buf: early,
+            partial: None,
+            max,
+        }
+    }
+
+    /// Reads what the socket has without waiting; the byte count, 0 at end of stream.
+    fn fill(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.reserve(READ_CHUNK);
+        }
+        stream.try_read_buf(&mut self.buf)
+    }
+
+    /// The next complete message in the buffer, if any; a close code when the client broke
+    /// the rules.
+    fn next_message(&mut self) -> Result<Option<InboundMessage>, CloseCode> {
+        loop {
+            let frame = match Parser::parse(&mut self.buf, true, self.max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if self.buf.is_empty() {
+                        // Release the buffer: an idle connection should hold none.
+                        self.buf = BytesMut::new();
+                    }
+                    return Ok(None);
+                }
+                Err(ProtocolError::Overflow) => return Err(CloseCode::TooBig),
+                Err(e) => {
+                    tracing::debug!(error = %e, "protocol error");
+                    return Err(CloseCode::PolicyViolation);
+                }
+            };
+            let (fin, opcode, payload) = frame;
+            let payload = payload.unwrap_or_default();
+            match opcode {
+                OpCode::Text if self.partial.is_none() => {
+                    if fin {
+                        return Ok(Some(InboundMessage::Text(payload)));
+                    }
+                    self.partial = Some(payload);
+                }
+                OpCode::Continue => {
+                    let Some(partial) = self.partial.as_mut() else {
+                        return Err(CloseCode::PolicyViolation);
+                    };
+                    if partial.len() + payload.len() > self.max {
+                        return Err(CloseCode::TooBig);
+                    }
+                    partial.extend_from_slice(&payload);
+                    if fin {
+                        let text = self.partial.take().unwrap_or_default();
+                        return Ok(Some(InboundMessage::Text(text)));
+                    }
+                }
+                OpCode::Ping => return Ok(Some(InboundMessage::Ping(payload))),
+                OpCode::Pong => return Ok(Some(InboundMessage::Pong)),
+                OpCode::Close => {
+                    return match Parser::try_parse_close_payload(&payload) {
+                        Ok(reason) => Ok(Some(InboundMessage::Close(reason))),
+                        Err(_) => Err(CloseCode::PolicyViolation),
+                    };
+                }
+                // Binary frames, a new text message inside another, reserved opcodes.
+                _ => return Err(CloseCode::PolicyViolation),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A masked client frame.
+    fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        Parser::write_message(&mut buf, payload, opcode, fin, true);
+        buf
+    }
+
+    #[test]
+    fn continuation_frames_are_joined_and_held_to_the_limit() {
+        let mut buf = client_frame(OpCode::Text, false, b"{\"type\":");
+        buf.extend_from_slice(&client_frame(OpCode::Continue, true, b"\"ping\"}"));
+        let mut inbound = Inbound::new(buf, 64);
+        assert_eq!(
+            inbound.next_message(),
+            Ok(Some(InboundMessage::Text(BytesMut::from(
+                &b"{\"type\":\"ping\"}"[..]
+            ))))
+        );
+        assert_eq!(inbound.next_message(), Ok(None));
+
+        let mut buf = client_frame(OpCode::Text, false, &[b'x'; 40]);
+        buf.extend_from_slice(&client_frame(OpCode::Continue, true, &[b'x'; 40]));
+        let mut inbound = Inbound::new(buf, 64);
+        assert_eq!(inbound.next_message(), Err(CloseCode::TooBig));
+    }
+
+    #[test]
+    fn a_partial_frame_waits_for_the_rest() {
+        let whole = client_frame(OpCode::Text, true, b"{\"type\":\"ping\"}");
+        let mut inbound = Inbound::new(BytesMut::from(&whole[..5]), 64);
+        assert_eq!(inbound.next_message(), Ok(None));
+        inbound.buf.extend_from_slice(&whole[5..]);
+        assert!(matches!(
+            inbound.next_message(),
+            Ok(Some(InboundMessage::Text(_)))
+        ));
+    }
+
+    #[test]
+    fn unmasked_binary_and_stray_continuations_break_the_rules() {
+        let mut unmasked = BytesMut::new();
+        Parser::write_message(&mut unmasked, b"hi", OpCode::Text, true, false);
+        assert_eq!(
+            Inbound::new(unmasked, 64).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
+        let binary = client_frame(OpCode::Binary, true, b"\x01");
+        assert_eq!(
+            Inbound::new(binary, 64).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
+        let stray = client_frame(OpCode::Continue, true, b"x");
+        assert_eq!(
+            Inbound::new(stray, 64).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
+    }
 }

@@ -1,0 +1,195 @@
+//! The WebSocket handshake on the raw connection. actix-http hands every upgrade request here
+//! together with the socket itself, so an admitted connection leaves the HTTP dispatcher (and
+//! its two 8 KiB buffers) behind and its session owns the TCP stream. Refusals are answered
+//! here with the same JSON bodies as any other refusal, then the socket is closed.
+
+use actix_codec::Framed;
+use actix_http::{HttpMessage as _, Request, h1, ws};
+use bytes::BytesMut;
+use imclient::contract::{SystemEvent, system_frame};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+use crate::hub::{ConnId, Refusal};
+use crate::node::Node;
+use crate::session;
+
+/// Why a handshake was refused: HTTP status, machine-readable code, human-readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable code, e.g. `token_expired`.
+    pub code: &'static str,
+    /// What to do about it.
+    pub message: String,
+}
+
+impl Refused {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The refusal as a JSON body.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "error": self.code, "message": self.message }).to_string()
+    }
+
+    /// Counts and logs the refusal.
+    pub fn record(&self, node: &Node) {
+        node.metrics()
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(node = %node.id(), code = self.code, "refused connection");
+    }
+}
+
+/// The refusal for a request to `/ws` that is not a WebSocket upgrade.
+pub fn not_websocket(reason: impl std::fmt::Display) -> Refused {
+    Refused::new(400, "not_websocket", reason.to_string())
+}
+
+/// Serves one upgrade request: refuse it, or answer 101 and run the session on the socket.
+/// Failures are the client's connection going away; they end only this connection.
+pub async fn upgrade(
+    node: Node,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), std::convert::Infallible> {
+    if let Err(e) = serve(node, req, framed).await {
+        tracing::debug!(error = %e, "handshake failed");
+    }
+    Ok(())
+}
+
+async fn serve(
+    node: Node,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> std::io::Result<()> {
+    let parts = framed.into_parts();
+    let mut io = parts.io;
+    // Bytes the client sent after its request (frames it pipelined behind the handshake).
+    let early: BytesMut = parts.read_buf;
+    drop(parts.write_buf);
+    match admit(&node, &req) {
+        Err(refused) => {
+            refused.record(&node);
+            let body = refused.body();
+            // One write: a client may read the body only as far as the first segment.
+            let response = format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                refused.status,
+                reason_phrase(refused.status),
+                body.len()
+            );
+            io.write_all(response.as_bytes()).await?;
+            io.shutdown().await
+        }
+        Ok((accept, client, reg)) => {
+            drop(req);
+            // Frames are small and written as they come: Nagle would hold each behind the
+            // previous one's ACK.
+            let _ = io.set_nodelay(true);
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
+            );
+            if let Err(e) = io.write_all(head.as_bytes()).await {
+                node.hub().unregister(&client, reg.id);
+                return Err(e);
+            }
+            tracing::debug!(node = %node.id(), client = %client, conn = reg.id.0, "connected");
+            // The session runs as a task of its own and this handshake task ends: it is sized
+            // for the whole HTTP dispatcher (about 2.4 KiB), and would stay that big for as
+            // long as the connection lives.
+            actix_rt::spawn(session::run(node, client, io, early, reg));
+            Ok(())
+        }
+    }
+}
+
+/// Checks the request and registers the connection: the `Sec-WebSocket-Accept` value, the
+/// client and its registration, or why not. The handshake is checked before the token, as it
+/// has no side effects while admitting burns the token.
+fn admit(
+    node: &Node,
+    req: &Request,
+) -> Result<(String, imclient::ClientId, crate::hub::Registration), Refused> {
+    if req.path() != "/ws" {
+        return Err(Refused::new(
+            404,
+            "not_found",
+            "WebSocket connections are served at /ws",
+        ));
+    }
+    if node.shutting_down() {
+        return Err(Refused::new(
+            503,
+            "shutting_down",
+            "node is shutting down; reconnect with a fresh URL",
+        ));
+    }
+    ws::verify_handshake(req.head()).map_err(not_websocket)?;
+    let accept = req
+        .headers()
+        .get(actix_http::header::SEC_WEBSOCKET_KEY)
+        .map(|key| ws::hash_key(key.as_bytes()))
+        .and_then(|accept| String::from_utf8(accept.to_vec()).ok())
+        .ok_or_else(|| not_websocket("bad Sec-WebSocket-Key"))?;
+    let token = token_of(req.uri().query().unwrap_or_default());
+    let claims = node
+        .admission()
+        .admit(&token)
+        .map_err(|e| Refused::new(e.http_status(), e.code(), e.to_string()))?;
+    let heartbeat_ms = node.limits().heartbeat_interval.as_millis() as u64;
+    let welcome = |conn: ConnId| {
+        system_frame(&SystemEvent::Welcome {
+            client: claims.sub.clone(),
+            node: node.id().clone(),
+            conn: conn.0,
+            epoch: node.epoch().to_owned(),
+            heartbeat_ms,
+        })
+    };
+    let reg = node.hub().register(&claims, welcome).map_err(|r| match r {
+        Refusal::ClientLimit(_) => Refused::new(429, "client_connection_limit", r.to_string()),
+        Refusal::NodeLimit(_) => Refused::new(503, "node_full", r.to_string()),
+    })?;
+    Ok((accept, claims.sub, reg))
+}
+
+/// The `token` query parameter, percent-decoded; empty when absent or undecodable.
+fn token_of(query: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct ConnectQuery {
+        #[serde(default)]
+        token: String,
+    }
+    serde_urlencoded::from_str::<ConnectQuery>(query)
+        .map(|q| q.token)
+        .unwrap_or_default()
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    actix_http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_read_from_the_query_and_percent_decoded() {
+        assert_eq!(token_of("token=a.b.c"), "a.b.c");
+        assert_eq!(token_of("x=1&token=a%2Bb"), "a+b");
+        assert_eq!(token_of(""), "");
+        assert_eq!(token_of("token"), "");
+    }
+}
