@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use actix_http::ws::CloseReason;
+use actix_ws::CloseReason;
 use bytes::{Buf as _, Bytes};
 use imclient::contract::CloseCode;
 use tokio::net::TcpStream;
@@ -269,7 +269,7 @@ mod tests {
             );
         }
         let reason = CloseReason {
-            code: actix_http::ws::CloseCode::Away,
+            code: actix_ws::CloseCode::Away,
             description: Some("bye".into()),
         };
         let mut theirs = BytesMut::new();

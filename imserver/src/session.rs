@@ -10,7 +10,8 @@
 use std::collections::VecDeque;
 use std::io;
 
-use actix_http::ws::{CloseReason, OpCode, Parser, ProtocolError};
+use actix_http::ws::{OpCode, Parser};
+use actix_ws::{CloseReason, ProtocolError};
 use bytes::BytesMut;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};

@@ -91,6 +91,29 @@ async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
 }
 
 #[tokio::test]
+async fn requests_that_are_not_upgrades_to_ws_are_refused_without_burning_the_token() -> Result<()>
+{
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let node = c.nodes[0].id.clone();
+    let url = url_with(&node, &claims(&node, "eve"), SECRET);
+
+    // A WebSocket upgrade to another path.
+    assert_refused(&url.replace("/ws?", "/chat?"), 404, "not_found").await?;
+    // A plain GET of /ws with the token.
+    let (status, body) = c.nodes[0].get(&url[node.len()..]).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not_websocket"), "{body}");
+    // The token is still good.
+    let mut ws = Ws::connect(&url).await?;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await?;
+    match ws.read(WAIT).await? {
+        Frame::Envelope(env) => assert_eq!(env.payload["event"], "pong"),
+        other => panic!("expected pong, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn only_small_control_frames_may_be_sent() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
 
