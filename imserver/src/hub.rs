@@ -476,8 +476,13 @@ impl Hub {
         }
         inner.seq += 1;
         let frame = Frame::text(contract::frame(inner.seq, body));
-        for conn in &inner.conns {
-            self.send(conn, frame.clone());
+        // The last connection takes the frame itself: cloning a `Bytes` made from a `String`
+        // allocates its shared header, which a client with one connection never needs.
+        if let Some((last, others)) = inner.conns.split_last() {
+            for conn in others {
+                self.send(conn, frame.clone());
+            }
+            self.send(last, frame);
         }
         true
     }

@@ -246,15 +246,16 @@ impl Inbound {
     /// the rules.
     fn next_message(&mut self) -> Result<Option<InboundMessage>, CloseCode> {
         loop {
+            if self.buf.is_empty() {
+                // Release the buffer: an idle connection should hold none.
+                if self.buf.capacity() > 0 {
+                    self.buf = BytesMut::new();
+                }
+                return Ok(None);
+            }
             let frame = match Parser::parse(&mut self.buf, true, self.max) {
                 Ok(Some(frame)) => frame,
-                Ok(None) => {
-                    if self.buf.is_empty() {
-                        // Release the buffer: an idle connection should hold none.
-                        self.buf = BytesMut::new();
-                    }
-                    return Ok(None);
-                }
+                Ok(None) => return Ok(None),
                 Err(ProtocolError::Overflow) => return Err(CloseCode::TooBig),
                 Err(e) => {
                     tracing::debug!(error = %e, "protocol error");
