@@ -59,12 +59,11 @@ pub async fn run(
 async fn serve(
     node: Node,
     client: ClientId,
-    stream: TcpStream,
+    socket: TcpStream,
     early: BytesMut,
     reg: Registration,
 ) {
     let limits = node.limits().clone();
-    let socket = stream;
     let outbox = reg.outbox.clone();
     let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
     // Frames claimed from the outbox and not yet fully written.
@@ -93,14 +92,21 @@ async fn serve(
             break Exit::Close(code);
         }
         // Write what is queued. A client that does not read blocks the write; stay
-        // responsive to close requests meanwhile.
+        // responsive to close requests meanwhile, and give up on a client that has not read
+        // for as long as a silent one is given.
         while outbox.take_queued(&mut in_flight) {
+            let stalled_since = Instant::now();
             loop {
                 tokio::select! {
                     biased;
                     _ = outbox.wait() => {
                         if let Some(code) = outbox.close_requested() {
                             break 'session Exit::Close(code);
+                        }
+                    }
+                    _ = heartbeat.tick() => {
+                        if stalled_since.elapsed() > limits.heartbeat_timeout {
+                            break 'session Exit::Close(CloseCode::HeartbeatTimeout);
                         }
                     }
                     sent = outbox::write_all(&socket, &mut in_flight) => {

@@ -264,6 +264,36 @@ async fn a_slow_client_is_closed_while_a_fast_one_keeps_receiving() -> Result<()
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_closed_even_with_room_in_its_queue() -> Result<()> {
+    // A queue too big to fill: only the stalled write can end this connection.
+    let opts = NodeOpts::default()
+        .arg("--queue-capacity", 100_000)
+        .arg("--heartbeat-interval-ms", 100)
+        .arg("--heartbeat-timeout-ms", 300);
+    let c = Cluster::start(1, opts).await?;
+    let _stuck = c.connect("stuck").await?;
+    // Far more than the socket buffers on both ends hold, then nothing more.
+    let chunk = "z".repeat(32 * 1024);
+    for _ in 0..600 {
+        c.im.send_message("x", ["stuck"], &chunk, false).await?;
+    }
+    let metric = format!(
+        "im_closes_total{{node=\"{}\",code=\"4000\"}}",
+        c.nodes[0].id
+    );
+    c.nodes[0].wait_metric(&metric, 1).await?;
+    wait_for("the connection to be gone", WAIT, || async {
+        c.nodes[0]
+            .metric("im_connections{")
+            .await
+            .ok()
+            .filter(|n| *n == 0)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn connections_per_client_are_limited() -> Result<()> {
     let c = Cluster::start(
         1,
