@@ -216,12 +216,8 @@ def latency_svg(runs, order):
 
     top = 60
     height = top + len(rows) * (bar_h + 4) + (len(order)) * gap + 40
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           'font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           '<text x="10" y="20" font-size="14">Delivery latency, medians of runs '
-           '(ms, log scale): p50 dark, p99 middle, max light</text>']
-    out += legend(10, 42, [(COLORS["imserver"][1], "imserver"), (COLORS["peer"][1], "Sockudo")])
+    out = svg_open(width, height, "Delivery latency, medians of runs "
+                   "(ms, log scale): p50 dark, p99 middle, max light")
     bottom = height - 30
     for d in decades:
         gx = x(10 ** d)
@@ -248,6 +244,15 @@ def latency_svg(runs, order):
     return "\n".join(out) + "\n"
 
 
+def svg_open(width, height, title):
+    """The opening lines of a plot: the canvas, its title and the legend of the two servers."""
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="10" y="20" font-size="14">{esc(title)}</text>']
+    return out + legend(10, 42, [(COLORS["imserver"][1], "imserver"), (COLORS["peer"][1], "Sockudo")])
+
+
 def memory_svg(runs, order):
     """Per workload, node RSS per connection for both servers: idle (solid) and under load (light)."""
     rows = []
@@ -262,12 +267,8 @@ def memory_svg(runs, order):
     scale = (width - left - right) / hi
     top = 60
     height = top + len(rows) * (2 * bar_h + 6) + len(order) * gap + 20
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           'font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           '<text x="10" y="20" font-size="14">Node RSS per connection, medians of runs (KiB): '
-           'idle (dark), under load (light)</text>']
-    out += legend(10, 42, [(COLORS["imserver"][1], "imserver"), (COLORS["peer"][1], "Sockudo")])
+    out = svg_open(width, height, "Node RSS per connection, medians of runs (KiB): "
+                   "idle (dark), under load (light)")
     y = top
     previous = None
     for name, s, idle, load in rows:
