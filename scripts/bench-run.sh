@@ -3,7 +3,8 @@
 # imbench load tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
 #   scripts/bench-run.sh --clients 10000 --rate 20000 --duration 5
 #   NODES=2 scripts/bench-run.sh --workload channel --clients 10000 --rate 20 --duration 10
-# Prints imbench's JSON line.
+# IMSERVER and IMBENCH name other binaries to run (for A/B runs of two builds). Prints
+# imbench's JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -34,4 +35,4 @@ for k in $(seq 1 "${NODES:-1}"); do
   nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
 done
 join() { local IFS=,; echo "$*"; }
-target/release/imbench --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@"
+"${IMBENCH:-target/release/imbench}" --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@"

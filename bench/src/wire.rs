@@ -110,10 +110,10 @@ impl Socket {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let len = self.buf.len();
-            self.buf.resize(len + 8192, 0);
-            let n = self.tcp.read(&mut self.buf[len..]).await?;
-            self.buf.truncate(len + n);
+            // Into the spare capacity: zeroing 8 KiB before every read was 4% of the tool's
+            // CPU in a fan-out profile.
+            self.buf.reserve(8192);
+            let n = self.tcp.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Ok(false);
             }
