@@ -87,6 +87,36 @@ pub struct Registration {
     pub id: ConnId,
     /// Frames to write, in order (the welcome frame is first), and close requests.
     pub outbox: Arc<Outbox>,
+    /// Counts the session as live until the registration is dropped, which the session does
+    /// last, after its close frame: shutdown waits for that.
+    _live: LiveSession,
+}
+
+/// How many sessions are running, close frames included.
+#[derive(Debug, Default)]
+struct Sessions {
+    live: AtomicU64,
+    /// Notified when the last session ends.
+    ended: Notify,
+}
+
+/// One live session; dropping it ends it.
+#[derive(Debug)]
+struct LiveSession(Arc<Sessions>);
+
+impl LiveSession {
+    fn start(sessions: &Arc<Sessions>) -> Self {
+        sessions.live.fetch_add(1, Relaxed);
+        Self(sessions.clone())
+    }
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Relaxed) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
 }
 
 /// Why a connection was not registered.
@@ -132,8 +162,7 @@ pub struct Hub {
     queue_capacity: usize,
     metrics: Arc<Metrics>,
     work: Arc<HubWork>,
-    /// Notified when the last connection unregisters, for shutdown.
-    emptied: Notify,
+    sessions: Arc<Sessions>,
 }
 
 fn shard_of<K: Hash>(key: &K) -> usize {
@@ -166,7 +195,7 @@ impl Hub {
             queue_capacity,
             metrics,
             work,
-            emptied: Notify::new(),
+            sessions: Arc::default(),
         }
     }
 
@@ -236,7 +265,11 @@ impl Hub {
         self.metrics.connections.fetch_add(1, Relaxed);
         self.metrics.connections_opened.fetch_add(1, Relaxed);
         self.work.presence.mark(&claims.sub);
-        Ok(Registration { id, outbox })
+        Ok(Registration {
+            id,
+            outbox,
+            _live: LiveSession::start(&self.sessions),
+        })
     }
 
     /// Removes a connection. Idempotent. When it was the client's last, the client leaves the
@@ -270,9 +303,7 @@ impl Hub {
         }
         if removed {
             self.metrics.connections.fetch_sub(1, Relaxed);
-            if self.connections.fetch_sub(1, Relaxed) == 1 {
-                self.emptied.notify_waiters();
-            }
+            self.connections.fetch_sub(1, Relaxed);
             self.work.presence.mark(client);
         }
     }
@@ -525,11 +556,11 @@ impl Hub {
         }
     }
 
-    /// Waits until no connection is registered.
+    /// Waits until every session has ended, its close frame written (or given up on).
     pub async fn wait_empty(&self) {
         loop {
-            let notified = self.emptied.notified();
-            if self.connections() == 0 {
+            let notified = self.sessions.ended.notified();
+            if self.sessions.live.load(Relaxed) == 0 {
                 return;
             }
             notified.await;
