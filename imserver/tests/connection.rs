@@ -114,6 +114,50 @@ async fn requests_that_are_not_upgrades_to_ws_are_refused_without_burning_the_to
 }
 
 #[tokio::test]
+async fn a_frame_sent_right_behind_the_handshake_is_answered() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let url = c.im.prev_connect_server("early", json!(null))?;
+    let path = &url[c.nodes[0].id.len()..];
+    // The handshake and a masked `{"type":"ping"}` text frame in one write, before any answer.
+    let ping = br#"{"type":"ping"}"#;
+    let mask = [1u8, 2, 3, 4];
+    let mut bytes = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        c.nodes[0].addr
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x80 | ping.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(ping.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut tcp = tokio::net::TcpStream::connect(c.nodes[0].addr).await?;
+    tcp.write_all(&bytes).await?;
+
+    let mut seen = Vec::new();
+    let pong = br#""event":"pong""#;
+    let end = tokio::time::Instant::now() + WAIT;
+    while !seen.windows(pong.len()).any(|w| w == pong) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(end, tcp.read(&mut chunk)).await??;
+        assert!(
+            n > 0,
+            "closed before the pong: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn only_small_control_frames_may_be_sent() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
 
