@@ -5,7 +5,9 @@
 //! Locking: clients and channels live in sharded maps of std Mutexes; each client entry has a
 //! mutex of its own for its connections, sequence counter and channels. Lock order is client
 //! entry, then channel shard; fan-out copies a channel's member list under the channel shard
-//! lock and releases it before locking each member. No lock is held across an await.
+//! lock and releases it before locking each member. A connection's outbox lock is taken last,
+//! under its client entry's, and never held while taking another. No lock is held across an
+//! await.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
@@ -249,7 +251,7 @@ impl Hub {
                 }
                 return Err(Refusal::ClientLimit(self.max_per_client));
             }
-            // A new outbox always has room for one frame (and has no socket yet: it queues).
+            // A new outbox always has room for one frame.
             let _ = outbox.send(Frame::text(welcome(id)));
             inner.conns.push(ConnHandle {
                 id,

@@ -1,7 +1,7 @@
 //! A connection's outgoing frames: queued as header and payload (the payload shared, never
-//! copied), written by the session in one vectored write per batch. Lighter than a channel (an idle connection's queue holds no
-//! allocation) and it carries the node's close request, which must get through even when the
-//! queue is full.
+//! copied), written by the session in one write per batch. Lighter than a channel (an idle
+//! connection's queue holds no allocation), and it carries the node's close request, which
+//! must get through even when the queue is full.
 //!
 //! Writing straight to the socket from the broker was tried and measured worse: every write
 //! on loopback runs the receiver's side too, and one broker thread doing them all serially
@@ -208,10 +208,10 @@ pub(crate) async fn write_all(socket: &TcpStream, frames: &mut VecDeque<Frame>) 
     const SLICES: usize = 64;
     const SMALL: usize = 1024;
     while !frames.is_empty() {
-        let written = if let [frame] = frames.as_slices().0
-            && frames.len() == 1
-            && frame.remaining() <= SMALL
-        {
+        let lone = frames
+            .front()
+            .filter(|f| frames.len() == 1 && f.remaining() <= SMALL);
+        let written = if let Some(frame) = lone {
             // One small frame, the usual case in a fan-out: a plain write of one buffer is
             // cheaper in the kernel than a `writev` of two.
             let mut buf = [0u8; SMALL];

@@ -59,8 +59,7 @@ pub async fn run(
     let mut http = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(1)
-        .backlog(4096)
-        .max_concurrent_connections(config.max_connections + 1024);
+        .backlog(4096);
     if let Some(workers) = config.workers {
         http = http.workers(workers);
     }

@@ -64,7 +64,7 @@ async fn serve(
     reg: Registration,
 ) {
     let limits = node.limits().clone();
-    let outbox = reg.outbox.clone();
+    let outbox = &*reg.outbox;
     let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
     // Frames claimed from the outbox and not yet fully written.
     let mut in_flight = VecDeque::new();
@@ -80,7 +80,7 @@ async fn serve(
         loop {
             match inbound.next_message() {
                 Ok(Some(msg)) => {
-                    if let Some(exit) = answer(msg, &outbox) {
+                    if let Some(exit) = answer(msg, outbox) {
                         break 'session exit;
                     }
                 }
