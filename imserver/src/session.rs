@@ -360,6 +360,12 @@ mod tests {
             Inbound::new(binary, 64).next_message(),
             Err(CloseCode::PolicyViolation)
         );
+        // A close frame whose payload is one byte: too short to hold a close code.
+        let bad_close = client_frame(OpCode::Close, true, b"\x03");
+        assert_eq!(
+            Inbound::new(bad_close, 64).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
         let stray = client_frame(OpCode::Continue, true, b"x");
         assert_eq!(
             Inbound::new(stray, 64).next_message(),
