@@ -30,6 +30,9 @@ const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Room reserved for a read when the inbound buffer is empty: client frames are small.
 const READ_CHUNK: usize = 512;
 
+/// The longest header a client frame can have: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEAD: usize = 14;
+
 /// How the loop ended.
 enum Exit {
     /// The node closes the connection with this code.
@@ -146,23 +149,31 @@ async fn serve(
     node.hub().unregister(&client, reg.id);
     // What is left: the rest of a frame being written must go before anything else.
     in_flight.extend(outbox.shut());
-    let reason = match exit {
+    let (reason, answered) = match exit {
         Exit::Close(code) => {
             node.metrics().closed(code);
             tracing::debug!(code = code.code(), reason = code.reason(), "closing");
-            Some(CloseReason {
+            let reason = CloseReason {
                 code: code.code().into(),
                 description: Some(code.reason().to_owned()),
-            })
+            };
+            (Some(reason), false)
         }
         // Echo the client's code, as RFC 6455 asks.
-        Exit::ClientClosed(reason) => reason.map(|r| CloseReason {
-            code: r.code,
-            description: None,
-        }),
+        Exit::ClientClosed(reason) => {
+            let reason = reason.map(|r| CloseReason {
+                code: r.code,
+                description: None,
+            });
+            (reason, true)
+        }
         Exit::Lost => return,
     };
-    let _ = timeout(CLOSE_TIMEOUT, close(&socket, in_flight, reason)).await;
+    let _ = timeout(
+        CLOSE_TIMEOUT,
+        close(&socket, in_flight, reason, answered, inbound),
+    )
+    .await;
 }
 
 /// Waits until the socket has something to read. Through `poll_read_ready` rather than
@@ -192,19 +203,51 @@ fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
     }
 }
 
-/// Writes what is still queued and the close frame, then waits for the client to answer or
-/// hang up, so the close frame is not lost to a reset caused by unread input.
-async fn close(socket: &TcpStream, mut frames: VecDeque<Frame>, reason: Option<CloseReason>) {
+/// Writes what is still queued and the close frame. When the client closed first, both Close
+/// frames have now been exchanged and the connection ends at once (RFC 6455 §5.5.1). Otherwise
+/// the write side is shut (the client reads our Close, then the end of the stream) and the
+/// client's Close or hang-up is awaited, so that unread input does not turn our close into a
+/// reset that could destroy the Close frame on its way. A client that keeps sending anything
+/// else is read and discarded, never buffered, until the caller's deadline.
+async fn close(
+    socket: &TcpStream,
+    mut frames: VecDeque<Frame>,
+    reason: Option<CloseReason>,
+    answered: bool,
+    mut inbound: Inbound,
+) {
     frames.push_back(Frame::close(reason));
-    if outbox::write_all(socket, &mut frames).await.is_err() {
+    if outbox::write_all(socket, &mut frames).await.is_err() || answered {
         return;
     }
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    // Parse what arrives until the client's Close; once it breaks the rules, just discard.
+    let mut parsing = true;
     let mut sink = [0u8; 512];
     loop {
+        if parsing {
+            loop {
+                match inbound.next_message() {
+                    Ok(Some(InboundMessage::Close(_))) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        parsing = false;
+                        inbound = Inbound::new(BytesMut::new(), 0);
+                        break;
+                    }
+                }
+            }
+        }
         if read_ready(socket).await.is_err() {
             return;
         }
-        match socket.try_read(&mut sink) {
+        let read = if parsing {
+            inbound.fill(socket)
+        } else {
+            socket.try_read(&mut sink)
+        };
+        match read {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -248,6 +291,42 @@ impl Inbound {
         stream.try_read_buf(&mut self.buf)
     }
 
+    /// Refuses the frame at the front of the buffer as soon as its header shows it breaks the
+    /// rules: a data frame (or the message it continues) over the limit, a control frame that
+    /// is fragmented or over 125 bytes.
+    fn check_header(&self) -> Result<(), CloseCode> {
+        let buf = &self.buf[..];
+        let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
+            return Ok(());
+        };
+        let fin = first & 0x80 != 0;
+        let control = first & 0x08 != 0;
+        let announced = match second & 0x7f {
+            126 => match buf.get(2..4) {
+                Some(b) => u64::from(u16::from_be_bytes([b[0], b[1]])),
+                None => return Ok(()),
+            },
+            127 => match buf.get(2..10) {
+                Some(b) => u64::from_be_bytes(b.try_into().unwrap_or([0xff; 8])),
+                None => return Ok(()),
+            },
+            n => u64::from(n),
+        };
+        if control {
+            // RFC 6455 §5.5: control frames are never fragmented and carry at most 125 bytes.
+            return if fin && announced <= 125 {
+                Ok(())
+            } else {
+                Err(CloseCode::PolicyViolation)
+            };
+        }
+        let so_far = self.partial.as_ref().map_or(0, |p| p.len() as u64);
+        if so_far.saturating_add(announced) > self.max as u64 {
+            return Err(CloseCode::TooBig);
+        }
+        Ok(())
+    }
+
     /// The next complete message in the buffer, if any; a close code when the client broke
     /// the rules.
     fn next_message(&mut self) -> Result<Option<InboundMessage>, CloseCode> {
@@ -259,8 +338,17 @@ impl Inbound {
                 }
                 return Ok(None);
             }
+            // The parser holds a frame to the size limit only once all of it has arrived; a
+            // client announcing a huge frame could make it buffer without end. Judge the
+            // frame by its header first.
+            self.check_header()?;
             let frame = match Parser::parse(&mut self.buf, true, self.max) {
                 Ok(Some(frame)) => frame,
+                // An incomplete frame longer than any frame the limit allows: refuse it
+                // whatever its header said.
+                Ok(None) if self.buf.len() > self.max.max(125) + MAX_HEAD => {
+                    return Err(CloseCode::TooBig);
+                }
                 Ok(None) => return Ok(None),
                 Err(ProtocolError::Overflow) => return Err(CloseCode::TooBig),
                 Err(e) => {
@@ -333,6 +421,49 @@ mod tests {
         buf.extend_from_slice(&client_frame(OpCode::Continue, true, &[b'x'; 40]));
         let mut inbound = Inbound::new(buf, 64);
         assert_eq!(inbound.next_message(), Err(CloseCode::TooBig));
+    }
+
+    #[test]
+    fn an_oversized_frame_is_refused_from_its_header_alone() {
+        // A text frame announcing 2^40 bytes: header and mask only, no payload yet.
+        let mut head = BytesMut::from(&[0x81u8, 0xff][..]);
+        head.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(
+            Inbound::new(head, 1024).next_message(),
+            Err(CloseCode::TooBig)
+        );
+        // 16-bit length, just over the limit.
+        let mut head = BytesMut::from(&[0x81u8, 0xfe][..]);
+        head.extend_from_slice(&1025u16.to_be_bytes());
+        assert_eq!(
+            Inbound::new(head, 1024).next_message(),
+            Err(CloseCode::TooBig)
+        );
+        // A continuation that would take the message over the limit, before it arrives.
+        let mut buf = client_frame(OpCode::Text, false, &[b'x'; 1000]);
+        let mut next = BytesMut::from(&[0x80u8, 0xfe][..]);
+        next.extend_from_slice(&100u16.to_be_bytes());
+        buf.extend_from_slice(&next);
+        assert_eq!(
+            Inbound::new(buf, 1024).next_message(),
+            Err(CloseCode::TooBig)
+        );
+    }
+
+    #[test]
+    fn control_frames_must_be_whole_and_small() {
+        let fragmented_ping = client_frame(OpCode::Ping, false, b"x");
+        assert_eq!(
+            Inbound::new(fragmented_ping, 1024).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
+        let mut big_ping = BytesMut::from(&[0x89u8, 0xfe][..]);
+        big_ping.extend_from_slice(&126u16.to_be_bytes());
+        assert_eq!(
+            Inbound::new(big_ping, 1024).next_message(),
+            Err(CloseCode::PolicyViolation)
+        );
     }
 
     #[test]

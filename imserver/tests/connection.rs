@@ -203,6 +203,54 @@ async fn only_small_control_frames_may_be_sent() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_frame_announced_too_big_is_refused_at_once_without_being_buffered() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let node = &c.nodes[0];
+    let before = fixture::rss_kib(node.pid())?;
+    // A text frame announcing 2^40 bytes (64-bit length), and one announcing 65,535 (16-bit).
+    let mut huge = vec![0x81u8, 0xff];
+    huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    let mut long = vec![0x81u8, 0xfe];
+    long.extend_from_slice(&u16::MAX.to_be_bytes());
+    for (client, mut head) in [("huge", huge), ("long", long)] {
+        head.extend_from_slice(&[1, 2, 3, 4]);
+        let url = c.im.prev_connect_server(client, json!(null))?;
+        let tcp = fixture::raw_upgrade(node.addr, &url).await?;
+        let (mut rd, mut wr) = tcp.into_split();
+        // Stream up to 64 MiB behind the header, as an attacker would.
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            if wr.write_all(&head).await.is_err() {
+                return sent;
+            }
+            while sent < 64 << 20 && wr.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let code = fixture::raw_read_close(&mut rd, WAIT).await?;
+        assert_eq!(code, CloseCode::TooBig.code(), "{client}");
+        writer.await?;
+    }
+    let after = fixture::rss_kib(node.pid())?;
+    assert!(
+        after < before + 16 * 1024,
+        "node RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(
+        node.metric(&format!(
+            "im_closes_total{{node=\"{}\",code=\"1009\"}}",
+            node.id
+        ))
+        .await?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() -> Result<()> {
     let opts = NodeOpts::default()
         .arg("--heartbeat-interval-ms", 100)
