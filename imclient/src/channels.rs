@@ -19,12 +19,12 @@ use crate::ids::{ChanName, ClientId, NodeId};
 const PAGE: usize = 1000;
 
 /// KEYS: members, client-chans, chans, home node topic. ARGV: client, chan, control JSON.
+/// Returns how many nodes took the control message (0 when the home node is not running).
 const JOIN_SCRIPT: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('PUBLISH', KEYS[4], ARGV[3])
-return 1
+return redis.call('PUBLISH', KEYS[4], ARGV[3])
 ";
 
 /// KEYS and ARGV as for the join script.
@@ -63,11 +63,13 @@ impl ImClient {
         client: &ClientId,
         chan: &ChanName,
         join: bool,
+        ack: Option<&str>,
     ) -> Result<redis::Cmd> {
         let home = self.home_node(client.as_str())?;
         let m = Membership {
             client: client.clone(),
             chan: chan.clone(),
+            ack: ack.map(str::to_owned),
         };
         let control = if join {
             NodeCommand::Join(m)
@@ -87,8 +89,10 @@ impl ImClient {
         Ok(cmd)
     }
 
-    /// Makes `client_id` a member of `chan`, online or not. Joining twice is not an error. An
-    /// online client starts receiving the channel's messages within a round trip.
+    /// Makes `client_id` a member of `chan`, online or not. Joining twice is not an error.
+    /// When the client is online, this returns once its home node has subscribed to the
+    /// channel, so a channel message sent after it returns reaches the client (waiting at
+    /// most [`ImClientOptions::join_ack_timeout`](crate::ImClientOptions)).
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
@@ -97,13 +101,16 @@ impl ImClient {
     /// ```
     pub async fn join_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
-        let cmd = self.membership_cmd(JOIN_SCRIPT, &client, &chan, true)?;
+        let ack = new_message_id();
+        let cmd = self.membership_cmd(JOIN_SCRIPT, &client, &chan, true, Some(&ack))?;
         let mut conn = self.conn().await?;
-        let _: i64 = cmd.query_async(&mut conn).await?;
-        Ok(())
+        let taken: i64 = cmd.query_async(&mut conn).await?;
+        drop(conn);
+        self.await_join_acks(&ack, usize::from(taken > 0)).await
     }
 
-    /// Makes many clients members of `chan`, pipelined a thousand at a time.
+    /// Makes many clients members of `chan`, pipelined a thousand at a time; returns once
+    /// the online ones receive the channel, as [`ImClient::join_chan`] does.
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
@@ -120,15 +127,58 @@ impl ImClient {
             .into_iter()
             .map(|c| ClientId::new(c.as_ref()))
             .collect::<Result<Vec<_>>>()?;
+        let ack = new_message_id();
+        let mut expected = 0;
         let mut conn = self.conn().await?;
         for page in clients.chunks(PAGE) {
             let mut pipe = redis::pipe();
             for client in page {
-                pipe.add_command(self.membership_cmd(JOIN_SCRIPT, client, &chan, true)?)
-                    .ignore();
+                pipe.add_command(self.membership_cmd(
+                    JOIN_SCRIPT,
+                    client,
+                    &chan,
+                    true,
+                    Some(&ack),
+                )?);
             }
-            pipe.query_async::<()>(&mut conn).await?;
+            let taken: Vec<i64> = pipe.query_async(&mut conn).await?;
+            expected += taken.iter().filter(|t| **t > 0).count();
         }
+        drop(conn);
+        self.await_join_acks(&ack, expected).await
+    }
+
+    /// Waits until `expected` home nodes have acknowledged joins sent with `ack`, or the ack
+    /// timeout passes. On a blocking connection of its own: the shared one must not block.
+    async fn await_join_acks(&self, ack: &str, expected: usize) -> Result<()> {
+        if expected == 0 {
+            return Ok(());
+        }
+        let key = self.keys().ack(ack);
+        let deadline = tokio::time::Instant::now() + self.join_ack_timeout();
+        let mut conn = self.pool().get().await?;
+        let mut got = 0;
+        while got < expected {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!(%key, got, expected, "home nodes did not acknowledge every join in time");
+                break;
+            }
+            // BLPOP takes whole seconds or fractions; at least a millisecond.
+            let wait = left.as_secs_f64().max(0.001);
+            let popped: Option<(String, String)> = conn.blpop(&key, wait).await?;
+            if popped.is_none() {
+                continue;
+            }
+            got += 1;
+            if got < expected {
+                let rest: Vec<String> = conn
+                    .lpop(&key, std::num::NonZeroUsize::new(expected - got))
+                    .await?;
+                got += rest.len();
+            }
+        }
+        let _: i64 = conn.del(&key).await?;
         Ok(())
     }
 
@@ -142,7 +192,7 @@ impl ImClient {
     /// ```
     pub async fn leave_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
-        let cmd = self.membership_cmd(LEAVE_SCRIPT, &client, &chan, false)?;
+        let cmd = self.membership_cmd(LEAVE_SCRIPT, &client, &chan, false, None)?;
         let mut conn = self.conn().await?;
         let _: i64 = cmd.query_async(&mut conn).await?;
         Ok(())

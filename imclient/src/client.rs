@@ -25,6 +25,8 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 /// Default key prefix.
 pub const DEFAULT_KEY_PREFIX: &str = "im";
+/// Default longest wait of a join for the home node's acknowledgement.
+pub const DEFAULT_JOIN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where imclient gets its Redis connections.
 #[derive(Clone)]
@@ -71,6 +73,9 @@ pub struct ImClientOptions {
     pub key_prefix: String,
     /// Largest payload accepted, in bytes of JSON. Default [`DEFAULT_MAX_PAYLOAD_BYTES`].
     pub max_payload_bytes: usize,
+    /// Longest a join of an online client waits for its home node to say the channel reaches
+    /// it. Default [`DEFAULT_JOIN_ACK_TIMEOUT`].
+    pub join_ack_timeout: Duration,
 }
 
 impl std::fmt::Debug for ImClientOptions {
@@ -81,6 +86,7 @@ impl std::fmt::Debug for ImClientOptions {
             .field("token_ttl", &self.token_ttl)
             .field("key_prefix", &self.key_prefix)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("join_ack_timeout", &self.join_ack_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +105,7 @@ impl ImClientOptions {
             token_ttl: DEFAULT_TOKEN_TTL,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            join_ack_timeout: DEFAULT_JOIN_ACK_TIMEOUT,
         }
     }
 
@@ -123,6 +130,12 @@ impl ImClientOptions {
     /// Sets the largest accepted payload.
     pub fn max_payload_bytes(mut self, limit: usize) -> Self {
         self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets how long a join of an online client waits for its home node's acknowledgement.
+    pub fn join_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.join_ack_timeout = timeout;
         self
     }
 }
@@ -165,6 +178,7 @@ struct Inner {
     token_ttl: Duration,
     keys: Keys,
     max_payload_bytes: usize,
+    join_ack_timeout: Duration,
 }
 
 /// The business-side handle to the push cluster.
@@ -224,6 +238,7 @@ impl ImClient {
                 token_ttl: options.token_ttl,
                 keys: Keys::new(options.key_prefix),
                 max_payload_bytes: options.max_payload_bytes,
+                join_ack_timeout: options.join_ack_timeout,
             }),
         })
     }
@@ -236,6 +251,11 @@ impl ImClient {
     /// The shared connection for non-blocking commands.
     pub(crate) async fn conn(&self) -> Result<LinkConn<'_>> {
         self.inner.link.get().await
+    }
+
+    /// How long a join waits for its acknowledgement.
+    pub(crate) fn join_ack_timeout(&self) -> Duration {
+        self.inner.join_ack_timeout
     }
 
     /// The Redis names this client uses.

@@ -80,6 +80,11 @@ pub struct Membership {
     pub client: ClientId,
     /// The channel.
     pub chan: ChanName,
+    /// On a join: the list ([`crate::keys::Keys::ack`]) the node pushes the client id to once
+    /// a channel message published from then on reaches the client (the channel's topic is
+    /// subscribed), or at once when the client is not on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<String>,
 }
 
 /// A deleted channel.
@@ -137,6 +142,9 @@ pub struct ReceiptResult {
 pub enum ReceiptStatus {
     /// Queued to at least one open connection of the receiver.
     Delivered,
+    /// The receiver had no open connection but is inside its recovery window: it gets the
+    /// message if it comes back in time.
+    Buffered,
     /// The receiver had no open connection.
     Offline,
 }
@@ -240,13 +248,94 @@ pub enum SystemEvent {
         node: NodeId,
         /// Node-local connection id.
         conn: u64,
-        /// Id of this node process; it changes when the node restarts.
+        /// Names the client's sequence stream on this node: it changes when the node restarts
+        /// or when the client's recovery window ran out. Resume with `since=<epoch>:<seq>`.
         epoch: String,
+        /// The last sequence number given to the client before this connection: live
+        /// envelopes continue from here (after the replay, when one follows).
+        #[serde(default)]
+        seq: u64,
         /// How often the node pings, in milliseconds.
         heartbeat_ms: u64,
+        /// Present when the connect URL asked to resume (`since`): whether every envelope
+        /// after `since` follows this frame, in order, before any live one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        /// Why the gap could not be filled, when `recovered` is false.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<RecoveryRefusal>,
     },
     /// Answer to a client's [`ClientFrame::Ping`].
     Pong,
+}
+
+/// Why a resume could not be served: the app must reload what it shows from its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryRefusal {
+    /// The node restarted since: its sequence streams are gone.
+    EpochChanged,
+    /// The client was away longer than its recovery window, or its buffer no longer holds
+    /// everything it missed.
+    TooOld,
+    /// `since` is malformed, or names a position the node never reached.
+    Unknown,
+}
+
+impl RecoveryRefusal {
+    /// Every refusal, for metrics and tests.
+    pub const ALL: [RecoveryRefusal; 3] = [
+        RecoveryRefusal::EpochChanged,
+        RecoveryRefusal::TooOld,
+        RecoveryRefusal::Unknown,
+    ];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryRefusal::EpochChanged => "epoch_changed",
+            RecoveryRefusal::TooOld => "too_old",
+            RecoveryRefusal::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where a client resumes from: the `epoch` of its last welcome and the last `seq` it
+/// processed, written `<epoch>:<seq>` in the connect URL's `since` parameter.
+///
+/// ```
+/// use imclient::contract::ResumeFrom;
+/// let from = ResumeFrom::parse("d8d815bb-3:41").unwrap();
+/// assert_eq!((from.epoch.as_str(), from.seq), ("d8d815bb-3", 41));
+/// assert_eq!(from.to_string(), "d8d815bb-3:41");
+/// assert!(ResumeFrom::parse("no-seq").is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFrom {
+    /// The epoch of the last welcome.
+    pub epoch: String,
+    /// The last sequence number processed.
+    pub seq: u64,
+}
+
+impl ResumeFrom {
+    /// Parses `<epoch>:<seq>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (epoch, seq) = text.rsplit_once(':')?;
+        if epoch.is_empty() {
+            return None;
+        }
+        Some(Self {
+            epoch: epoch.to_owned(),
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for ResumeFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.seq)
+    }
 }
 
 /// A system frame as sent on the socket.

@@ -14,6 +14,7 @@
 //! | `{prefix}:client-chans:{client}` | set | the client's channels (durable) |
 //! | `{prefix}:chans` | set | channels with at least one member |
 //! | `{prefix}:chan-online:{node}` | hash | channel → members online on that node |
+//! | `{prefix}:ack:{id}` | list, short TTL | client ids whose live join took effect (one call) |
 
 use crate::ids::{ChanName, ClientId, NodeId};
 
@@ -99,6 +100,11 @@ impl Keys {
     /// The hash of per-channel online member counts kept by `node`.
     pub fn chan_online(&self, node: &NodeId) -> String {
         format!("{}:chan-online:{}", self.prefix, node)
+    }
+
+    /// The list a node pushes join acknowledgements to, for the call that named `id`.
+    pub fn ack(&self, id: &str) -> String {
+        format!("{}:ack:{}", self.prefix, id)
     }
 
     /// The stream of online/offline events.

@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
 
-use crate::hub::ChanOp;
+use crate::hub::{ChanOp, Reach};
 use crate::metrics::DropReason;
 use crate::node::Node;
 
@@ -29,6 +29,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping may take before the connection is presumed dead.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a join acknowledgement waits in Redis for the call that asked for it.
+const ACK_TTL_MS: i64 = 30_000;
 
 /// Runs the subscriber until `stop` turns true.
 pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch::Receiver<bool>) {
@@ -68,6 +70,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
         connected_before = true;
         backoff = MIN_BACKOFF;
         node.set_redis_up(true);
+        node.hub().set_base_subscribed(true);
         tracing::info!(node = %node.id(), %topic, "subscribed");
         // A connection that dies without a reset (a partition) never ends the stream by
         // itself; an unanswered ping tells.
@@ -84,6 +87,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                         tracing::warn!(node = %node.id(), error = %e, "cannot change channel subscriptions");
                         break;
                     }
+                    settle_join_acks(&node, &pool);
                 }
                 _ = health.tick() => {
                     let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
@@ -96,6 +100,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
             }
         }
         node.set_redis_up(false);
+        node.hub().set_base_subscribed(false);
         node.metrics().chan_topics.store(0, Relaxed);
         tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
     }
@@ -127,8 +132,13 @@ async fn reconcile(
         if !add.is_empty() {
             sink.subscribe(topics(&add)).await?;
             subscribed.extend(add.iter().cloned());
+            // Acknowledged by Redis: a message published from now on arrives here.
+            node.hub().topics_subscribed(&add);
         }
         if !remove.is_empty() {
+            // Before the command: a member that joins meanwhile must wait for the topic to be
+            // subscribed again, not count on this one.
+            node.hub().topics_unsubscribing(&remove);
             sink.unsubscribe(topics(&remove)).await?;
             for chan in &remove {
                 subscribed.remove(chan);
@@ -178,10 +188,49 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
             let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
             node.hub().broadcast(&body, exclude);
         }
-        NodeCommand::Join(m) => node.hub().apply(&m.client, ChanOp::Join(m.chan)),
+        NodeCommand::Join(m) => {
+            node.hub().apply(&m.client, ChanOp::Join(m.chan.clone()));
+            if let Some(ack) = m.ack {
+                node.work().join_acks.push(m.client, m.chan, ack);
+                settle_join_acks(node, pool);
+            }
+        }
         NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
         NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
     }
+}
+
+/// Acknowledges the joins that have taken effect (see [`crate::hub::Hub::join_settled`]) to
+/// the imclient calls waiting for them.
+fn settle_join_acks(node: &Node, pool: &Pool) {
+    let settled = node
+        .work()
+        .join_acks
+        .take_settled(|client, chan| node.hub().join_settled(client, chan));
+    if settled.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (client, key) in &settled {
+        let key = node.keys().ack(key);
+        pipe.rpush(&key, client.as_str())
+            .ignore()
+            .pexpire(&key, ACK_TTL_MS)
+            .ignore();
+    }
+    let pool = pool.clone();
+    let node_id = node.id().clone();
+    tokio::spawn(async move {
+        let sent = async {
+            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if let Err(error) = sent.await {
+            tracing::warn!(node = %node_id, %error, "cannot acknowledge joins");
+        }
+    });
 }
 
 fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {
@@ -206,12 +255,12 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
     });
     let want_receipts = d.receipt_node.is_some() && d.from.is_some();
     let mut results = Vec::new();
-    node.hub().deliver(&d.to, &body, |client, delivered| {
+    node.hub().deliver(&d.to, &body, |client, reach| {
         if want_receipts {
-            let status = if delivered {
-                ReceiptStatus::Delivered
-            } else {
-                ReceiptStatus::Offline
+            let status = match reach {
+                Reach::Delivered => ReceiptStatus::Delivered,
+                Reach::Buffered => ReceiptStatus::Buffered,
+                Reach::Offline => ReceiptStatus::Offline,
             };
             results.push(ReceiptResult {
                 client: client.clone(),

@@ -78,6 +78,29 @@ pub struct Config {
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// How long a client's recent envelopes and channel subscriptions are kept after its last
+    /// connection closes, in milliseconds, so that it can resume (`since`) without losing
+    /// anything. 0 turns recovery off.
+    #[arg(long, env = "IM_RECOVERY_WINDOW_MS", default_value_t = 120_000)]
+    pub recovery_window_ms: u64,
+
+    /// Envelopes kept per client for recovery.
+    #[arg(long, env = "IM_RECOVERY_MAX_ENVELOPES", default_value_t = 512)]
+    pub recovery_max_envelopes: usize,
+
+    /// Oldest envelope kept for recovery, in milliseconds.
+    #[arg(long, env = "IM_RECOVERY_MAX_AGE_MS", default_value_t = 120_000)]
+    pub recovery_max_age_ms: u64,
+
+    /// Bytes of envelopes kept per client for recovery.
+    #[arg(long, env = "IM_RECOVERY_CLIENT_MAX_BYTES", default_value_t = 256 * 1024)]
+    pub recovery_client_max_bytes: usize,
+
+    /// Bytes of envelopes kept by the whole node for recovery; past it, the oldest recovery
+    /// windows end first.
+    #[arg(long, env = "IM_RECOVERY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub recovery_max_bytes: usize,
+
     /// Fault injection for tests: hold each channel-membership load result this long before
     /// applying it, widening the window in which membership changes race a connect.
     #[arg(
@@ -156,6 +179,17 @@ impl Config {
     /// The lease lifetime.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    /// The recovery bounds.
+    pub fn recovery(&self) -> crate::recovery::RecoveryLimits {
+        crate::recovery::RecoveryLimits {
+            window: Duration::from_millis(self.recovery_window_ms),
+            max_envelopes: self.recovery_max_envelopes,
+            max_age: Duration::from_millis(self.recovery_max_age_ms),
+            client_max_bytes: self.recovery_client_max_bytes,
+            node_max_bytes: self.recovery_max_bytes,
+        }
     }
 
     /// The shutdown bound.

@@ -10,7 +10,7 @@ use imclient::contract::{SystemEvent, system_frame};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::hub::{ConnId, Refusal};
+use crate::hub::{Refusal, WelcomeInfo};
 use crate::node::Node;
 use crate::session;
 
@@ -140,38 +140,51 @@ fn admit(
         .map(|key| ws::hash_key(key.as_bytes()))
         .and_then(|accept| String::from_utf8(accept.to_vec()).ok())
         .ok_or_else(|| not_websocket("bad Sec-WebSocket-Key"))?;
-    let token = token_of(req.uri().query().unwrap_or_default());
+    let query = ConnectQuery::parse(req.uri().query().unwrap_or_default());
     let claims = node
         .admission()
-        .admit(&token)
+        .admit(&query.token)
         .map_err(|e| Refused::new(e.http_status(), e.code(), e.to_string()))?;
     let heartbeat_ms = node.limits().heartbeat_interval.as_millis() as u64;
-    let welcome = |conn: ConnId| {
+    let welcome = |info: &WelcomeInfo| {
         system_frame(&SystemEvent::Welcome {
             client: claims.sub.clone(),
             node: node.id().clone(),
-            conn: conn.0,
-            epoch: node.epoch().to_owned(),
+            conn: info.conn.0,
+            epoch: info.epoch.clone(),
+            seq: info.seq,
             heartbeat_ms,
+            recovered: info.recovered,
+            reason: info.reason,
         })
     };
-    let reg = node.hub().register(&claims, welcome).map_err(|r| match r {
-        Refusal::ClientLimit(_) => Refused::new(429, "client_connection_limit", r.to_string()),
-        Refusal::NodeLimit(_) => Refused::new(503, "node_full", r.to_string()),
-    })?;
+    let since = query.since.as_deref();
+    let reg = node
+        .hub()
+        .register(&claims, since, welcome)
+        .map_err(|r| match r {
+            Refusal::ClientLimit(_) => Refused::new(429, "client_connection_limit", r.to_string()),
+            Refusal::NodeLimit(_) => Refused::new(503, "node_full", r.to_string()),
+        })?;
     Ok((accept, claims.sub, reg))
 }
 
-/// The `token` query parameter, percent-decoded; empty when absent or undecodable.
-fn token_of(query: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct ConnectQuery {
-        #[serde(default)]
-        token: String,
+/// The connect URL's query: the token, and where the client asks to resume from.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ConnectQuery {
+    /// Percent-decoded; empty when absent.
+    #[serde(default)]
+    token: String,
+    /// `<epoch>:<seq>`, when the client resumes.
+    #[serde(default)]
+    since: Option<String>,
+}
+
+impl ConnectQuery {
+    /// Parses the query; an undecodable one reads as empty (and the token check refuses it).
+    fn parse(query: &str) -> Self {
+        serde_urlencoded::from_str(query).unwrap_or_default()
     }
-    serde_urlencoded::from_str::<ConnectQuery>(query)
-        .map(|q| q.token)
-        .unwrap_or_default()
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -186,10 +199,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_token_is_read_from_the_query_and_percent_decoded() {
-        assert_eq!(token_of("token=a.b.c"), "a.b.c");
-        assert_eq!(token_of("x=1&token=a%2Bb"), "a+b");
-        assert_eq!(token_of(""), "");
-        assert_eq!(token_of("token"), "");
+    fn the_token_and_since_are_read_from_the_query_and_percent_decoded() {
+        assert_eq!(ConnectQuery::parse("token=a.b.c").token, "a.b.c");
+        assert_eq!(ConnectQuery::parse("x=1&token=a%2Bb").token, "a+b");
+        assert_eq!(ConnectQuery::parse("").token, "");
+        assert_eq!(ConnectQuery::parse("token").token, "");
+        let q = ConnectQuery::parse("token=t&since=abc-1%3A42");
+        assert_eq!(q.since.as_deref(), Some("abc-1:42"));
+        assert_eq!(ConnectQuery::parse("token=t").since, None);
     }
 }

@@ -1,6 +1,12 @@
-//! The hub: this node's registry of open connections by client, and of local channel members
-//! by channel. The broker delivers through it, sessions register and unregister in it, the
-//! presence writer, the membership loader and the subscriber read it.
+//! The hub: this node's registry of clients (those with open connections, and those inside
+//! their recovery window) and of local channel members by channel. The broker delivers through
+//! it, sessions register and unregister in it, the presence writer, the membership loader, the
+//! subscriber and the recovery sweeper read it.
+//!
+//! A client new to the node is not *ready* until its channels are loaded and the topics of all
+//! of them are subscribed (acknowledged by Redis): until then its connections are held, queueing
+//! what arrives behind a welcome that is not sent yet. So a welcome means that everything sent
+//! to the client from then on reaches the socket.
 //!
 //! Locking: clients and channels live in sharded maps of std Mutexes; each client entry has a
 //! mutex of its own for its connections, sequence counter and channels. Lock order is client
@@ -12,17 +18,20 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use imclient::contract::{self, CloseCode, PresenceRecord};
+use bytes::Bytes;
+use imclient::contract::{self, CloseCode, PresenceRecord, RecoveryRefusal};
 use imclient::token::ConnectClaims;
 use imclient::{ChanName, ClientId, now_ms};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{self, Frame, Outbox};
 use crate::pending::Pending;
+use crate::recovery::{RecoveryBuffer, RecoveryLimits, Resume};
 
 const SHARDS: usize = 64;
 
@@ -46,20 +55,27 @@ pub enum ChanOp {
     Leave(ChanName),
 }
 
-/// One online client.
+/// One client on this node: online, or inside its recovery window.
 #[derive(Debug)]
 pub struct ClientEntry {
     id: ClientId,
-    meta: serde_json::Value,
-    since: u64,
+    /// Names this entry's sequence stream: `<node epoch>-<n>`. A new entry (after the window
+    /// ran out) starts a new stream, so an old `since` cannot be mistaken for a position in it.
+    stream: String,
     inner: Mutex<ClientInner>,
 }
 
 #[derive(Debug)]
 struct ClientInner {
     conns: Vec<ConnHandle>,
+    /// Metadata from the token of the connection that brought the client online.
+    meta: serde_json::Value,
+    /// When the client came online, ms since the Unix epoch.
+    since: u64,
     /// Last sequence number assigned; strictly increasing for the entry's life.
     seq: u64,
+    /// Channels loaded and their topics subscribed: connections get their welcome at once.
+    ready: bool,
     /// The channels this client is a member of, as far as this node knows.
     chans: HashSet<ChanName>,
     /// While its channels are being loaded from Redis: the membership changes that arrived
@@ -67,6 +83,12 @@ struct ClientInner {
     sync_log: Option<Vec<ChanOp>>,
     /// Bumped each time a load begins; a load result for an older generation is ignored.
     sync_gen: u64,
+    /// The recent envelopes, for clients that come back.
+    buffer: RecoveryBuffer,
+    /// Since when the client has had no connection: its recovery window is open.
+    detached: Option<Instant>,
+    /// Kicked by the business: no recovery window when its connections are gone.
+    kicked: bool,
     /// Removed from the hub: nothing may be added any more.
     gone: bool,
 }
@@ -80,6 +102,43 @@ impl ClientEntry {
     pub fn id(&self) -> &ClientId {
         &self.id
     }
+}
+
+/// What a welcome frame says about the connection it opens.
+#[derive(Debug, Clone)]
+pub struct WelcomeInfo {
+    /// The connection id.
+    pub conn: ConnId,
+    /// The client's sequence stream.
+    pub epoch: String,
+    /// The last sequence number given out before this connection.
+    pub seq: u64,
+    /// Whether the resume asked for was served (None when none was asked for).
+    pub recovered: Option<bool>,
+    /// Why not, when it was not.
+    pub reason: Option<RecoveryRefusal>,
+}
+
+/// How far a message got to one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Queued to at least one connection.
+    Delivered,
+    /// Kept in the buffer of a client inside its recovery window.
+    Buffered,
+    /// The client is not on this node.
+    Offline,
+}
+
+/// What a sweep of the recovery buffers did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Swept {
+    /// Windows that ran out.
+    pub expired: u64,
+    /// Windows ended early because the node held too many bytes.
+    pub evicted: u64,
+    /// Online clients whose buffers were cut because the node still held too many bytes.
+    pub trimmed: u64,
 }
 
 /// The receiving side a session gets when it registers.
@@ -143,6 +202,47 @@ pub struct HubWork {
     pub topics: Pending<ChanName>,
     /// Clients whose channels must be loaded from Redis.
     pub memberships: Pending<ClientId>,
+    /// Live joins whose callers wait to hear that they took effect.
+    pub join_acks: JoinAcks,
+}
+
+/// Live joins waiting to be acknowledged, bounded: past the bound the oldest are dropped
+/// (their callers stop waiting at their timeout).
+#[derive(Debug, Default)]
+pub struct JoinAcks {
+    waiting: Mutex<std::collections::VecDeque<(ClientId, ChanName, String)>>,
+}
+
+impl JoinAcks {
+    /// Joins waiting at most.
+    const MAX: usize = 100_000;
+
+    /// Records a join of `client` to `chan` acknowledged to the list named `ack`.
+    pub fn push(&self, client: ClientId, chan: ChanName, ack: String) {
+        let mut waiting = lock(&self.waiting);
+        if waiting.len() >= Self::MAX {
+            waiting.pop_front();
+        }
+        waiting.push_back((client, chan, ack));
+    }
+
+    /// Takes the joins for which `settled` holds: (client, ack list name).
+    pub fn take_settled(
+        &self,
+        settled: impl Fn(&ClientId, &ChanName) -> bool,
+    ) -> Vec<(ClientId, String)> {
+        let mut waiting = lock(&self.waiting);
+        let mut out = Vec::new();
+        waiting.retain(|(client, chan, ack)| {
+            if settled(client, chan) {
+                out.push((client.clone(), ack.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
 }
 
 /// One shard of the client map.
@@ -158,13 +258,37 @@ pub struct Hub {
     clients: Box<[ClientShard]>,
     chans: Box<[ChanShard]>,
     next_conn: AtomicU64,
+    /// Numbers the entries' sequence streams.
+    next_stream: AtomicU64,
+    /// This node process's epoch, the first part of every stream name.
+    node_epoch: String,
     connections: AtomicU64,
     max_per_client: usize,
     max_total: usize,
     queue_capacity: usize,
+    recovery: RecoveryLimits,
+    /// Woken when the buffers hold more than the node's bound.
+    pressure: Notify,
+    /// Channel topics the subscriber holds, acknowledged by Redis and not being dropped.
+    subscribed: Mutex<HashSet<ChanName>>,
+    /// Whether the node's own topic and the broadcast topic are subscribed.
+    base_subscribed: AtomicBool,
     metrics: Arc<Metrics>,
     work: Arc<HubWork>,
     sessions: Arc<Sessions>,
+}
+
+/// The settings a hub is built with.
+#[derive(Debug, Clone)]
+pub struct HubLimits {
+    /// Connections per client.
+    pub max_per_client: usize,
+    /// Connections on the node.
+    pub max_total: usize,
+    /// Frames queued per connection.
+    pub queue_capacity: usize,
+    /// Recovery buffers and windows.
+    pub recovery: RecoveryLimits,
 }
 
 fn shard_of<K: Hash>(key: &K) -> usize {
@@ -179,11 +303,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// An empty hub with these limits.
+    /// An empty hub with these limits, for the node process whose epoch is `node_epoch`.
     pub fn new(
-        max_per_client: usize,
-        max_total: usize,
-        queue_capacity: usize,
+        limits: HubLimits,
+        node_epoch: String,
         metrics: Arc<Metrics>,
         work: Arc<HubWork>,
     ) -> Self {
@@ -191,10 +314,16 @@ impl Hub {
             clients: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             chans: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_conn: AtomicU64::new(1),
+            next_stream: AtomicU64::new(1),
+            node_epoch,
             connections: AtomicU64::new(0),
-            max_per_client,
-            max_total,
-            queue_capacity,
+            max_per_client: limits.max_per_client,
+            max_total: limits.max_total,
+            queue_capacity: limits.queue_capacity,
+            recovery: limits.recovery,
+            pressure: Notify::new(),
+            subscribed: Mutex::new(HashSet::new()),
+            base_subscribed: AtomicBool::new(false),
             metrics,
             work,
             sessions: Arc::default(),
@@ -210,39 +339,78 @@ impl Hub {
         self.connections.load(Relaxed)
     }
 
-    /// Registers a connection for the token's client. `welcome` builds the first frame from
-    /// the new connection id; it is queued before any delivery can be. A client new to the
-    /// node has its channels loaded from Redis; membership changes that arrive meanwhile are
-    /// recorded and replayed on top of what the load reads.
+    /// The recovery settings.
+    pub fn recovery(&self) -> &RecoveryLimits {
+        &self.recovery
+    }
+
+    /// Bytes held in recovery buffers.
+    pub fn recovery_bytes(&self) -> u64 {
+        self.metrics.recovery_bytes.load(Relaxed)
+    }
+
+    /// Completes when the recovery buffers hold more than the node's bound.
+    pub async fn pressure(&self) {
+        self.pressure.notified().await;
+    }
+
+    fn account(&self, delta: isize) {
+        if delta >= 0 {
+            let total = self.metrics.recovery_bytes.fetch_add(delta as u64, Relaxed) + delta as u64;
+            if total > self.recovery.node_max_bytes as u64 {
+                self.pressure.notify_one();
+            }
+        } else {
+            self.metrics
+                .recovery_bytes
+                .fetch_sub(delta.unsigned_abs() as u64, Relaxed);
+        }
+    }
+
+    /// Registers a connection for the token's client; `since` is where it asks to resume.
+    /// `welcome` builds the first frame. A client new to the node has its channels loaded
+    /// from Redis, and its connection is held (the welcome not sent, deliveries queued behind
+    /// it) until they are and their topics are subscribed; membership changes that arrive
+    /// meanwhile are recorded and replayed on top of what the load reads. A resume that can
+    /// be served queues the missed envelopes right behind the welcome, before any live one.
     pub fn register(
         &self,
         claims: &ConnectClaims,
-        welcome: impl FnOnce(ConnId) -> String,
+        since: Option<&str>,
+        welcome: impl FnOnce(&WelcomeInfo) -> String,
     ) -> Result<Registration, Refusal> {
         if self.connections.load(Relaxed) >= self.max_total as u64 {
             return Err(Refusal::NodeLimit(self.max_total));
         }
         let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
-        let outbox = Arc::new(Outbox::new(self.queue_capacity));
-        let new_client = {
+        let (outbox, new_client, came_online, resumed) = {
             let mut shard = lock(&self.clients[shard_of(&claims.sub)]);
             let mut new_client = false;
-            let entry = shard.entry(claims.sub.clone()).or_insert_with(|| {
-                new_client = true;
-                Arc::new(ClientEntry {
-                    id: claims.sub.clone(),
-                    meta: claims.meta.clone(),
-                    since: now_ms(),
-                    inner: Mutex::new(ClientInner {
-                        conns: Vec::new(),
-                        seq: 0,
-                        chans: HashSet::new(),
-                        sync_log: Some(Vec::new()),
-                        sync_gen: 1,
-                        gone: false,
-                    }),
+            let entry = shard
+                .entry(claims.sub.clone())
+                .or_insert_with(|| {
+                    new_client = true;
+                    let stream = self.next_stream.fetch_add(1, Relaxed);
+                    Arc::new(ClientEntry {
+                        id: claims.sub.clone(),
+                        stream: format!("{}-{stream}", self.node_epoch),
+                        inner: Mutex::new(ClientInner {
+                            conns: Vec::new(),
+                            meta: claims.meta.clone(),
+                            since: now_ms(),
+                            seq: 0,
+                            ready: false,
+                            chans: HashSet::new(),
+                            sync_log: Some(Vec::new()),
+                            sync_gen: 1,
+                            buffer: RecoveryBuffer::default(),
+                            detached: None,
+                            kicked: false,
+                            gone: false,
+                        }),
+                    })
                 })
-            });
+                .clone();
             let mut inner = entry.lock();
             if inner.conns.len() >= self.max_per_client {
                 drop(inner);
@@ -251,16 +419,67 @@ impl Hub {
                 }
                 return Err(Refusal::ClientLimit(self.max_per_client));
             }
-            // A new outbox always has room for one frame.
-            let _ = outbox.send(Frame::text(welcome(id)));
+            let resume = since.map(|since| {
+                crate::recovery::resume(
+                    since,
+                    &self.node_epoch,
+                    &entry.stream,
+                    inner.seq,
+                    &inner.buffer,
+                )
+            });
+            let (replay, recovered, reason) = match resume {
+                None => (Vec::new(), None, None),
+                Some(Resume::Replay(frames)) => (frames, Some(true), None),
+                Some(Resume::Refused(reason)) => (Vec::new(), Some(false), Some(reason)),
+            };
+            let info = WelcomeInfo {
+                conn: id,
+                epoch: entry.stream.clone(),
+                seq: inner.seq,
+                recovered,
+                reason,
+            };
+            // Room for the replay on top of the usual queue.
+            let outbox = Arc::new(Outbox::new(self.queue_capacity + replay.len()));
+            let welcome = Frame::text(welcome(&info));
+            if inner.ready {
+                // A new outbox always has room for one frame.
+                let _ = outbox.send(welcome);
+            } else {
+                outbox.hold(welcome);
+            }
+            for frame in replay {
+                let _ = outbox.send(Frame::text(frame));
+            }
+            let came_online = inner.conns.is_empty();
+            if inner.detached.take().is_some() {
+                self.metrics.recovery_windows.fetch_sub(1, Relaxed);
+                self.work.chan_counts.mark_all(inner.chans.iter().cloned());
+            }
+            if came_online {
+                inner.meta = claims.meta.clone();
+                inner.since = now_ms();
+                inner.kicked = false;
+            }
             inner.conns.push(ConnHandle {
                 id,
                 outbox: outbox.clone(),
             });
-            new_client
+            (
+                outbox,
+                new_client,
+                came_online,
+                recovered.map(|r| (r, reason)),
+            )
         };
-        if new_client {
+        if let Some((recovered, reason)) = resumed {
+            self.metrics.resumed(recovered, reason);
+        }
+        if came_online {
             self.metrics.clients.fetch_add(1, Relaxed);
+        }
+        if new_client {
             self.work.memberships.mark(&claims.sub);
         }
         self.connections.fetch_add(1, Relaxed);
@@ -274,10 +493,11 @@ impl Hub {
         })
     }
 
-    /// Removes a connection. Idempotent. When it was the client's last, the client leaves the
-    /// hub and its local channel memberships with it.
+    /// Removes a connection. Idempotent. When it was the client's last, the client's recovery
+    /// window opens (its buffer and channels stay); without recovery, or when it was kicked,
+    /// the client leaves the hub and its local channel memberships with it.
     pub fn unregister(&self, client: &ClientId, id: ConnId) {
-        let (removed, left) = {
+        let (removed, went_offline, left) = {
             let mut shard = lock(&self.clients[shard_of(client)]);
             let Some(entry) = shard.get(client).cloned() else {
                 return;
@@ -286,28 +506,206 @@ impl Hub {
             let before = inner.conns.len();
             inner.conns.retain(|c| c.id != id);
             let removed = inner.conns.len() < before;
-            let left = if inner.conns.is_empty() {
-                inner.gone = true;
-                let chans = std::mem::take(&mut inner.chans);
+            let went_offline = removed && inner.conns.is_empty();
+            let left = if !inner.conns.is_empty() || inner.detached.is_some() {
+                None
+            } else if self.recovery.enabled() && !inner.kicked && inner.ready {
+                inner.detached = Some(Instant::now());
+                self.metrics.recovery_windows.fetch_add(1, Relaxed);
+                self.work.chan_counts.mark_all(inner.chans.iter().cloned());
+                None
+            } else {
+                let chans = self.remove_locked(&mut inner);
                 drop(inner);
                 shard.remove(client);
                 Some((entry, chans))
-            } else {
-                None
             };
-            (removed, left)
+            (removed, went_offline, left)
         };
         if let Some((entry, chans)) = left {
-            self.metrics.clients.fetch_sub(1, Relaxed);
             for chan in chans {
                 self.chan_remove(&chan, &entry);
             }
+        }
+        if went_offline {
+            self.metrics.clients.fetch_sub(1, Relaxed);
         }
         if removed {
             self.metrics.connections.fetch_sub(1, Relaxed);
             self.connections.fetch_sub(1, Relaxed);
             self.work.presence.mark(client);
         }
+    }
+
+    /// Marks an entry removed and frees its buffer; returns its channels, which the caller
+    /// leaves once the entry lock is released.
+    fn remove_locked(&self, inner: &mut ClientInner) -> HashSet<ChanName> {
+        inner.gone = true;
+        let freed = inner.buffer.clear();
+        self.account(-(freed as isize));
+        std::mem::take(&mut inner.chans)
+    }
+
+    /// Ends the recovery window of `entry` if it is still open: the client leaves the hub.
+    /// Returns whether it did.
+    fn end_window(&self, entry: &Arc<ClientEntry>) -> bool {
+        let chans = {
+            let mut shard = lock(&self.clients[shard_of(&entry.id)]);
+            if !shard.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                return false;
+            }
+            let mut inner = entry.lock();
+            if !inner.conns.is_empty() || inner.detached.is_none() {
+                return false;
+            }
+            inner.detached = None;
+            let chans = self.remove_locked(&mut inner);
+            drop(inner);
+            shard.remove(&entry.id);
+            chans
+        };
+        self.metrics.recovery_windows.fetch_sub(1, Relaxed);
+        for chan in chans {
+            self.chan_remove(&chan, entry);
+        }
+        true
+    }
+
+    /// Ends recovery windows that ran out and trims envelopes past their age; then, while the
+    /// buffers hold more than the node's bound, ends the oldest windows first, and as a last
+    /// resort halves the buffers of online clients.
+    pub fn sweep(&self, now: Instant) -> Swept {
+        let mut swept = Swept::default();
+        let mut expired = Vec::new();
+        let mut windows = Vec::new();
+        let mut online = Vec::new();
+        for shard in self.clients.iter() {
+            let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
+            for entry in entries {
+                let mut inner = entry.lock();
+                let freed = inner.buffer.trim_age(now, self.recovery.max_age);
+                self.account(-(freed as isize));
+                match inner.detached {
+                    Some(at) if now.saturating_duration_since(at) >= self.recovery.window => {
+                        drop(inner);
+                        expired.push(entry);
+                    }
+                    Some(at) => {
+                        drop(inner);
+                        windows.push((at, entry));
+                    }
+                    None if inner.buffer.bytes() > 0 => {
+                        drop(inner);
+                        online.push(entry);
+                    }
+                    None => {}
+                }
+            }
+        }
+        for entry in &expired {
+            if self.end_window(entry) {
+                swept.expired += 1;
+            }
+        }
+        let over =
+            || self.metrics.recovery_bytes.load(Relaxed) > self.recovery.node_max_bytes as u64;
+        windows.sort_by_key(|(at, _)| *at);
+        for (_, entry) in &windows {
+            if !over() {
+                break;
+            }
+            if self.end_window(entry) {
+                swept.evicted += 1;
+            }
+        }
+        while over() && !online.is_empty() {
+            online.retain(|entry| {
+                let freed = entry.lock().buffer.halve();
+                self.account(-(freed as isize));
+                freed > 0
+            });
+            swept.trimmed += 1;
+        }
+        swept
+    }
+
+    /// Records that the subscriber holds the node's own and the broadcast topic (or lost
+    /// them); clients waiting for that become ready.
+    pub fn set_base_subscribed(&self, up: bool) {
+        self.base_subscribed.store(up, Relaxed);
+        if !up {
+            lock(&self.subscribed).clear();
+            return;
+        }
+        for shard in self.clients.iter() {
+            let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
+            for entry in entries {
+                let mut inner = entry.lock();
+                self.check_ready(&entry, &mut inner);
+            }
+        }
+    }
+
+    /// Records that Redis acknowledged the subscription to these channels' topics; members
+    /// waiting for them become ready.
+    pub fn topics_subscribed(&self, chans: &[ChanName]) {
+        lock(&self.subscribed).extend(chans.iter().cloned());
+        for chan in chans {
+            let members: Vec<Arc<ClientEntry>> = match lock(&self.chans[shard_of(chan)]).get(chan) {
+                Some(members) => members.values().cloned().collect(),
+                None => continue,
+            };
+            for entry in members {
+                let mut inner = entry.lock();
+                self.check_ready(&entry, &mut inner);
+            }
+        }
+    }
+
+    /// Records that these topics are being dropped: from now on nobody counts on them.
+    pub fn topics_unsubscribing(&self, chans: &[ChanName]) {
+        let mut subscribed = lock(&self.subscribed);
+        for chan in chans {
+            subscribed.remove(chan);
+        }
+    }
+
+    /// Whether a channel message published now reaches every local member of `chan`.
+    pub fn topic_subscribed(&self, chan: &ChanName) -> bool {
+        lock(&self.subscribed).contains(chan)
+    }
+
+    /// Whether a join of `client` to `chan` has taken effect: the client is not here (it will
+    /// load its channels when it connects), no longer a member, or the topic is subscribed.
+    pub fn join_settled(&self, client: &ClientId, chan: &ChanName) -> bool {
+        let Some(entry) = self.entry(client) else {
+            return true;
+        };
+        let member = entry.lock().chans.contains(chan);
+        !member || self.topic_subscribed(chan)
+    }
+
+    /// Makes the entry ready, releasing its held connections, once its channels are loaded
+    /// and every topic it needs is subscribed.
+    fn check_ready(&self, entry: &ClientEntry, inner: &mut ClientInner) {
+        if inner.ready || inner.gone || inner.sync_log.is_some() {
+            return;
+        }
+        if !self.base_subscribed.load(Relaxed) {
+            return;
+        }
+        {
+            let subscribed = lock(&self.subscribed);
+            if !inner.chans.iter().all(|c| subscribed.contains(c)) {
+                return;
+            }
+        }
+        inner.ready = true;
+        for conn in &inner.conns {
+            conn.outbox.release();
+        }
+        // Presence says online only from now on: whoever reacts to it can count on delivery.
+        self.work.presence.mark(&entry.id);
     }
 
     fn chan_add(&self, chan: &ChanName, entry: &Arc<ClientEntry>) {
@@ -414,6 +812,7 @@ impl Hub {
         for chan in target {
             self.apply_locked(entry, &mut inner, &ChanOp::Join(chan));
         }
+        self.check_ready(entry, &mut inner);
     }
 
     /// Starts a new load of every local client's channels (after a Redis outage, when
@@ -447,17 +846,19 @@ impl Hub {
         self.work.chan_counts.mark(chan);
     }
 
-    /// Queues an envelope to every connection of each receiver and reports, per receiver,
-    /// whether it had a connection. `body` is the shared envelope body.
-    pub fn deliver(&self, to: &[ClientId], body: &str, mut result: impl FnMut(&ClientId, bool)) {
+    /// Queues an envelope to every connection of each receiver (or keeps it for a receiver
+    /// inside its recovery window) and reports how far it got to each. `body` is the shared
+    /// envelope body.
+    pub fn deliver(&self, to: &[ClientId], body: &str, mut result: impl FnMut(&ClientId, Reach)) {
+        let now = Instant::now();
         for client in to {
-            let delivered = self
+            let reach = self
                 .entry(client)
-                .is_some_and(|entry| self.push(&entry, body));
-            if !delivered {
+                .map_or(Reach::Offline, |entry| self.push(&entry, body, now));
+            if reach == Reach::Offline {
                 self.metrics.dropped(DropReason::Offline, 1);
             }
-            result(client, delivered);
+            result(client, reach);
         }
     }
 
@@ -489,35 +890,41 @@ impl Hub {
         body: &str,
         exclude: Option<&ClientId>,
     ) -> u64 {
+        let now = Instant::now();
         let mut reached = 0;
         for entry in entries {
             if exclude == Some(&entry.id) {
                 continue;
             }
-            if self.push(&entry, body) {
+            if self.push(&entry, body, now) == Reach::Delivered {
                 reached += 1;
             }
         }
         reached
     }
 
-    /// Gives the envelope the client's next sequence number and queues it to each connection.
-    fn push(&self, entry: &ClientEntry, body: &str) -> bool {
+    /// Gives the envelope the client's next sequence number, keeps it in the client's
+    /// recovery buffer and queues it to each connection.
+    fn push(&self, entry: &ClientEntry, body: &str, now: Instant) -> Reach {
         let mut inner = entry.lock();
-        if inner.gone || inner.conns.is_empty() {
-            return false;
+        if inner.gone {
+            return Reach::Offline;
         }
         inner.seq += 1;
-        let frame = Frame::text(contract::frame(inner.seq, body));
-        // The last connection takes the frame itself: cloning a `Bytes` made from a `String`
-        // allocates its shared header, which a client with one connection never needs.
-        if let Some((last, others)) = inner.conns.split_last() {
-            for conn in others {
-                self.send(conn, frame.clone());
-            }
-            self.send(last, frame);
+        let seq = inner.seq;
+        let frame = Bytes::from(contract::frame(seq, body));
+        if self.recovery.enabled() {
+            let delta = inner.buffer.push(seq, frame.clone(), now, &self.recovery);
+            self.account(delta);
         }
-        true
+        let Some((last, others)) = inner.conns.split_last() else {
+            return Reach::Buffered;
+        };
+        for conn in others {
+            self.send(conn, Frame::text(frame.clone()));
+        }
+        self.send(last, Frame::text(frame));
+        Reach::Delivered
     }
 
     fn send(&self, conn: &ConnHandle, frame: Frame) {
@@ -534,16 +941,21 @@ impl Hub {
         }
     }
 
-    /// Asks every connection of `client` to close with `code`. Returns how many it had.
+    /// Asks every connection of `client` to close with `code`, and ends its recovery window:
+    /// a kicked client has nothing to resume. Returns how many connections it had.
     pub fn kick(&self, client: &ClientId, code: CloseCode) -> usize {
         let Some(entry) = self.entry(client) else {
             return 0;
         };
-        let inner = entry.lock();
+        let mut inner = entry.lock();
+        inner.kicked = true;
         for conn in &inner.conns {
             conn.outbox.request_close(code);
         }
-        inner.conns.len()
+        let n = inner.conns.len();
+        drop(inner);
+        self.end_window(&entry);
+        n
     }
 
     /// Asks every connection to close with `code`.
@@ -569,18 +981,22 @@ impl Hub {
         }
     }
 
-    /// What the presence hash should hold for `client`: `None` when it has no connection.
+    /// What the presence hash should hold for `client`: `None` when it has no connection, or
+    /// its connections have not had their welcome yet.
     pub fn presence_of(&self, client: &ClientId) -> Option<PresenceRecord> {
         let entry = self.entry(client)?;
-        let conns = entry.lock().conns.len();
+        let inner = entry.lock();
+        if inner.conns.is_empty() || !inner.ready {
+            return None;
+        }
         Some(PresenceRecord {
-            conns: u32::try_from(conns).unwrap_or(u32::MAX),
-            meta: entry.meta.clone(),
-            since: entry.since,
+            conns: u32::try_from(inner.conns.len()).unwrap_or(u32::MAX),
+            meta: inner.meta.clone(),
+            since: inner.since,
         })
     }
 
-    /// Every client with a connection.
+    /// Every client on the node: online, or inside its recovery window.
     pub fn clients(&self) -> Vec<ClientId> {
         self.clients
             .iter()
@@ -588,11 +1004,24 @@ impl Hub {
             .collect()
     }
 
-    /// How many local clients are members of `chan`.
+    /// How many local clients are members of `chan`, online or inside their recovery window:
+    /// while there is one, the node keeps the channel's topic.
     pub fn chan_count(&self, chan: &ChanName) -> u64 {
         lock(&self.chans[shard_of(chan)])
             .get(chan)
             .map_or(0, |m| m.len() as u64)
+    }
+
+    /// How many members of `chan` are online here (have a connection).
+    pub fn chan_online(&self, chan: &ChanName) -> u64 {
+        let members: Vec<Arc<ClientEntry>> = match lock(&self.chans[shard_of(chan)]).get(chan) {
+            Some(members) => members.values().cloned().collect(),
+            None => return 0,
+        };
+        members
+            .iter()
+            .filter(|e| !e.lock().conns.is_empty())
+            .count() as u64
     }
 
     /// Every channel with at least one local member.

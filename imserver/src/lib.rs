@@ -7,7 +7,8 @@
 //! The parts: [`route`] (plain HTTP), [`handshake`] (the WebSocket upgrade), [`session`]
 //! (one connection's loop, on the socket it owns), [`hub`]
 //! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
-//! lease and events in Redis), [`admission`] (token checks), [`metrics`].
+//! lease and events in Redis), [`recovery`] (what a client that comes back missed),
+//! [`admission`] (token checks), [`metrics`].
 
 pub mod admission;
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod node;
 pub mod outbox;
 pub mod pending;
 pub mod presence;
+pub mod recovery;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use imclient::contract::CloseCode;
+use imclient::contract::{CloseCode, RecoveryRefusal};
 
 /// Why a frame or message was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,18 @@ pub struct Metrics {
     pub presence_errors: AtomicU64,
     /// Dead nodes whose presence this node purged.
     pub nodes_purged: AtomicU64,
+    /// Bytes held in recovery buffers.
+    pub recovery_bytes: AtomicU64,
+    /// Clients inside their recovery window (no connection, buffer kept).
+    pub recovery_windows: AtomicU64,
+    /// Recovery windows that ran out.
+    pub recovery_expired: AtomicU64,
+    /// Recovery windows ended early because the node held too many bytes.
+    pub recovery_evicted: AtomicU64,
+    /// Resumes served.
+    pub resumes_recovered: AtomicU64,
+    /// Resumes refused, by reason (in [`RecoveryRefusal::ALL`] order).
+    resumes_refused: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -87,6 +99,17 @@ impl Metrics {
             .iter()
             .position(|c| *c == code)
             .map_or(0, |i| self.closes[i].load(Relaxed))
+    }
+
+    /// Counts a connect that asked to resume.
+    pub fn resumed(&self, recovered: bool, reason: Option<RecoveryRefusal>) {
+        if recovered {
+            self.resumes_recovered.fetch_add(1, Relaxed);
+        } else if let Some(i) =
+            reason.and_then(|r| RecoveryRefusal::ALL.iter().position(|x| *x == r))
+        {
+            self.resumes_refused[i].fetch_add(1, Relaxed);
+        }
     }
 
     /// Renders every metric in Prometheus text exposition format.
@@ -177,6 +200,30 @@ impl Metrics {
             u64::from(redis_up),
         );
         metric(
+            "im_recovery_bytes",
+            "gauge",
+            "Bytes held in recovery buffers.",
+            self.recovery_bytes.load(Relaxed),
+        );
+        metric(
+            "im_recovery_windows",
+            "gauge",
+            "Clients inside their recovery window (no connection, buffer kept).",
+            self.recovery_windows.load(Relaxed),
+        );
+        metric(
+            "im_recovery_expired_total",
+            "counter",
+            "Recovery windows that ran out.",
+            self.recovery_expired.load(Relaxed),
+        );
+        metric(
+            "im_recovery_evicted_total",
+            "counter",
+            "Recovery windows ended early because buffers held more than --recovery-max-bytes.",
+            self.recovery_evicted.load(Relaxed),
+        );
+        metric(
             "im_slow_consumer_closes_total",
             "counter",
             "Connections closed for not reading fast enough.",
@@ -192,6 +239,19 @@ impl Metrics {
                 "im_drops_total{{node=\"{node}\",reason=\"{}\"}} {}",
                 reason.label(),
                 self.drops(reason)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP im_resumes_total Connects that asked to resume, by result.\n# TYPE im_resumes_total counter\nim_resumes_total{{node=\"{node}\",result=\"recovered\"}} {}",
+            self.resumes_recovered.load(Relaxed)
+        );
+        for (i, reason) in RecoveryRefusal::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "im_resumes_total{{node=\"{node}\",result=\"{}\"}} {}",
+                reason.as_str(),
+                self.resumes_refused[i].load(Relaxed)
             );
         }
         let _ = writeln!(

@@ -10,7 +10,7 @@ use imclient::keys::Keys;
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::hub::{Hub, HubWork};
+use crate::hub::{Hub, HubLimits, HubWork};
 use crate::metrics::Metrics;
 
 /// Settings a session needs, copied out of the config.
@@ -58,17 +58,22 @@ impl Node {
     ) -> Result<Self, imclient::token::TokenError> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
+        let epoch = uuid::Uuid::new_v4().simple().to_string();
         let hub = Hub::new(
-            config.max_connections_per_client,
-            config.max_connections,
-            config.queue_capacity,
+            HubLimits {
+                max_per_client: config.max_connections_per_client,
+                max_total: config.max_connections,
+                queue_capacity: config.queue_capacity,
+                recovery: config.recovery(),
+            },
+            epoch.clone(),
             metrics.clone(),
             work.clone(),
         );
         Ok(Self(Arc::new(Shared {
             admission: Admission::new(secret, id.clone())?,
             id,
-            epoch: uuid::Uuid::new_v4().simple().to_string(),
+            epoch,
             keys: Keys::new(config.key_prefix.clone()),
             hub,
             metrics,

@@ -126,6 +126,9 @@ struct State {
     /// Frames waiting for the session to write them.
     queue: VecDeque<Frame>,
     closed: bool,
+    /// The welcome, while the connection waits for it: nothing is written until it is
+    /// released, then it goes first.
+    held: Option<Frame>,
 }
 
 impl Outbox {
@@ -135,10 +138,26 @@ impl Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
+                held: None,
             }),
             wake: Notify::new(),
             close: OnceLock::new(),
             capacity: capacity + 1,
+        }
+    }
+
+    /// Holds everything queued until [`Outbox::release`], which puts `welcome` first.
+    pub fn hold(&self, welcome: Frame) {
+        self.lock().held = Some(welcome);
+    }
+
+    /// Lets the held welcome go, ahead of what was queued meanwhile. Idempotent.
+    pub fn release(&self) {
+        let mut state = self.lock();
+        if let Some(welcome) = state.held.take() {
+            state.queue.push_front(welcome);
+            drop(state);
+            self.wake.notify_one();
         }
     }
 
@@ -187,18 +206,23 @@ impl Outbox {
     /// side allocates again; false when nothing was queued.
     pub(crate) fn take_queued(&self, batch: &mut VecDeque<Frame>) -> bool {
         let mut state = self.lock();
-        if state.queue.is_empty() {
+        if state.queue.is_empty() || state.held.is_some() {
             return false;
         }
         std::mem::swap(&mut state.queue, batch);
         true
     }
 
-    /// Refuses every later frame; returns what was still queued.
+    /// Refuses every later frame; returns what was still queued (nothing before the welcome:
+    /// a client that never got one gets no envelope either).
     pub(crate) fn shut(&self) -> VecDeque<Frame> {
         let mut state = self.lock();
         state.closed = true;
-        std::mem::take(&mut state.queue)
+        let queued = std::mem::take(&mut state.queue);
+        if state.held.take().is_some() {
+            return VecDeque::new();
+        }
+        queued
     }
 }
 
@@ -314,5 +338,19 @@ mod tests {
         assert!(!outbox.take_queued(&mut batch));
         outbox.shut();
         assert_eq!(outbox.send(Frame::text("x")), Err(Refused::Closed));
+    }
+
+    #[test]
+    fn a_held_outbox_writes_nothing_until_released_then_the_welcome_first() {
+        let outbox = Outbox::new(4);
+        outbox.hold(Frame::text("welcome"));
+        assert_eq!(outbox.send(Frame::text("m1")), Ok(()));
+        let mut batch = VecDeque::new();
+        assert!(!outbox.take_queued(&mut batch));
+        outbox.release();
+        outbox.release();
+        assert!(outbox.take_queued(&mut batch));
+        let bodies: Vec<_> = batch.iter().map(|f| f.body.clone()).collect();
+        assert_eq!(bodies, [Bytes::from("welcome"), Bytes::from("m1")]);
     }
 }

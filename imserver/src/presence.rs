@@ -265,7 +265,7 @@ impl Writer {
             let mut pipe = redis::pipe();
             let mut changes = Vec::new();
             for chan in chunk {
-                let desired = self.node.hub().chan_count(chan);
+                let desired = self.node.hub().chan_online(chan);
                 let current = self.written_chans.get(chan).copied();
                 match (desired, current) {
                     (0, None) => continue,

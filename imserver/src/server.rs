@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, handshake, membership, presence, route};
+use crate::{broker, handshake, membership, presence, recovery, route};
 
 /// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
 pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
@@ -50,7 +50,8 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
-    let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx));
+    let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -115,6 +116,7 @@ pub async fn run(
     }
     let _ = broker.await;
     let _ = loader.await;
+    let _ = sweeper.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");

@@ -205,7 +205,8 @@ async fn a_client_with_two_connections_receives_once_per_connection() -> Result<
 #[tokio::test]
 async fn topic_subscription_follows_local_members_and_chan_online_follows_connections() -> Result<()>
 {
-    let c = Cluster::start(2, NodeOpts::default()).await?;
+    // Without recovery windows, a member's subscription ends with its last connection.
+    let c = Cluster::start(2, NodeOpts::default().arg("--recovery-window-ms", 0)).await?;
     let (a, b, d) = (
         c.client_on(0, "a"),
         c.client_on(0, "b"),
@@ -397,9 +398,12 @@ async fn a_membership_change_racing_the_connect_is_never_lost() -> Result<()> {
     const N: usize = 100;
     // Each load result is held 300 ms before it is applied, so the change the client makes
     // right after its welcome arrives while the load is in flight, every time.
+    // Without recovery windows: every connect of round 2 loads its channels again.
     let c = Cluster::start(
         1,
-        NodeOpts::default().arg("--fault-membership-delay-ms", 300),
+        NodeOpts::default()
+            .arg("--fault-membership-delay-ms", 300)
+            .arg("--recovery-window-ms", 0),
     )
     .await?;
     let node = &c.nodes[0];
