@@ -3,8 +3,8 @@
 # imbench load tool on this machine. Arguments go to imbench (see `imbench --help`), e.g.
 #   scripts/bench-run.sh --clients 10000 --rate 20000 --duration 5
 #   NODES=2 scripts/bench-run.sh --workload channel --clients 10000 --rate 20 --duration 10
-# IMSERVER and IMBENCH name other binaries to run (for A/B runs of two builds). Prints
-# imbench's JSON line.
+# IMSERVER and IMBENCH name other binaries to run (for A/B runs of two builds); NODE_ARGS adds
+# arguments to every node (e.g. NODE_ARGS="--recovery-window-ms 0"). Prints imbench's JSON line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -27,8 +27,9 @@ nodes=()
 npids=()
 for k in $(seq 1 "${NODES:-1}"); do
   mkfifo "$run/ready$k"
+  # shellcheck disable=SC2086
   RUST_LOG=warn "${IMSERVER:-target/release/imserver}" --listen 127.0.0.1:0 --max-connections 20000 \
-    >"$run/ready$k" 2>"$run/node$k.log" &
+    ${NODE_ARGS:-} >"$run/ready$k" 2>"$run/node$k.log" &
   npids+=($!)
   pids+=($!)
   read -r ready <"$run/ready$k"

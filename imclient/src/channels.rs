@@ -17,6 +17,8 @@ use crate::ids::{ChanName, ClientId, NodeId};
 
 /// Members handled per pipeline or SSCAN page.
 const PAGE: usize = 1000;
+/// Longest single wait for join acknowledgements.
+const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// KEYS: members, client-chans, chans, home node topic. ARGV: client, chan, control JSON.
 /// Returns how many nodes took the control message (0 when the home node is not running).
@@ -164,8 +166,9 @@ impl ImClient {
                 tracing::warn!(%key, got, expected, "home nodes did not acknowledge every join in time");
                 break;
             }
-            // BLPOP takes whole seconds or fractions; at least a millisecond.
-            let wait = left.as_secs_f64().max(0.001);
+            // Short waits: a blocking command must answer within the connection's response
+            // timeout (half a second by default in redis-rs).
+            let wait = left.min(ACK_POLL).as_secs_f64().max(0.001);
             let popped: Option<(String, String)> = conn.blpop(&key, wait).await?;
             if popped.is_none() {
                 continue;

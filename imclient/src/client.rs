@@ -219,11 +219,7 @@ impl ImClient {
             .into_iter()
             .map(NodeId::new)
             .collect::<Result<Vec<_>>>()?;
-        if options.key_prefix.is_empty() || options.key_prefix.contains(char::is_whitespace) {
-            return Err(Error::Options(
-                "key_prefix must be non-empty without spaces".into(),
-            ));
-        }
+        crate::keys::check_prefix(&options.key_prefix).map_err(Error::Options)?;
         let issuer = TokenIssuer::new(&options.token_secret)?;
         let pool = match options.redis {
             RedisSource::Pool(pool) => pool,

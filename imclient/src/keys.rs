@@ -32,6 +32,39 @@ pub struct Keys {
     prefix: String,
 }
 
+/// Longest key prefix.
+pub const MAX_PREFIX_BYTES: usize = 64;
+
+/// Checks a key prefix: 1 to 64 ASCII letters, digits, `_`, `-` or `.`. A `:` (or anything
+/// else that can appear after a prefix) is refused because two prefixes must never produce the
+/// same name: with `appA` and `appA:chan` allowed, app A's channel `node:x` and app B's node
+/// topic would both be `appA:chan:node:x`.
+///
+/// ```
+/// use imclient::keys::check_prefix;
+/// assert!(check_prefix("chat").is_ok());
+/// assert!(check_prefix("app-a.v2").is_ok());
+/// assert!(check_prefix("appA:chan").is_err());
+/// assert!(check_prefix("").is_err());
+/// ```
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > MAX_PREFIX_BYTES {
+        return Err(format!(
+            "key prefix {prefix:?} must be 1 to {MAX_PREFIX_BYTES} bytes"
+        ));
+    }
+    if let Some(bad) = prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "key prefix {prefix:?} holds {bad:?}: use letters, digits, '_', '-' or '.' only, \
+             so that no two prefixes can name the same Redis key"
+        ));
+    }
+    Ok(())
+}
+
 impl Keys {
     /// Names under `prefix` (no trailing colon).
     pub fn new(prefix: impl Into<String>) -> Self {

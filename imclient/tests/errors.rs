@@ -34,6 +34,29 @@ fn options_that_cannot_work_are_refused() {
     assert!(matches!(err, Error::Options(_)), "{err}");
 }
 
+/// Two apps sharing a Redis must not be able to read each other's names: with prefixes `appA`
+/// and `appA:chan`, app A's channel `node:ws://a:1` would be app B's node topic.
+#[test]
+fn key_prefixes_that_could_collide_are_refused() {
+    let a = ImClient::new(
+        ImClientOptions::new("redis://127.0.0.1", ["ws://a:1"], SECRET).key_prefix("appA"),
+    )
+    .unwrap();
+    let err = ImClient::new(
+        ImClientOptions::new("redis://127.0.0.1", ["ws://a:1"], SECRET).key_prefix("appA:chan"),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Options(_)), "{err}");
+    assert!(err.to_string().contains("':'"), "{err}");
+    // What the refused prefix would have collided with.
+    let chan = imclient::ChanName::new("node:ws://a:1").unwrap();
+    let b = imclient::keys::Keys::new("appA:chan");
+    assert_eq!(
+        a.keys().chan_topic(&chan),
+        b.node_topic(&imclient::NodeId::new("ws://a:1").unwrap())
+    );
+}
+
 #[test]
 fn client_ids_are_validated() {
     let im = ImClient::new(ImClientOptions::new(

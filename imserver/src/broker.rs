@@ -87,7 +87,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                         tracing::warn!(node = %node.id(), error = %e, "cannot change channel subscriptions");
                         break;
                     }
-                    settle_join_acks(&node, &pool);
+                    settle_join_acks(&node);
                 }
                 _ = health.tick() => {
                     let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
@@ -192,7 +192,7 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
             node.hub().apply(&m.client, ChanOp::Join(m.chan.clone()));
             if let Some(ack) = m.ack {
                 node.work().join_acks.push(m.client, m.chan, ack);
-                settle_join_acks(node, pool);
+                settle_join_acks(node);
             }
         }
         NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
@@ -200,37 +200,45 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
     }
 }
 
-/// Acknowledges the joins that have taken effect (see [`crate::hub::Hub::join_settled`]) to
-/// the imclient calls waiting for them.
-fn settle_join_acks(node: &Node, pool: &Pool) {
-    let settled = node
-        .work()
+/// Moves the joins that have taken effect (see [`crate::hub::Hub::join_settled`]) to the
+/// acknowledgements that [`run_join_acks`] sends.
+fn settle_join_acks(node: &Node) {
+    node.work()
         .join_acks
-        .take_settled(|client, chan| node.hub().join_settled(client, chan));
-    if settled.is_empty() {
-        return;
-    }
-    let mut pipe = redis::pipe();
-    for (client, key) in &settled {
-        let key = node.keys().ack(key);
-        pipe.rpush(&key, client.as_str())
-            .ignore()
-            .pexpire(&key, ACK_TTL_MS)
-            .ignore();
-    }
-    let pool = pool.clone();
-    let node_id = node.id().clone();
-    tokio::spawn(async move {
-        let sent = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        if let Err(error) = sent.await {
-            tracing::warn!(node = %node_id, %error, "cannot acknowledge joins");
+        .settle(|client, chan| node.hub().join_settled(client, chan));
+}
+
+/// Sends due join acknowledgements to the imclient calls waiting for them, pipelined in
+/// batches on one connection, until `stop` turns true.
+pub async fn run_join_acks(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+    const BATCH: usize = 1000;
+    loop {
+        tokio::select! {
+            _ = node.work().join_acks.wait() => {}
+            _ = stop.changed() => return,
         }
-    });
+        let due = node.work().join_acks.take_due();
+        for chunk in due.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for (client, ack) in chunk {
+                let key = node.keys().ack(ack);
+                pipe.rpush(&key, client.as_str())
+                    .ignore()
+                    .pexpire(&key, ACK_TTL_MS)
+                    .ignore();
+            }
+            let sent = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            // A lost acknowledgement only makes its caller wait out its timeout.
+            if let Err(error) = sent.await {
+                tracing::warn!(node = %node.id(), %error, "cannot acknowledge joins");
+            }
+        }
+    }
 }
 
 fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {

@@ -33,9 +33,15 @@ pub struct Config {
     #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
 
-    /// Dev mode: allows the built-in secret. Never in production.
+    /// Dev mode: allows the built-in secret. Never in production. Listens on loopback only,
+    /// unless --dev-public says otherwise.
     #[arg(long, env = "IM_DEV", default_value_t = false)]
     pub dev: bool,
+
+    /// Lets a dev-mode node listen on a non-loopback address, where anyone who knows the
+    /// built-in secret can sign tokens for it.
+    #[arg(long, env = "IM_DEV_PUBLIC", default_value_t = false)]
+    pub dev_public: bool,
 
     /// Prefix of every Redis name; must match imclient's.
     #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
@@ -77,6 +83,13 @@ pub struct Config {
     /// Longest a graceful shutdown may take, in milliseconds.
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
+
+    /// Origins whose pages may connect, comma-separated (e.g. https://chat.example.com). A
+    /// WebSocket request with an `Origin` header not in the list is refused (403
+    /// `origin_not_allowed`); requests without one (apps, servers) are not browsers and are let
+    /// through. Empty: every origin may connect.
+    #[arg(long, env = "IM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 
     /// How long a client's recent envelopes and channel subscriptions are kept after its last
     /// connection closes, in milliseconds, so that it can resume (`since`) without losing
@@ -133,7 +146,31 @@ pub enum ConfigError {
     /// A zero limit.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// A key prefix that could collide with another app's.
+    #[error("--key-prefix: {0}")]
+    KeyPrefix(String),
+    /// Dev mode on a public address.
+    #[error(
+        "--dev listens on loopback only ({0} is not): anyone could sign tokens with the built-in \
+         secret; set a real --token-secret, or add --dev-public if you really mean it"
+    )]
+    DevPublic(SocketAddr),
+    /// Too few open files for a node at all.
+    #[error(
+        "the open-file limit ({limit}) leaves no room for connections ({reserved} are needed \
+         for the node itself); raise it (ulimit -n, LimitNOFILE=)"
+    )]
+    TooFewFiles {
+        /// The limit in force.
+        limit: u64,
+        /// Files the node needs besides connections.
+        reserved: u64,
+    },
 }
+
+/// Files a node needs besides its connections: Redis connections, listeners, the runtime's
+/// own descriptors, logs; generous on purpose.
+pub const RESERVED_FILES: u64 = 128;
 
 impl Config {
     /// Checks the settings and returns the token secret to use.
@@ -160,10 +197,34 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        imclient::keys::check_prefix(&self.key_prefix).map_err(ConfigError::KeyPrefix)?;
+        if self.dev && !self.dev_public && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::DevPublic(self.listen));
+        }
         if self.lease_ms < 300 {
             return Err(ConfigError::Zero("lease-ms (at least 300)"));
         }
         Ok(secret.into_bytes())
+    }
+
+    /// Fits `--max-connections` under the open-file limit, so that a full node answers
+    /// `503 node_full` instead of failing to accept (which hangs new clients and `/healthz`).
+    /// Returns the connection cap it had to lower from, if it did.
+    pub fn fit_open_files(&mut self, limit: u64) -> Result<Option<usize>, ConfigError> {
+        let room = limit.saturating_sub(RESERVED_FILES);
+        if room < 16 {
+            return Err(ConfigError::TooFewFiles {
+                limit,
+                reserved: RESERVED_FILES,
+            });
+        }
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        if self.max_connections <= room {
+            return Ok(None);
+        }
+        let asked = self.max_connections;
+        self.max_connections = room;
+        Ok(Some(asked))
     }
 
     /// The heartbeat interval.
@@ -233,6 +294,47 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn dev_mode_stays_on_loopback_unless_forced() {
+        assert!(parse(&["--dev"]).validate().is_ok());
+        assert!(matches!(
+            parse(&["--dev", "--listen", "0.0.0.0:6001"]).validate(),
+            Err(ConfigError::DevPublic(_))
+        ));
+        assert!(
+            parse(&["--dev", "--dev-public", "--listen", "0.0.0.0:6001"])
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            parse(&[
+                "--token-secret",
+                "0123456789abcdef0123",
+                "--listen",
+                "0.0.0.0:6001"
+            ])
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_connection_cap_fits_under_the_open_file_limit() {
+        let mut c = parse(&["--dev", "--max-connections", "10000"]);
+        assert_eq!(c.fit_open_files(20_000).ok(), Some(None));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.fit_open_files(1024).ok(), Some(Some(10_000)));
+        assert_eq!(c.max_connections, 1024 - RESERVED_FILES as usize);
+        assert!(matches!(
+            c.fit_open_files(100),
+            Err(ConfigError::TooFewFiles { .. })
+        ));
+        let mut c = parse(&["--dev", "--key-prefix", "appA:chan"]);
+        assert!(matches!(c.validate(), Err(ConfigError::KeyPrefix(_))));
+        c.key_prefix = "appA".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Refused {
     pub code: &'static str,
     /// What to do about it.
     pub message: String,
+    /// A header the answer must carry (`Sec-WebSocket-Version` on a 426).
+    pub header: Option<(&'static str, &'static str)>,
 }
 
 impl Refused {
@@ -31,6 +33,7 @@ impl Refused {
             status,
             code,
             message: message.into(),
+            header: None,
         }
     }
 
@@ -81,8 +84,12 @@ async fn serve(
             refused.record(&node);
             let body = refused.body();
             // One write: a client may read the body only as far as the first segment.
+            let header = refused
+                .header
+                .map(|(name, value)| format!("{name}: {value}\r\n"))
+                .unwrap_or_default();
             let response = format!(
-                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{header}connection: close\r\n\r\n{body}",
                 refused.status,
                 reason_phrase(refused.status),
                 body.len()
@@ -133,7 +140,28 @@ fn admit(
             "node is shutting down; reconnect with a fresh URL",
         ));
     }
-    ws::verify_handshake(req.head()).map_err(not_websocket)?;
+    ws::verify_handshake(req.head()).map_err(|e| match e {
+        ws::HandshakeError::NoVersionHeader | ws::HandshakeError::UnsupportedVersion => Refused {
+            header: Some(("sec-websocket-version", "13")),
+            ..Refused::new(
+                426,
+                "unsupported_version",
+                "only WebSocket version 13 (RFC 6455) is served",
+            )
+        },
+        e => not_websocket(e),
+    })?;
+    let origin = req
+        .headers()
+        .get(actix_http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !node.origin_allowed(origin) {
+        return Err(Refused::new(
+            403,
+            "origin_not_allowed",
+            "this page's origin may not connect; add it to the node's --allowed-origins",
+        ));
+    }
     let accept = req
         .headers()
         .get(actix_http::header::SEC_WEBSOCKET_KEY)

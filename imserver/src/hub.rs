@@ -207,10 +207,13 @@ pub struct HubWork {
 }
 
 /// Live joins waiting to be acknowledged, bounded: past the bound the oldest are dropped
-/// (their callers stop waiting at their timeout).
+/// (their callers stop waiting at their timeout); and the acknowledgements due, which one
+/// writer sends to Redis in batches.
 #[derive(Debug, Default)]
 pub struct JoinAcks {
     waiting: Mutex<std::collections::VecDeque<(ClientId, ChanName, String)>>,
+    due: Mutex<Vec<(ClientId, String)>>,
+    wake: Notify,
 }
 
 impl JoinAcks {
@@ -226,22 +229,37 @@ impl JoinAcks {
         waiting.push_back((client, chan, ack));
     }
 
-    /// Takes the joins for which `settled` holds: (client, ack list name).
-    pub fn take_settled(
-        &self,
-        settled: impl Fn(&ClientId, &ChanName) -> bool,
-    ) -> Vec<(ClientId, String)> {
-        let mut waiting = lock(&self.waiting);
-        let mut out = Vec::new();
-        waiting.retain(|(client, chan, ack)| {
+    /// Moves the joins for which `settled` holds to the acknowledgements due.
+    pub fn settle(&self, settled: impl Fn(&ClientId, &ChanName) -> bool) {
+        let mut done = Vec::new();
+        lock(&self.waiting).retain(|(client, chan, ack)| {
             if settled(client, chan) {
-                out.push((client.clone(), ack.clone()));
+                done.push((client.clone(), ack.clone()));
                 false
             } else {
                 true
             }
         });
-        out
+        if done.is_empty() {
+            return;
+        }
+        let mut due = lock(&self.due);
+        if due.len() + done.len() > Self::MAX {
+            return;
+        }
+        due.extend(done);
+        drop(due);
+        self.wake.notify_one();
+    }
+
+    /// Takes the acknowledgements due: (client, ack list name).
+    pub fn take_due(&self) -> Vec<(ClientId, String)> {
+        std::mem::take(&mut *lock(&self.due))
+    }
+
+    /// Waits until acknowledgements are due.
+    pub async fn wait(&self) {
+        self.wake.notified().await;
     }
 }
 
@@ -337,6 +355,16 @@ impl Hub {
     /// Open connections on this node.
     pub fn connections(&self) -> u64 {
         self.connections.load(Relaxed)
+    }
+
+    /// The most connections allowed on this node.
+    pub fn max_connections(&self) -> usize {
+        self.max_total
+    }
+
+    /// Whether a new connection would be refused for lack of room.
+    pub fn full(&self) -> bool {
+        self.connections.load(Relaxed) >= self.max_total as u64
     }
 
     /// The recovery settings.

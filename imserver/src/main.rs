@@ -9,17 +9,37 @@ use clap::Parser as _;
 use imserver::{Config, server};
 use tracing_subscriber::EnvFilter;
 
+/// The log filter when RUST_LOG is not set. actix-http's dispatcher logs every malformed
+/// request at ERROR: anyone could fill the log with one line per request, so it is off; a
+/// malformed request is the client's problem, answered with 400.
+const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let mut config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
     config.validate()?;
-    raise_open_file_limit();
+    if config.dev {
+        tracing::warn!(
+            listen = %config.listen,
+            "DEV MODE: tokens signed with the built-in secret are accepted; never run this in production"
+        );
+    }
+    let limit = raise_open_file_limit();
+    if let Some(asked) = config.fit_open_files(limit)? {
+        tracing::warn!(
+            limit,
+            asked,
+            max_connections = config.max_connections,
+            "the open-file limit is too low for --max-connections: the cap is lowered so that \
+             a full node refuses with 503 node_full; raise the limit (ulimit -n, LimitNOFILE=)"
+        );
+    }
 
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("cannot bind {}", config.listen))?;
@@ -56,10 +76,17 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Each socket is a file: raise the soft limit to the hard one.
-fn raise_open_file_limit() {
+/// Each socket is a file: raise the soft limit to the hard one; returns the limit in force.
+fn raise_open_file_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(limit, "open-file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        Ok(limit) => {
+            tracing::info!(limit, "open-file limit");
+            limit
+        }
+        Err(e) => {
+            let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+            tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+            soft
+        }
     }
 }

@@ -39,6 +39,8 @@ struct Shared {
     limits: SessionLimits,
     lease: Duration,
     events_maxlen: u64,
+    /// Origins allowed to connect; empty allows all.
+    allowed_origins: Vec<String>,
     /// True while the Redis subscriber is connected and subscribed.
     redis_up: AtomicBool,
     /// True once shutdown began: new sockets are refused.
@@ -86,6 +88,12 @@ impl Node {
             },
             lease: config.lease(),
             events_maxlen: config.events_maxlen,
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         })))
@@ -139,6 +147,19 @@ impl Node {
     /// Event stream cap.
     pub fn events_maxlen(&self) -> u64 {
         self.0.events_maxlen
+    }
+
+    /// Whether a WebSocket request with this `Origin` header may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let allowed = &self.0.allowed_origins;
+        match origin {
+            _ if allowed.is_empty() => true,
+            None => true,
+            Some(origin) => {
+                let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+                allowed.contains(&origin)
+            }
+        }
     }
 
     /// Whether the Redis subscriber is up.

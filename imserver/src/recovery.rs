@@ -18,9 +18,10 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 
-/// What one buffered envelope costs besides its bytes (the entry, the deque slot, the shared
-/// header of its bytes), for the memory bounds.
-pub const ENVELOPE_OVERHEAD: usize = 64;
+/// What one buffered envelope costs besides its bytes, for the memory bounds: its deque slot
+/// (56 bytes, and the deque's spare room), the shared header of its bytes and the allocator's
+/// rounding. Measured: 10,000 full buffers grew the node by 1.17 times what 64 here accounted.
+pub const ENVELOPE_OVERHEAD: usize = 128;
 
 /// How often the sweeper runs when nothing presses it.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

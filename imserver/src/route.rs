@@ -26,10 +26,13 @@ async fn healthz(node: web::Data<Node>) -> HttpResponse {
     let up = node.redis_up();
     let status = if node.shutting_down() {
         "shutting_down"
-    } else if up {
-        "ok"
-    } else {
+    } else if !up {
         "degraded"
+    } else if node.hub().full() {
+        // New clients would be refused with 503 node_full.
+        "full"
+    } else {
+        "ok"
     };
     let body = serde_json::json!({
         "status": status,
@@ -37,6 +40,7 @@ async fn healthz(node: web::Data<Node>) -> HttpResponse {
         "epoch": node.epoch(),
         "redis": if up { "up" } else { "down" },
         "connections": node.hub().connections(),
+        "max_connections": node.hub().max_connections(),
     });
     if status == "ok" {
         HttpResponse::Ok().json(body)

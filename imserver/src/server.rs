@@ -51,7 +51,8 @@ pub async fn run(
     ));
     let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
     let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx.clone()));
-    let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx));
+    let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx.clone()));
+    let acker = tokio::spawn(broker::run_join_acks(node.clone(), pool.clone(), stop_rx));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -117,6 +118,7 @@ pub async fn run(
     let _ = broker.await;
     let _ = loader.await;
     let _ = sweeper.await;
+    let _ = acker.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");

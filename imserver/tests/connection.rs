@@ -250,6 +250,168 @@ async fn a_frame_announced_too_big_is_refused_at_once_without_being_buffered() -
     Ok(())
 }
 
+/// The raw answer to a handshake request for `url` with `version` as its
+/// Sec-WebSocket-Version: status line, headers and body.
+async fn raw_answer(addr: std::net::SocketAddr, url: &str, version: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let path = &url[url.find("/ws").unwrap()..];
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer)).await??;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn another_websocket_version_gets_426_naming_the_one_served() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let url = c.im.prev_connect_server("old-client", json!(null))?;
+    let answer = raw_answer(c.nodes[0].addr, &url, "8").await?;
+    assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13\r\n"),
+        "{answer}"
+    );
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1)?;
+    assert_eq!(body["error"], "unsupported_version");
+    // The token was not burnt: the same URL still connects with version 13.
+    Ws::connect(&url).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_allowed_origins_may_connect_when_a_list_is_set() -> Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg(
+            "--allowed-origins",
+            "https://chat.example.com,https://app.example.com",
+        ),
+    )
+    .await?;
+    let with_origin = |origin: &str| -> Result<_> {
+        let url = c.im.prev_connect_server("browser", json!(null))?;
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert("origin", origin.parse()?);
+        Ok(req)
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example.net")?).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())?;
+            assert_eq!(body["error"], "origin_not_allowed");
+        }
+        other => panic!("a foreign origin connected: {:?}", other.map(|_| ())),
+    }
+    tokio_tungstenite::connect_async(with_origin("https://APP.example.com")?).await?;
+    // Not a browser: no Origin header, nothing to check.
+    c.connect("app").await?;
+    Ok(())
+}
+
+/// Under an open-file limit of 400, a node asked for 10,000 connections lowers its cap to what
+/// fits: the client past it is refused with 503 node_full at once, and /healthz answers that
+/// the node is full instead of hanging.
+#[tokio::test]
+async fn a_node_short_of_open_files_refuses_instead_of_hanging() -> Result<()> {
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            nofile: Some(400),
+            ..NodeOpts::default()
+        }
+        .arg("--max-connections", 10_000),
+    )
+    .await?;
+    let node = &c.nodes[0];
+    let (_, health) = node.get("/healthz").await?;
+    let health: serde_json::Value = serde_json::from_str(&health)?;
+    let cap = health["max_connections"].as_u64().unwrap();
+    assert!(cap < 400, "cap {cap} does not fit 400 files");
+    let mut open = Vec::new();
+    for i in 0..cap {
+        open.push(c.connect(&format!("f{i}")).await?);
+    }
+    let url = c.im.prev_connect_server("one-too-many", json!(null))?;
+    assert_refused(&url, 503, "node_full").await?;
+    let (status, health) = node.get("/healthz").await?;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&health)?["status"],
+        "full"
+    );
+    drop(open.pop());
+    wait_for("room again", WAIT, || async {
+        (node.get("/healthz").await.ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Hundreds of bad requests (malformed HTTP, upgrades without a token, plain GETs, bad
+/// versions) leave the log of a node at its default level as it was: at most one line each, and
+/// here none, since each is the client's problem and answered as such.
+#[tokio::test]
+async fn bad_requests_do_not_fill_the_log() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let log = std::env::temp_dir().join(format!("imtest-log-{}.txt", std::process::id()));
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            log_file: Some(log.clone()),
+            ..NodeOpts::default()
+        },
+    )
+    .await?;
+    let node = &c.nodes[0];
+    let lines_before = std::fs::read_to_string(&log)?.lines().count();
+    let upgrade = |path: &str, version: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+        )
+    };
+    let requests = [
+        "garbage\r\n\r\n".to_owned(),
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+        upgrade("/ws", "13"),
+        upgrade("/ws?token=forged", "13"),
+        upgrade("/ws", "8"),
+        upgrade("/elsewhere", "13"),
+    ];
+    for request in &requests {
+        for _ in 0..50 {
+            let mut tcp = tokio::net::TcpStream::connect(node.addr).await?;
+            tcp.write_all(request.as_bytes()).await?;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+        }
+    }
+    // The node still works, and its log says what it said before.
+    c.connect("after").await?;
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let new_lines: Vec<&str> = text.lines().skip(lines_before).collect();
+    assert!(
+        new_lines.len() <= 2,
+        "300 bad requests wrote {} log lines:\n{}",
+        new_lines.len(),
+        new_lines.join("\n")
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() -> Result<()> {
     let opts = NodeOpts::default()
