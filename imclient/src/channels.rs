@@ -84,7 +84,7 @@ impl ImClient {
             .arg(self.keys().members(chan))
             .arg(self.keys().client_chans(client))
             .arg(self.keys().chans())
-            .arg(self.keys().node_topic(home))
+            .arg(self.keys().node_topic(&home))
             .arg(client.as_str())
             .arg(chan.as_str())
             .arg(serde_json::to_string(&control)?);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::{Config, Pool, Runtime};
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ClientId, NodeId};
 use crate::keys::Keys;
 use crate::link::{Link, LinkConn};
-use crate::node::home_node;
+use crate::nodeset::{self, NodeSet, Watched};
 use crate::token::{ConnectClaims, TokenIssuer};
 
 /// Default lifetime of a connect token: long enough to open a socket, short enough that a
@@ -173,7 +174,11 @@ pub struct NodeReport {
 struct Inner {
     pool: Pool,
     link: Link,
-    nodes: Vec<NodeId>,
+    nodes: NodeSet,
+    /// For the node-set announcements, when built from a URL.
+    pubsub: Option<redis::Client>,
+    /// Whether the node-set watcher runs.
+    watching: AtomicBool,
     issuer: TokenIssuer,
     token_ttl: Duration,
     keys: Keys,
@@ -221,22 +226,70 @@ impl ImClient {
             .collect::<Result<Vec<_>>>()?;
         crate::keys::check_prefix(&options.key_prefix).map_err(Error::Options)?;
         let issuer = TokenIssuer::new(&options.token_secret)?;
-        let pool = match options.redis {
-            RedisSource::Pool(pool) => pool,
-            RedisSource::Url(url) => Config::from_url(url).create_pool(Some(Runtime::Tokio1))?,
+        let (pool, pubsub) = match options.redis {
+            RedisSource::Pool(pool) => (pool, None),
+            RedisSource::Url(url) => (
+                Config::from_url(url.clone()).create_pool(Some(Runtime::Tokio1))?,
+                redis::Client::open(url.as_str()).ok(),
+            ),
         };
-        Ok(Self {
+        let im = Self {
             inner: Arc::new(Inner {
                 link: Link::new(pool.clone()),
                 pool,
-                nodes,
+                nodes: NodeSet::new(nodes),
+                pubsub,
+                watching: AtomicBool::new(false),
                 issuer,
                 token_ttl: options.token_ttl,
                 keys: Keys::new(options.key_prefix),
                 max_payload_bytes: options.max_payload_bytes,
                 join_ack_timeout: options.join_ack_timeout,
             }),
-        })
+        };
+        im.ensure_watching();
+        Ok(im)
+    }
+
+    /// Starts the live node set's watcher once a Tokio runtime is at hand.
+    fn ensure_watching(&self) {
+        if !self.inner.watching.load(Relaxed) && nodeset::spawn_watch(&self.inner) {
+            self.inner.watching.store(true, Relaxed);
+        }
+    }
+
+    /// Reads the live node set now, instead of within the second the watcher takes. Useful
+    /// right after starting or stopping a node.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.refresh_nodes().await?;
+    /// assert!(!im.live_nodes().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn refresh_nodes(&self) -> Result<()> {
+        self.ensure_watching();
+        self.inner
+            .nodes
+            .refresh(&self.inner.link, &self.inner.keys)
+            .await
+    }
+
+    /// The configured nodes that hold their lease, as last read; the configured list while
+    /// that is unknown (before the first read, or with Redis unreachable).
+    ///
+    /// ```
+    /// # use imclient::{ImClient, ImClientOptions};
+    /// let im = ImClient::new(ImClientOptions::new("redis://127.0.0.1",
+    ///     ["ws://a:1", "ws://b:2"], "a-long-random-secret-of-32-bytes")).unwrap();
+    /// assert_eq!(im.live_nodes().len(), 2);
+    /// ```
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        self.inner
+            .nodes
+            .live()
+            .filter(|live| !live.is_empty())
+            .unwrap_or_else(|| self.inner.nodes.configured().to_vec())
     }
 
     /// The Redis pool, for the application's own use.
@@ -246,6 +299,7 @@ impl ImClient {
 
     /// The shared connection for non-blocking commands.
     pub(crate) async fn conn(&self) -> Result<LinkConn<'_>> {
+        self.ensure_watching();
         self.inner.link.get().await
     }
 
@@ -259,23 +313,24 @@ impl ImClient {
         &self.inner.keys
     }
 
-    /// The node list.
+    /// The configured node list.
     pub fn nodes(&self) -> &[NodeId] {
-        &self.inner.nodes
+        self.inner.nodes.configured()
     }
 
-    /// The home node of `client_id`.
+    /// The home node of `client_id`: the rendezvous winner among the live nodes (see
+    /// [`ImClient::live_nodes`]).
     ///
     /// ```
     /// # use imclient::{ImClient, ImClientOptions};
     /// let im = ImClient::new(ImClientOptions::new("redis://127.0.0.1",
     ///     ["ws://a:1", "ws://b:2"], "a-long-random-secret-of-32-bytes")).unwrap();
     /// let home = im.home_node("alice").unwrap();
-    /// assert!(im.nodes().contains(home));
+    /// assert!(im.nodes().contains(&home));
     /// ```
-    pub fn home_node(&self, client_id: &str) -> Result<&NodeId> {
+    pub fn home_node(&self, client_id: &str) -> Result<NodeId> {
         let client = ClientId::new(client_id)?;
-        home_node(&self.inner.nodes, client.as_str()).ok_or(Error::NoNodes)
+        self.inner.nodes.home(client.as_str()).ok_or(Error::NoNodes)
     }
 
     /// The URL a browser opens to connect as `client_id`: its home node with a fresh single-use
@@ -295,9 +350,11 @@ impl ImClient {
         metadata: serde_json::Value,
     ) -> Result<String> {
         let client = ClientId::new(client_id)?;
-        let node = home_node(&self.inner.nodes, client.as_str())
-            .ok_or(Error::NoNodes)?
-            .clone();
+        let node = self
+            .inner
+            .nodes
+            .home(client.as_str())
+            .ok_or(Error::NoNodes)?;
         let claims = ConnectClaims::new(client, node.clone(), metadata, self.inner.token_ttl);
         let token = self.inner.issuer.sign(&claims)?;
         Ok(node.connect_url(&token))
@@ -329,10 +386,14 @@ impl ImClient {
     {
         let sender = ClientId::new(sender)?;
         let payload = self.encode_payload(payload)?;
-        let mut by_node: BTreeMap<&NodeId, Vec<ClientId>> = BTreeMap::new();
+        let mut by_node: BTreeMap<NodeId, Vec<ClientId>> = BTreeMap::new();
         for receiver in receivers {
             let client = ClientId::new(receiver.as_ref())?;
-            let node = home_node(&self.inner.nodes, client.as_str()).ok_or(Error::NoNodes)?;
+            let node = self
+                .inner
+                .nodes
+                .home(client.as_str())
+                .ok_or(Error::NoNodes)?;
             let list = by_node.entry(node).or_default();
             if !list.contains(&client) {
                 list.push(client);
@@ -343,7 +404,7 @@ impl ImClient {
         }
         let message_id = new_message_id();
         let receipt_node = if receipt {
-            Some(self.home_node(sender.as_str())?.clone())
+            Some(self.home_node(sender.as_str())?)
         } else {
             None
         };
@@ -362,7 +423,7 @@ impl ImClient {
                 receipt_node: receipt_node.clone(),
             });
             pipe.publish(
-                self.inner.keys.node_topic(node),
+                self.inner.keys.node_topic(&node),
                 serde_json::to_string(&cmd)?,
             );
             let NodeCommand::Deliver(d) = cmd else {
@@ -436,7 +497,7 @@ impl ImClient {
         let mut conn = self.conn().await?;
         let subscribers: i64 = conn
             .publish(
-                self.inner.keys.node_topic(node),
+                self.inner.keys.node_topic(&node),
                 serde_json::to_string(&cmd)?,
             )
             .await?;
@@ -470,4 +531,22 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+impl Watched for Inner {
+    fn node_set(&self) -> &NodeSet {
+        &self.nodes
+    }
+
+    fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    fn pubsub_client(&self) -> Option<&redis::Client> {
+        self.pubsub.as_ref()
+    }
 }

@@ -371,11 +371,14 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4002: the business disconnected the client (force_offline).
     Kicked,
+    /// 4003: the client's home is now another node (one came back or was added): reconnect at
+    /// once, without backoff, with a fresh URL.
+    Moved,
 }
 
 impl CloseCode {
     /// Every close code, for documentation and tests.
-    pub const ALL: [CloseCode; 7] = [
+    pub const ALL: [CloseCode; 8] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::PolicyViolation,
@@ -383,6 +386,7 @@ impl CloseCode {
         CloseCode::HeartbeatTimeout,
         CloseCode::SlowConsumer,
         CloseCode::Kicked,
+        CloseCode::Moved,
     ];
 
     /// The numeric code on the wire.
@@ -395,6 +399,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => 4000,
             CloseCode::SlowConsumer => 4001,
             CloseCode::Kicked => 4002,
+            CloseCode::Moved => 4003,
         }
     }
 
@@ -408,6 +413,7 @@ impl CloseCode {
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer: queue full",
             CloseCode::Kicked => "disconnected by the application",
+            CloseCode::Moved => "moved: reconnect now, to the client's new home node",
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `{prefix}:client-chans:{client}` | set | the client's channels (durable) |
 //! | `{prefix}:chans` | set | channels with at least one member |
 //! | `{prefix}:chan-online:{node}` | hash | channel → members online on that node |
+//! | `{prefix}:nodeset` | pub/sub topic | announcements: a node started, stopped or was purged |
 //! | `{prefix}:ack:{id}` | list, short TTL | client ids whose live join took effect (one call) |
 
 use crate::ids::{ChanName, ClientId, NodeId};
@@ -138,6 +139,12 @@ impl Keys {
     /// The list a node pushes join acknowledgements to, for the call that named `id`.
     pub fn ack(&self, id: &str) -> String {
         format!("{}:ack:{}", self.prefix, id)
+    }
+
+    /// The pub/sub topic on which nodes announce that they started, stopped or purged a
+    /// dead peer: whoever follows the live node set reads it again.
+    pub fn nodeset_topic(&self) -> String {
+        format!("{}:nodeset", self.prefix)
     }
 
     /// The stream of online/offline events.

@@ -25,6 +25,7 @@ mod ids;
 pub mod keys;
 mod link;
 pub mod node;
+mod nodeset;
 mod presence;
 pub mod token;
 

@@ -21,7 +21,7 @@ impl ImClient {
     pub async fn has_online(&self, client_id: &str) -> Result<bool> {
         let node = self.home_node(client_id)?;
         let mut conn = self.conn().await?;
-        Ok(conn.hexists(self.keys().presence(node), client_id).await?)
+        Ok(conn.hexists(self.keys().presence(&node), client_id).await?)
     }
 
     /// Every online client, across all nodes (including nodes no longer in the node list that

@@ -38,7 +38,12 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     loop {
-        let fixed = [topic.clone(), node.keys().broadcast_topic()];
+        let nodeset = node.keys().nodeset_topic();
+        let fixed = [
+            topic.clone(),
+            node.keys().broadcast_topic(),
+            nodeset.clone(),
+        ];
         let attempt = async {
             let (mut sink, stream) = client.get_async_pubsub().await?.split();
             sink.subscribe(&fixed).await?;
@@ -79,6 +84,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
+                    Some(msg) if msg.get_channel_name() == nodeset => node.work().nodeset.notify_one(),
                     Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
                     None => break,
                 },

@@ -24,6 +24,13 @@ pub struct Config {
     #[arg(long, env = "IM_NODE")]
     pub node: Option<String>,
 
+    /// Every node's address, comma-separated, exactly as imclient is given them (this node's
+    /// among them). With it the node follows the live node set: clients whose home is another
+    /// live node are closed with 4003 (moved) and refused. Without it, the node serves whoever
+    /// its tokens name.
+    #[arg(long, env = "IM_NODES", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+
     /// Redis URL.
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -149,6 +156,9 @@ pub enum ConfigError {
     /// A key prefix that could collide with another app's.
     #[error("--key-prefix: {0}")]
     KeyPrefix(String),
+    /// A node list that cannot be used.
+    #[error("--nodes: {0}")]
+    Nodes(String),
     /// Dev mode on a public address.
     #[error(
         "--dev listens on loopback only ({0} is not): anyone could sign tokens with the built-in \

@@ -173,6 +173,13 @@ fn admit(
         .admission()
         .admit(&query.token)
         .map_err(|e| Refused::new(e.http_status(), e.code(), e.to_string()))?;
+    if !node.nodes().owns(node.id(), &claims.sub) {
+        return Err(Refused::new(
+            421,
+            "client_moved",
+            "this client's home is now another node; fetch a fresh connect URL",
+        ));
+    }
     let heartbeat_ms = node.limits().heartbeat_interval.as_millis() as u64;
     let welcome = |info: &WelcomeInfo| {
         system_frame(&SystemEvent::Welcome {

@@ -204,6 +204,8 @@ pub struct HubWork {
     pub memberships: Pending<ClientId>,
     /// Live joins whose callers wait to hear that they took effect.
     pub join_acks: JoinAcks,
+    /// A node announced that it started, stopped or was purged.
+    pub nodeset: Notify,
 }
 
 /// Live joins waiting to be acknowledged, bounded: past the bound the oldest are dropped

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod nodeset;
 pub mod outbox;
 pub mod pending;
 pub mod presence;

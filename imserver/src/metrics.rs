@@ -52,7 +52,7 @@ pub struct Metrics {
     /// Clients whose channels were loaded from Redis.
     pub membership_loads: AtomicU64,
     drops: [AtomicU64; 3],
-    closes: [AtomicU64; 7],
+    closes: [AtomicU64; 8],
     /// Connections refused at the handshake (bad token, limits).
     pub refused: AtomicU64,
     /// Times the Redis subscriber connection was re-established.
@@ -61,6 +61,8 @@ pub struct Metrics {
     pub presence_errors: AtomicU64,
     /// Dead nodes whose presence this node purged.
     pub nodes_purged: AtomicU64,
+    /// Clients closed with 4003 because their home became another node.
+    pub clients_moved: AtomicU64,
     /// Bytes held in recovery buffers.
     pub recovery_bytes: AtomicU64,
     /// Clients inside their recovery window (no connection, buffer kept).
@@ -198,6 +200,12 @@ impl Metrics {
             "gauge",
             "1 when the Redis subscriber is connected.",
             u64::from(redis_up),
+        );
+        metric(
+            "im_clients_moved_total",
+            "counter",
+            "Clients closed with 4003 because their home became another node.",
+            self.clients_moved.load(Relaxed),
         );
         metric(
             "im_recovery_bytes",

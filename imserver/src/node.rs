@@ -9,9 +9,10 @@ use imclient::NodeId;
 use imclient::keys::Keys;
 
 use crate::admission::Admission;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubLimits, HubWork};
 use crate::metrics::Metrics;
+use crate::nodeset::NodeSet;
 
 /// Settings a session needs, copied out of the config.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ struct Shared {
     events_maxlen: u64,
     /// Origins allowed to connect; empty allows all.
     allowed_origins: Vec<String>,
+    /// The configured nodes and which are live.
+    nodes: NodeSet,
     /// True while the Redis subscriber is connected and subscribed.
     redis_up: AtomicBool,
     /// True once shutdown began: new sockets are refused.
@@ -53,14 +56,22 @@ pub struct Node(Arc<Shared>);
 
 impl Node {
     /// Builds the node for `config`, known to the cluster as `id`, checking tokens with `secret`.
-    pub fn new(
-        config: &Config,
-        id: NodeId,
-        secret: &[u8],
-    ) -> Result<Self, imclient::token::TokenError> {
+    pub fn new(config: &Config, id: NodeId, secret: &[u8]) -> crate::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
         let epoch = uuid::Uuid::new_v4().simple().to_string();
+        let configured = config
+            .nodes
+            .iter()
+            .map(|n| NodeId::new(n.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::Nodes(e.to_string()))?;
+        if !configured.is_empty() && !configured.contains(&id) {
+            return Err(ConfigError::Nodes(format!(
+                "it does not list this node ({id}): give this node's address exactly as in the list"
+            ))
+            .into());
+        }
         let hub = Hub::new(
             HubLimits {
                 max_per_client: config.max_connections_per_client,
@@ -94,6 +105,7 @@ impl Node {
                 .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            nodes: NodeSet::new(configured),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         })))
@@ -147,6 +159,11 @@ impl Node {
     /// Event stream cap.
     pub fn events_maxlen(&self) -> u64 {
         self.0.events_maxlen
+    }
+
+    /// The live node set.
+    pub fn nodes(&self) -> &NodeSet {
+        &self.0.nodes
     }
 
     /// Whether a WebSocket request with this `Origin` header may connect.

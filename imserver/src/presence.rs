@@ -106,6 +106,7 @@ impl Writer {
             self.written.clear();
             self.written_chans.clear();
             self.renew_lease(&mut conn).await?;
+            announce(&mut conn, self.keys(), self.node.id(), true).await?;
             self.started = true;
             self.node
                 .work()
@@ -190,6 +191,7 @@ impl Writer {
             if let Some(entries) = entries {
                 tracing::info!(node = %self.node.id(), dead = %peer, clients = entries.len(), "purged presence of a dead node");
                 self.node.metrics().nodes_purged.fetch_add(1, Relaxed);
+                announce(conn, self.keys(), &peer, false).await?;
                 emit_offline(
                     conn,
                     self.keys(),
@@ -318,7 +320,21 @@ pub async fn clear(node: &Node, pool: &Pool) -> redis::RedisResult<usize> {
         .ignore()
         .query_async(&mut conn)
         .await?;
+    announce(&mut conn, node.keys(), node.id(), false).await?;
     Ok(n)
+}
+
+/// Tells whoever follows the live node set (imclient, the other nodes) that `node` came or
+/// went, so they read the set again now rather than at their next refresh.
+async fn announce(
+    conn: &mut deadpool_redis::Connection,
+    keys: &Keys,
+    node: &NodeId,
+    live: bool,
+) -> redis::RedisResult<()> {
+    let message = serde_json::json!({ "node": node, "live": live }).to_string();
+    let _: i64 = conn.publish(keys.nodeset_topic(), message).await?;
+    Ok(())
 }
 
 async fn purge(

@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, handshake, membership, presence, recovery, route};
+use crate::{broker, handshake, membership, nodeset, presence, recovery, route};
 
 /// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
 pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
@@ -52,7 +52,12 @@ pub async fn run(
     let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
     let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx.clone()));
-    let acker = tokio::spawn(broker::run_join_acks(node.clone(), pool.clone(), stop_rx));
+    let acker = tokio::spawn(broker::run_join_acks(
+        node.clone(),
+        pool.clone(),
+        stop_rx.clone(),
+    ));
+    let follower = tokio::spawn(nodeset::run(node.clone(), pool.clone(), stop_rx));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -119,6 +124,7 @@ pub async fn run(
     let _ = loader.await;
     let _ = sweeper.await;
     let _ = acker.await;
+    let _ = follower.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");

@@ -160,7 +160,7 @@ async fn receivers_on_a_node_that_is_down_get_offline_receipts() -> Result<()> {
 async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
     let mut bob = c.connect("bob").await?;
-    let topic = c.im.keys().node_topic(c.im.home_node("bob")?);
+    let topic = c.im.keys().node_topic(&c.im.home_node("bob")?);
     let mut redis = c.redis.conn().await?;
     for garbage in [
         "not json",

@@ -1,0 +1,160 @@
+//! The live node set: imclient sends clients only to nodes that are running, and nodes hand
+//! clients back (close 4003, refuse stale tokens) when the node that wins them comes back or is
+//! added.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
+mod fixture;
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use fixture::{Cluster, Frame, NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
+use imclient::contract::CloseCode;
+use imclient::{ImClient, ImClientOptions};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_dead_node_gets_no_clients_and_a_restarted_one_gets_them_back() -> Result<()> {
+    let mut c = Cluster::start(2, NodeOpts::default()).await?;
+    let (id0, id1, addr1) = (
+        c.nodes[0].id.clone(),
+        c.nodes[1].id.clone(),
+        c.nodes[1].addr,
+    );
+    let client = c.client_on(1, "wanderer");
+    c.im.refresh_nodes().await?;
+    assert_eq!(c.im.live_nodes().len(), 2);
+
+    // Killed: no announcement, so the lease (1.5 s here) has to run out.
+    c.nodes[1].signal("KILL");
+    c.nodes[1].wait_exit(WAIT).await?;
+    wait_for("the dead node left the live set", WAIT, || async {
+        (c.im.home_node(&client).ok()?.as_str() == id0).then_some(())
+    })
+    .await?;
+    let url = c.im.prev_connect_server(&client, json!(null))?;
+    assert!(url.starts_with(&id0), "{url}");
+    // Messages follow the client to its new home.
+    let mut ws = Ws::connect(&url).await?;
+    c.im.send_message("backend", [&client], &"while node 1 is down", false)
+        .await?;
+    assert_eq!(
+        ws.next_message().await?.payload,
+        json!("while node 1 is down")
+    );
+
+    // Back on the same address: announced, so imclient follows within moments.
+    c.nodes[1] = fixture::Node::start_at(&c.redis, NodeOpts::default(), &addr1.to_string()).await?;
+    wait_for("the node is live again", WAIT, || async {
+        (c.im.home_node(&client).ok()?.as_str() == id1).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_redis_the_configured_list_is_used() -> Result<()> {
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let im = ImClient::new(ImClientOptions::new(
+        nowhere,
+        ["ws://127.0.0.1:1", "ws://127.0.0.1:2"],
+        fixture::SECRET,
+    ))?;
+    assert!(im.refresh_nodes().await.is_err());
+    assert_eq!(im.live_nodes().len(), 2);
+    let url = im.prev_connect_server("alice", json!(null))?;
+    assert!(url.starts_with(im.home_node("alice")?.as_str()));
+    Ok(())
+}
+
+/// Three nodes run, a fourth is listed but down; 200 clients connect. When the fourth starts,
+/// exactly the clients it wins (about a quarter) are closed with 4003 by their node, the others
+/// stay connected and keep receiving, and a stale URL for a moved client is refused.
+#[tokio::test]
+async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Result<()> {
+    let redis = Redis::start()?;
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|p| format!("ws://127.0.0.1:{p}"))
+        .collect();
+    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
+    let mut nodes = Vec::new();
+    for port in &ports[..3] {
+        nodes.push(
+            fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{port}")).await?,
+        );
+    }
+    let im = ImClient::new(
+        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
+    )?;
+    im.refresh_nodes().await?;
+    assert_eq!(im.live_nodes().len(), 3);
+
+    let mut sockets = Vec::new();
+    let mut stale = Vec::new();
+    for i in 0..200 {
+        let client = format!("c{i}");
+        sockets.push((
+            client.clone(),
+            Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?,
+        ));
+        stale.push(im.prev_connect_server(&client, json!(null))?);
+    }
+    let four: Vec<imclient::NodeId> = ids
+        .iter()
+        .map(|n| imclient::NodeId::new(n).unwrap())
+        .collect();
+    let movers: HashSet<String> = sockets
+        .iter()
+        .filter(|(c, _)| imclient::node::home_node(&four, c).unwrap().as_str() == ids[3])
+        .map(|(c, _)| c.clone())
+        .collect();
+    assert!(
+        (30..=70).contains(&movers.len()),
+        "{} of 200 would move",
+        movers.len()
+    );
+
+    nodes.push(
+        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[3])).await?,
+    );
+    let mut moved = HashSet::new();
+    for (client, ws) in &mut sockets {
+        if movers.contains(client) {
+            match ws.read(WAIT).await? {
+                Frame::Closed(code) => assert_eq!(code, Some(CloseCode::Moved.code()), "{client}"),
+                other => panic!("{client} got {other:?} instead of 4003"),
+            }
+            moved.insert(client.clone());
+        }
+    }
+    assert_eq!(moved, movers);
+    // Nobody else moved: a broadcast reaches every one of them on its old socket.
+    im.broadcast("backend", &"still here").await?;
+    for (client, ws) in &mut sockets {
+        if !movers.contains(client) {
+            assert_eq!(
+                ws.next_message().await?.payload,
+                json!("still here"),
+                "{client}"
+            );
+        }
+    }
+    // A moved client's old URL is refused; a fresh one leads to the new node.
+    let i = (0..200)
+        .find(|i| movers.contains(&format!("c{i}")))
+        .unwrap();
+    let (status, body) = Ws::refused(&stale[i]).await?;
+    assert_eq!(status, 421, "{body}");
+    wait_for("imclient sees the fourth node", WAIT, || async {
+        (im.live_nodes().len() == 4).then_some(())
+    })
+    .await?;
+    let url = im.prev_connect_server(&format!("c{i}"), json!(null))?;
+    assert!(url.starts_with(&ids[3]), "{url}");
+    Ws::connect(&url).await?;
+    drop(nodes);
+    Ok(())
+}
