@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::rooms::{ROOMS, RoomMessage, Rooms};
+use crate::sends::{MAX_KEY_CHARS, Sends};
 use crate::users::{User, Users, clean_name};
 
 /// The session cookie.
@@ -27,6 +28,8 @@ pub struct AppState {
     pub users: Arc<Users>,
     /// Rooms and their history.
     pub rooms: Arc<Rooms>,
+    /// Recent sends by retry key.
+    pub sends: Arc<Sends>,
 }
 
 /// Registers the API routes.
@@ -120,6 +123,17 @@ fn text_of(text: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The optional `retry_key` of a send: a page that sends again with the same key (it never got
+/// the answer) gets the first send's id instead of sending a second message.
+fn retry_key_of(key: Option<&str>) -> Result<Option<&str>, ApiError> {
+    match key {
+        Some(k) if k.is_empty() || k.chars().count() > MAX_KEY_CHARS => Err(ApiError::BadRequest(
+            format!("retry_key must be 1 to {MAX_KEY_CHARS} characters"),
+        )),
+        k => Ok(k),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 struct SignIn {
     name: String,
@@ -176,6 +190,8 @@ async fn online(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
 struct Private {
     to: String,
     text: String,
+    #[serde(default)]
+    retry_key: Option<String>,
 }
 
 async fn send_private(
@@ -189,12 +205,19 @@ async fn send_private(
         .users
         .by_id(&body.to)
         .ok_or_else(|| ApiError::NotFound(format!("no user {:?}", body.to)))?;
+    let key = retry_key_of(body.retry_key.as_deref())?;
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "to": to.id });
-    let report = state
-        .im
-        .send_message(&user.id, [&to.id], &payload, true)
+    let id = state
+        .sends
+        .once(&user.id, key, || async {
+            let report = state
+                .im
+                .send_message(&user.id, [&to.id], &payload, true)
+                .await?;
+            Ok::<_, ApiError>(report.message_id)
+        })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "id": report.message_id })))
+    Ok(HttpResponse::Ok().json(json!({ "id": id })))
 }
 
 async fn rooms(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
@@ -236,6 +259,8 @@ async fn room_history(
 #[derive(Debug, Deserialize)]
 struct RoomText {
     text: String,
+    #[serde(default)]
+    retry_key: Option<String>,
 }
 
 async fn send_room(
@@ -258,18 +283,25 @@ async fn send_room(
             "join {room} before writing to it"
         )));
     }
+    let key = retry_key_of(body.retry_key.as_deref())?;
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "room": room });
-    let report = state
-        .im
-        .send_chan_message(&user.id, room, &payload, false)
+    let id = state
+        .sends
+        .once(&user.id, key, || async {
+            let report = state
+                .im
+                .send_chan_message(&user.id, room, &payload, false)
+                .await?;
+            let message = RoomMessage {
+                id: report.message_id.clone(),
+                from: user.id.clone(),
+                from_name: user.name.clone(),
+                text: text.clone(),
+                ts: imclient::now_ms(),
+            };
+            state.rooms.record(room, message);
+            Ok::<_, ApiError>(report.message_id)
+        })
         .await?;
-    let message = RoomMessage {
-        id: report.message_id.clone(),
-        from: user.id,
-        from_name: user.name,
-        text,
-        ts: imclient::now_ms(),
-    };
-    state.rooms.record(room, message);
-    Ok(HttpResponse::Ok().json(json!({ "id": report.message_id })))
+    Ok(HttpResponse::Ok().json(json!({ "id": id })))
 }

@@ -6,6 +6,7 @@
 mod api;
 mod presence_feed;
 mod rooms;
+mod sends;
 mod users;
 
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         im: im.clone(),
         users: Arc::default(),
         rooms: Arc::default(),
+        sends: Arc::default(),
     };
     let consumer = format!("demo-web-{}", config.listen);
     tokio::spawn(presence_feed::run(im, state.users.clone(), consumer));

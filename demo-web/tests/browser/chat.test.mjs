@@ -2,113 +2,23 @@
 // users, against redis-server, two imserver nodes and demo-web, all started here on free ports.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, openSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { WAIT, artifacts, launchBrowser, messageText, signIn as signInPage, startNode, startStack, stop, stopAll } from './stack.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-const binDir = process.env.IM_BIN_DIR || path.join(root, 'target/debug');
-const artifacts = process.env.IM_ARTIFACTS || path.join(root, 'target/browser-artifacts');
-const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
-const SECRET = 'browser-test-secret-0123456789abcdef';
-const WAIT = 15000;
-
-mkdirSync(artifacts, { recursive: true });
-const children = new Set();
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitPort(port, deadline = WAIT) {
-  const end = Date.now() + deadline;
-  for (;;) {
-    const ok = await new Promise((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    if (Date.now() > end) throw new Error(`nothing listens on ${port}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function run(name, cmd, args, env = {}) {
-  const log = openSync(path.join(artifacts, `${name}.log`), 'a');
-  const child = spawn(cmd, args, { env: { ...process.env, RUST_LOG: 'info', ...env }, stdio: ['ignore', log, log] });
-  children.add(child);
-  child.on('exit', () => children.delete(child));
-  return child;
-}
-
-function stop(child, signal = 'SIGTERM') {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', resolve);
-    child.kill(signal);
-  });
-}
-
-const stack = { nodes: [] };
-
-async function startNode(port) {
-  const child = run(`imserver-${port}`, path.join(binDir, 'imserver'), [
-    '--listen', `127.0.0.1:${port}`, '--redis-url', stack.redisUrl, '--heartbeat-interval-ms', '5000', '--heartbeat-timeout-ms', '15000',
-  ], { IM_TOKEN_SECRET: SECRET });
-  await waitPort(port);
-  return { port, id: `ws://127.0.0.1:${port}`, child };
-}
-
+let stack;
 let browser;
 
 before(async () => {
-  const redisPort = await freePort();
-  run('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', artifacts]);
-  await waitPort(redisPort);
-  stack.redisUrl = `redis://127.0.0.1:${redisPort}`;
-  for (let i = 0; i < 2; i++) stack.nodes.push(await startNode(await freePort()));
-  stack.webPort = await freePort();
-  run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
-    IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
-  });
-  await waitPort(stack.webPort);
-  stack.web = `http://127.0.0.1:${stack.webPort}`;
-  browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
-  });
+  stack = await startStack({ nodes: 2 });
+  browser = await launchBrowser();
 });
 
 after(async () => {
   if (browser) await browser.close();
-  await Promise.all([...children].map((c) => stop(c, 'SIGKILL')));
+  await stopAll();
 });
 
-async function signIn(name, viewport, query = '') {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => console.error(`[${name}] page error: ${e.message}`));
-  await page.goto(stack.web + '/' + query);
-  await page.fill('#signin-name', name);
-  await page.click('#signin-btn');
-  await page.locator('#state[data-state="connected"]').waitFor({ timeout: WAIT });
-  const me = await page.evaluate(() => fetch('/api/me').then((r) => r.json()));
-  return { page, me };
-}
-
-const messageText = (page, text) => page.locator('#messages li .text', { hasText: text });
+const signIn = (name, viewport, query = '') => signInPage(browser, stack, name, viewport, query);
 
 test('two people chat through the whole stack', async (t) => {
   const ann = await signIn('Ann', { width: 1100, height: 760 });
@@ -182,7 +92,7 @@ test('two people chat through the whole stack', async (t) => {
     });
     await stop(stack.nodes[i].child, 'SIGTERM');
     await ben.page.locator('#state:not([data-state="connected"])').waitFor({ timeout: WAIT });
-    stack.nodes[i] = await startNode(stack.nodes[i].port);
+    await startNode(stack, stack.nodes[i]);
     await ben.page.locator('#state[data-state="connected"]').waitFor({ timeout: WAIT });
     assert.ok(states.includes('reconnecting'), `went through reconnecting: ${states.join(' > ')}`);
 

@@ -1,0 +1,152 @@
+//! Sends the page may retry. A page whose send got no answer (the network dropped) cannot tell
+//! whether the message went out, so it sends again with the same `retry_key`; a key seen before
+//! gets the first send's message id back instead of sending a second message. Keys are per
+//! user; the last [`KEPT`] are remembered.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+/// Keys remembered, all users together.
+pub const KEPT: usize = 10_000;
+/// Longest key, in characters.
+pub const MAX_KEY_CHARS: usize = 64;
+
+type Key = (String, String);
+
+/// Recent sends by (user, retry key).
+#[derive(Debug, Default)]
+pub struct Sends {
+    /// std Mutex: never held across an await (the cells are awaited outside it).
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ids: HashMap<Key, Arc<OnceCell<String>>>,
+    order: VecDeque<Key>,
+}
+
+impl Sends {
+    /// Runs `send` (which returns the message id) at most once per `(user, key)` that
+    /// succeeds: a repeat gets the first id, a repeat arriving while the first is under way
+    /// waits for it, and a failed send may be tried again. Without a key, just sends.
+    pub async fn once<E, F, Fut>(&self, user: &str, key: Option<&str>, send: F) -> Result<String, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, E>>,
+    {
+        let Some(key) = key else {
+            return send().await;
+        };
+        let cell = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let k = (user.to_owned(), key.to_owned());
+            match inner.ids.get(&k) {
+                Some(cell) => cell.clone(),
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    inner.ids.insert(k.clone(), cell.clone());
+                    inner.order.push_back(k);
+                    while inner.order.len() > KEPT {
+                        if let Some(old) = inner.order.pop_front() {
+                            inner.ids.remove(&old);
+                        }
+                    }
+                    cell
+                }
+            }
+        };
+        cell.get_or_try_init(send).await.cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_sends_once_per_user_and_a_failure_may_be_retried() {
+        let sends = Sends::default();
+        let calls = AtomicUsize::new(0);
+        let send = |ok: bool| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if ok {
+                    Ok(format!("id{n}"))
+                } else {
+                    Err("down")
+                }
+            }
+        };
+        assert_eq!(
+            sends.once("ann", Some("k1"), || send(false)).await,
+            Err("down")
+        );
+        assert_eq!(
+            sends.once("ann", Some("k1"), || send(true)).await,
+            Ok("id1".to_owned())
+        );
+        assert_eq!(
+            sends.once("ann", Some("k1"), || send(true)).await,
+            Ok("id1".to_owned())
+        );
+        assert_eq!(
+            sends.once("ben", Some("k1"), || send(true)).await,
+            Ok("id2".to_owned())
+        );
+        assert_eq!(
+            sends.once("ann", None, || send(true)).await,
+            Ok("id3".to_owned())
+        );
+        assert_eq!(
+            sends.once("ann", None, || send(true)).await,
+            Ok("id4".to_owned())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_repeat_during_the_first_send_waits_for_its_id() {
+        let sends = Sends::default();
+        let calls = AtomicUsize::new(0);
+        let slow = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            Ok::<_, ()>("first".to_owned())
+        };
+        let (a, b) = tokio::join!(
+            sends.once("ann", Some("k"), slow),
+            sends.once("ann", Some("k"), slow)
+        );
+        assert_eq!((a, b), (Ok("first".to_owned()), Ok("first".to_owned())));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn old_keys_are_forgotten() {
+        let sends = Sends::default();
+        for i in 0..=KEPT {
+            let key = format!("k{i}");
+            let _ = sends
+                .once("ann", Some(&key), || async { Ok::<_, ()>(key.clone()) })
+                .await;
+        }
+        let kept = sends
+            .once("ann", Some("k1"), || async {
+                Ok::<_, ()>("new".to_owned())
+            })
+            .await;
+        assert_eq!(kept, Ok("k1".to_owned()));
+        let again = sends
+            .once("ann", Some("k0"), || async {
+                Ok::<_, ()>("new".to_owned())
+            })
+            .await;
+        assert_eq!(again, Ok("new".to_owned()));
+    }
+}
