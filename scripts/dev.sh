@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole demo locally: a private redis-server on a free port (unless IM_REDIS_URL is
 # set), two imserver nodes and demo-web. Prints the URL to open; Ctrl-C stops everything.
+# From another terminal, `scripts/dev-node.sh stop|start|restart PORT` stops or starts one node
+# (its settings are kept in .run/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -15,7 +17,12 @@ mkdir -p "$run"
 pids=()
 cleanup() {
   trap - EXIT INT TERM
-  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
+  [ ${#pids[@]} -gt 0 ] && { kill "${pids[@]}" 2>/dev/null || true; }
+  # Nodes restarted with dev-node.sh are not our children: their pid files name them.
+  for f in "$run"/imserver-*.pid; do
+    [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }
+    rm -f "$f"
+  done
   wait 2>/dev/null
 }
 trap cleanup EXIT INT TERM
@@ -45,13 +52,19 @@ export IM_TOKEN_SECRET="${IM_TOKEN_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr 
 p1=$(pick_port 6001)
 p2=$(pick_port 6002)
 [ "$p2" = "$p1" ] && p2=$(free_port)
-nodes="ws://127.0.0.1:$p1,ws://127.0.0.1:$p2"
+# Nodes and demo-web read the same list: nodes follow the live set (a node that comes back
+# gets its clients back), demo-web sends each client to its live home node.
+export IM_NODES="ws://127.0.0.1:$p1,ws://127.0.0.1:$p2"
+nodes="$IM_NODES"
+printf 'export IM_REDIS_URL=%q IM_TOKEN_SECRET=%q IM_NODES=%q\n' \
+  "$IM_REDIS_URL" "$IM_TOKEN_SECRET" "$IM_NODES" >"$run/env"
 for p in "$p1" "$p2"; do
   "$bin/imserver" --listen "127.0.0.1:$p" >"$run/imserver-$p.log" 2>&1 &
   pids+=($!)
+  echo $! >"$run/imserver-$p.pid"
 done
 web=$(pick_port 5000)
-IM_NODES="$nodes" "$bin/demo-web" --listen "127.0.0.1:$web" >"$run/demo-web.log" 2>&1 &
+"$bin/demo-web" --listen "127.0.0.1:$web" >"$run/demo-web.log" 2>&1 &
 pids+=($!)
 for p in "$p1" "$p2" "$web"; do wait_http "$p"; done
 
@@ -62,5 +75,7 @@ cat <<EOT
   Demo:      http://127.0.0.1:$web   <- open this in two browser windows
 
   Logs in $run/. Ctrl-C stops everything.
+  Stop one node:     scripts/dev-node.sh stop $p1      (its users move to the other node)
+  Start it again:    scripts/dev-node.sh start $p1     (its users move back; a page that missed something reloads it)
 EOT
 wait
