@@ -13,6 +13,10 @@ mkdir -p "$out"
 results="$out/recovery.jsonl"
 : >"$results"
 cargo build --quiet --release -p imserver -p imbench
+# Copies, so that editing and rebuilding during the set does not change what is measured.
+bins="$out/recovery-bin"
+mkdir -p "$bins"
+cp target/release/imserver target/release/imbench "$bins/"
 
 # name | variant | node arguments | imbench arguments. 540 channel messages fill every buffer.
 channel="--workload channel --clients 10000 --rate 20 --duration 10"
@@ -32,10 +36,10 @@ for i in $(seq 1 "$runs"); do
   for entry in "${set_[@]}"; do
     IFS='|' read -r name variant node_args args <<<"$entry"
     echo "== $name / $variant run $i/$runs ($((SECONDS - started)) s)" >&2
-    bin=target/release/imserver
+    bin="$bins/imserver"
     if [ "$node_args" = BASELINE ]; then bin="$BASELINE"; node_args=""; fi
     # shellcheck disable=SC2086
-    if line=$(IMSERVER="$bin" NODE_ARGS="$node_args" NODES=2 timeout -k 10 240 \
+    if line=$(IMSERVER="$bin" IMBENCH="$bins/imbench" NODE_ARGS="$node_args" NODES=2 timeout -k 10 240 \
       scripts/bench-run.sh $args 2>"$out/stderr.log"); then
       python3 -c 'import json,sys; print(json.dumps({"name":sys.argv[1],"variant":sys.argv[2],"report":json.loads(sys.argv[3])}))' \
         "$name" "$variant" "$line" >>"$results"

@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis_server
-cargo build --quiet --release -p imserver -p imbench
+# Given both binaries, build nothing: a run must not depend on the state of the work tree.
+if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
+  cargo build --quiet --release -p imserver -p imbench
+fi
 run=$(mktemp -d)
 pids=()
 cleanup() { [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$run"; }

@@ -3,7 +3,7 @@
 
 use crate::client::{ImClient, ImClientOptions};
 use crate::error::Result;
-use crate::token::resolve_secret;
+use crate::token::{KeyAlgorithm, TokenError, TokenIssuer, resolve_secret};
 
 /// Flags to flatten into a backend's own clap config.
 ///
@@ -39,17 +39,43 @@ pub struct ImClientArgs {
     /// Prefix of every Redis name, as the nodes use.
     #[arg(long, env = "IM_KEY_PREFIX", default_value = "im")]
     pub key_prefix: String,
+    /// A PEM private key (Ed25519 or RSA) to sign tokens with instead of the secret; the
+    /// nodes hold its public half (`imserver --token-key`).
+    #[arg(long, env = "IM_TOKEN_PRIVATE_KEY")]
+    pub token_private_key: Option<std::path::PathBuf>,
+    /// The key id put in tokens signed with --token-private-key, for rotation.
+    #[arg(long, env = "IM_TOKEN_KEY_ID")]
+    pub token_key_id: Option<String>,
 }
 
 impl ImClientArgs {
     /// The options these flags describe. Refuses a missing secret, or the dev secret, outside
     /// dev mode.
     pub fn options(&self) -> Result<ImClientOptions> {
-        let secret = resolve_secret(self.token_secret.as_deref(), self.dev)?;
-        Ok(
-            ImClientOptions::new(&self.redis_url, self.nodes.clone(), secret)
-                .key_prefix(&self.key_prefix),
-        )
+        let options = match &self.token_private_key {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    TokenError::BadKey(format!("cannot read {}: {e}", path.display()))
+                })?;
+                let alg = if String::from_utf8_lossy(&pem).contains("RSA")
+                    || TokenIssuer::from_pem(KeyAlgorithm::EdDsa, &pem).is_err()
+                {
+                    KeyAlgorithm::Rs256
+                } else {
+                    KeyAlgorithm::EdDsa
+                };
+                let mut issuer = TokenIssuer::from_pem(alg, &pem)?;
+                if let Some(kid) = &self.token_key_id {
+                    issuer = issuer.with_key_id(kid);
+                }
+                ImClientOptions::new(&self.redis_url, self.nodes.clone(), "").signing_key(issuer)
+            }
+            None => {
+                let secret = resolve_secret(self.token_secret.as_deref(), self.dev)?;
+                ImClientOptions::new(&self.redis_url, self.nodes.clone(), secret)
+            }
+        };
+        Ok(options.key_prefix(&self.key_prefix))
     }
 
     /// Builds the client.

@@ -77,6 +77,9 @@ pub struct ImClientOptions {
     /// Longest a join of an online client waits for its home node to say the channel reaches
     /// it. Default [`DEFAULT_JOIN_ACK_TIMEOUT`].
     pub join_ack_timeout: Duration,
+    /// Signs tokens instead of the shared secret, e.g. with a private key whose public half
+    /// the nodes hold. Default: HS256 with `token_secret`.
+    pub signing_key: Option<TokenIssuer>,
 }
 
 impl std::fmt::Debug for ImClientOptions {
@@ -107,7 +110,23 @@ impl ImClientOptions {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             join_ack_timeout: DEFAULT_JOIN_ACK_TIMEOUT,
+            signing_key: None,
         }
+    }
+
+    /// Signs connect tokens with `issuer` (e.g. an EdDSA private key, named by a key id for
+    /// rotation) instead of the shared secret, which may then be empty.
+    ///
+    /// ```
+    /// use imclient::{ImClientOptions, token::{KeyAlgorithm, TokenIssuer}};
+    /// let pem = b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIP3VnQ85jmIYsXuJhUbPUbjhvYO3tGAT115nMZE9clqf\n-----END PRIVATE KEY-----\n";
+    /// let key = TokenIssuer::from_pem(KeyAlgorithm::EdDsa, pem).unwrap().with_key_id("2026-11");
+    /// let opts = ImClientOptions::new("redis://127.0.0.1", ["ws://a:1"], "").signing_key(key);
+    /// assert!(imclient::ImClient::new(opts).is_ok());
+    /// ```
+    pub fn signing_key(mut self, issuer: TokenIssuer) -> Self {
+        self.signing_key = Some(issuer);
+        self
     }
 
     /// Uses an existing deadpool-redis pool instead of the URL.
@@ -225,7 +244,10 @@ impl ImClient {
             .map(NodeId::new)
             .collect::<Result<Vec<_>>>()?;
         crate::keys::check_prefix(&options.key_prefix).map_err(Error::Options)?;
-        let issuer = TokenIssuer::new(&options.token_secret)?;
+        let issuer = match options.signing_key {
+            Some(issuer) => issuer,
+            None => TokenIssuer::new(&options.token_secret)?,
+        };
         let (pool, pubsub) = match options.redis {
             RedisSource::Pool(pool) => (pool, None),
             RedisSource::Url(url) => (

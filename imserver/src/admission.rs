@@ -24,10 +24,10 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Admission for `node`, checking signatures with `secret`.
-    pub fn new(secret: &[u8], node: NodeId) -> Result<Self, TokenError> {
+    /// Admission for `node`, checking signatures with `verifier`.
+    pub fn new(verifier: TokenVerifier, node: NodeId) -> Result<Self, TokenError> {
         Ok(Self {
-            verifier: TokenVerifier::new(secret)?,
+            verifier,
             node,
             started_secs: unix_secs(SystemTime::now()),
             used: (0..SHARDS)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use imclient::token::DEV_SECRET;
+use imclient::token::{TokenVerifier, resolve_secret};
 
 /// Configuration of one imserver node.
 #[derive(Debug, Clone, Parser)]
@@ -36,9 +37,21 @@ pub struct Config {
     pub redis_url: String,
 
     /// Secret shared with imclient to check connect tokens (at least 16 bytes). Required
-    /// unless --dev.
+    /// unless --dev or --token-key.
     #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+
+    /// A second HS256 secret accepted while rotating the shared secret: backends move to the
+    /// new --token-secret, then this one is removed.
+    #[arg(long, env = "IM_TOKEN_SECRET_PREVIOUS", hide_env_values = true)]
+    pub token_secret_previous: Option<String>,
+
+    /// A public key tokens may be signed with, as KEY_ID=PATH to a PEM Ed25519 (EdDSA) or RSA
+    /// (RS256) public key; repeat the flag (or comma-separate IM_TOKEN_KEYS) to accept several
+    /// during a rotation. With keys, the node needs no secret: backends sign with the private
+    /// halves, which the nodes never hold.
+    #[arg(long = "token-key", env = "IM_TOKEN_KEYS", value_delimiter = ',')]
+    pub token_keys: Vec<String>,
 
     /// Dev mode: allows the built-in secret. Never in production. Listens on loopback only,
     /// unless --dev-public says otherwise.
@@ -73,6 +86,15 @@ pub struct Config {
     /// Open connections allowed on this node.
     #[arg(long, env = "IM_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+
+    /// Connections one IP address may hold open on this node; 0: no limit (the default, as
+    /// many users can share an address behind a NAT).
+    #[arg(long, env = "IM_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Connection attempts one IP address may make per second; 0: no limit.
+    #[arg(long, env = "IM_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 0)]
+    pub max_connects_per_ip_per_sec: u32,
 
     /// Largest frame a client may send, in bytes (only small control frames are allowed).
     #[arg(long, env = "IM_MAX_INBOUND_FRAME_BYTES", default_value_t = 1024)]
@@ -156,6 +178,9 @@ pub enum ConfigError {
     /// A key prefix that could collide with another app's.
     #[error("--key-prefix: {0}")]
     KeyPrefix(String),
+    /// A token key that cannot be used.
+    #[error("--token-key: {0}")]
+    TokenKey(String),
     /// A node list that cannot be used.
     #[error("--nodes: {0}")]
     Nodes(String),
@@ -183,9 +208,9 @@ pub enum ConfigError {
 pub const RESERVED_FILES: u64 = 128;
 
 impl Config {
-    /// Checks the settings and returns the token secret to use.
-    pub fn validate(&self) -> Result<Vec<u8>, ConfigError> {
-        let secret = imclient::token::resolve_secret(self.token_secret.as_deref(), self.dev)?;
+    /// Checks the settings and returns the token verifier they describe.
+    pub fn validate(&self) -> Result<TokenVerifier, ConfigError> {
+        let verifier = self.verifier()?;
         if self.heartbeat_interval_ms == 0
             || self.heartbeat_timeout_ms < 2 * self.heartbeat_interval_ms
         {
@@ -214,7 +239,30 @@ impl Config {
         if self.lease_ms < 300 {
             return Err(ConfigError::Zero("lease-ms (at least 300)"));
         }
-        Ok(secret.into_bytes())
+        Ok(verifier)
+    }
+
+    /// The keys tokens are checked with: the public keys of --token-key, the secret (required
+    /// when there are no keys, unless --dev) and the previous secret.
+    fn verifier(&self) -> Result<TokenVerifier, ConfigError> {
+        let mut verifier = TokenVerifier::empty();
+        for entry in &self.token_keys {
+            let (kid, path) = entry
+                .split_once('=')
+                .filter(|(kid, path)| !kid.is_empty() && !path.is_empty())
+                .ok_or_else(|| ConfigError::TokenKey(format!("{entry:?} is not KEY_ID=PATH")))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| ConfigError::TokenKey(format!("cannot read {path}: {e}")))?;
+            verifier = verifier.with_public_pem(Some(kid), &pem)?;
+        }
+        if verifier.key_count() == 0 || self.token_secret.is_some() || self.dev {
+            let secret = resolve_secret(self.token_secret.as_deref(), self.dev)?;
+            verifier = verifier.with_secret(None, secret.as_bytes())?;
+        }
+        if let Some(previous) = &self.token_secret_previous {
+            verifier = verifier.with_secret(None, previous.as_bytes())?;
+        }
+        Ok(verifier)
     }
 
     /// Fits `--max-connections` under the open-file limit, so that a full node answers

@@ -3,6 +3,8 @@
 //! its two 8 KiB buffers) behind and its session owns the TCP stream. Refusals are answered
 //! here with the same JSON bodies as any other refusal, then the socket is closed.
 
+use std::net::IpAddr;
+
 use actix_codec::Framed;
 use actix_http::{HttpMessage as _, Request, h1, ws};
 use bytes::BytesMut;
@@ -11,6 +13,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 use crate::hub::{Refusal, WelcomeInfo};
+use crate::ip_limit::{IpRefusal, IpSlot};
 use crate::node::Node;
 use crate::session;
 
@@ -79,7 +82,8 @@ async fn serve(
     // Bytes the client sent after its request (frames it pipelined behind the handshake).
     let early: BytesMut = parts.read_buf;
     drop(parts.write_buf);
-    match admit(&node, &req) {
+    let peer = io.peer_addr().map(|a| a.ip()).ok();
+    match admit(&node, &req, peer) {
         Err(refused) => {
             refused.record(&node);
             let body = refused.body();
@@ -97,7 +101,7 @@ async fn serve(
             io.write_all(response.as_bytes()).await?;
             io.shutdown().await
         }
-        Ok((accept, client, reg)) => {
+        Ok((accept, client, reg, ip_slot)) => {
             drop(req);
             // Frames are small and written as they come: Nagle would hold each behind the
             // previous one's ACK.
@@ -113,19 +117,15 @@ async fn serve(
             // The session runs as a task of its own and this handshake task ends: it is sized
             // for the whole HTTP dispatcher (about 2.4 KiB), and would stay that big for as
             // long as the connection lives.
-            actix_rt::spawn(session::run(node, client, io, early, reg));
+            actix_rt::spawn(session::run(node, client, io, early, reg, ip_slot));
             Ok(())
         }
     }
 }
 
-/// Checks the request and registers the connection: the `Sec-WebSocket-Accept` value, the
-/// client and its registration, or why not. The handshake is checked before the token, as it
-/// has no side effects while admitting burns the token.
-fn admit(
-    node: &Node,
-    req: &Request,
-) -> Result<(String, imclient::ClientId, crate::hub::Registration), Refused> {
+/// Checks the request and registers the connection, or says why not. The handshake, the
+/// origin and the address's limits are checked before the token, as admitting burns it.
+fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, Refused> {
     if req.path() != "/ws" {
         return Err(Refused::new(
             404,
@@ -168,6 +168,19 @@ fn admit(
         .map(|key| ws::hash_key(key.as_bytes()))
         .and_then(|accept| String::from_utf8(accept.to_vec()).ok())
         .ok_or_else(|| not_websocket("bad Sec-WebSocket-Key"))?;
+    let ip_slot = match peer.map(|ip| node.ip_limits().admit(ip)) {
+        Some(Err(e @ IpRefusal::Rate(_))) => {
+            return Err(Refused {
+                header: Some(("retry-after", "1")),
+                ..Refused::new(429, "ip_rate_limit", e.to_string())
+            });
+        }
+        Some(Err(e @ IpRefusal::Connections(_))) => {
+            return Err(Refused::new(429, "ip_connection_limit", e.to_string()));
+        }
+        Some(Ok(slot)) => slot,
+        None => None,
+    };
     let query = ConnectQuery::parse(req.uri().query().unwrap_or_default());
     let claims = node
         .admission()
@@ -201,8 +214,17 @@ fn admit(
             Refusal::ClientLimit(_) => Refused::new(429, "client_connection_limit", r.to_string()),
             Refusal::NodeLimit(_) => Refused::new(503, "node_full", r.to_string()),
         })?;
-    Ok((accept, claims.sub, reg))
+    Ok((accept, claims.sub, reg, ip_slot))
 }
+
+/// An admitted connection: the `Sec-WebSocket-Accept` value, the client, its registration and
+/// the slot it holds of its address's limit.
+type Admitted = (
+    String,
+    imclient::ClientId,
+    crate::hub::Registration,
+    Option<IpSlot>,
+);
 
 /// The connect URL's query: the token, and where the client asks to resume from.
 #[derive(Debug, Default, serde::Deserialize)]

@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 pub mod handshake;
 pub mod hub;
+pub mod ip_limit;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use imclient::NodeId;
 use imclient::keys::Keys;
+use imclient::token::TokenVerifier;
 
 use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
 use crate::hub::{Hub, HubLimits, HubWork};
+use crate::ip_limit::IpLimits;
 use crate::metrics::Metrics;
 use crate::nodeset::NodeSet;
 
@@ -44,6 +46,8 @@ struct Shared {
     allowed_origins: Vec<String>,
     /// The configured nodes and which are live.
     nodes: NodeSet,
+    /// Per source address limits.
+    ip_limits: Arc<IpLimits>,
     /// True while the Redis subscriber is connected and subscribed.
     redis_up: AtomicBool,
     /// True once shutdown began: new sockets are refused.
@@ -55,8 +59,9 @@ struct Shared {
 pub struct Node(Arc<Shared>);
 
 impl Node {
-    /// Builds the node for `config`, known to the cluster as `id`, checking tokens with `secret`.
-    pub fn new(config: &Config, id: NodeId, secret: &[u8]) -> crate::Result<Self> {
+    /// Builds the node for `config`, known to the cluster as `id`, checking tokens with
+    /// `verifier`.
+    pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
         let epoch = uuid::Uuid::new_v4().simple().to_string();
@@ -84,7 +89,7 @@ impl Node {
             work.clone(),
         );
         Ok(Self(Arc::new(Shared {
-            admission: Admission::new(secret, id.clone())?,
+            admission: Admission::new(verifier, id.clone())?,
             id,
             epoch,
             keys: Keys::new(config.key_prefix.clone()),
@@ -106,6 +111,10 @@ impl Node {
                 .filter(|o| !o.is_empty())
                 .collect(),
             nodes: NodeSet::new(configured),
+            ip_limits: Arc::new(IpLimits::new(
+                config.max_connections_per_ip,
+                config.max_connects_per_ip_per_sec,
+            )),
             redis_up: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         })))
@@ -159,6 +168,11 @@ impl Node {
     /// Event stream cap.
     pub fn events_maxlen(&self) -> u64 {
         self.0.events_maxlen
+    }
+
+    /// Per source address limits.
+    pub fn ip_limits(&self) -> &Arc<IpLimits> {
+        &self.0.ip_limits
     }
 
     /// The live node set.

@@ -36,9 +36,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let secret = config.validate()?;
+    let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
-    let node = Node::new(&config, id, &secret)?;
+    let node = Node::new(&config, id, verifier)?;
     let redis_client = redis::Client::open(config.redis_url.as_str())?;
     let pool = PoolConfig::from_url(config.redis_url.clone()).create_pool(Some(Runtime::Tokio1))?;
     let (stop_tx, stop_rx) = watch::channel(false);

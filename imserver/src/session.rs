@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tracing::Instrument as _;
 
 use crate::hub::Registration;
+use crate::ip_limit::IpSlot;
 use crate::node::Node;
 use crate::outbox::{self, Frame, Outbox};
 
@@ -44,19 +45,22 @@ enum Exit {
 }
 
 /// Runs the connection until it closes, in a span with the node, client and connection ids.
-/// `early` holds bytes the client sent right behind its handshake.
+/// `early` holds bytes the client sent right behind its handshake; `ip_slot` counts the
+/// connection against its address's limit until it ends.
 pub async fn run(
     node: Node,
     client: ClientId,
     stream: TcpStream,
     early: BytesMut,
     reg: Registration,
+    ip_slot: Option<IpSlot>,
 ) {
     let span =
         tracing::debug_span!("session", node = %node.id(), client = %client, conn = reg.id.0);
     serve(node, client, stream, early, reg)
         .instrument(span)
         .await;
+    drop(ip_slot);
 }
 
 async fn serve(

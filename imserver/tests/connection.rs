@@ -413,6 +413,116 @@ async fn bad_requests_do_not_fill_the_log() -> Result<()> {
 }
 
 #[tokio::test]
+async fn connections_per_ip_address_are_limited() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default().arg("--max-connections-per-ip", 3)).await?;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(c.connect(&format!("ip{i}")).await?);
+    }
+    let url = c.im.prev_connect_server("ip3", json!(null))?;
+    assert_refused(&url, 429, "ip_connection_limit").await?;
+    drop(open.pop());
+    // The slot frees once the node has seen the connection end; the token was not burnt.
+    wait_for("a free slot", WAIT, || async {
+        Ws::connect(&url).await.ok()
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn connection_attempts_per_ip_address_are_limited_per_second() -> Result<()> {
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg("--max-connects-per-ip-per-sec", 5),
+    )
+    .await?;
+    let mut refused = None;
+    let mut open = Vec::new();
+    // Well within a second on any machine: the sixth attempt of the second is refused.
+    for i in 0..20 {
+        let url = c.im.prev_connect_server(&format!("r{i}"), json!(null))?;
+        match tokio_tungstenite::connect_async(&url).await {
+            Ok((ws, _)) => open.push(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                refused = Some((url, resp));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (url, resp) = refused.expect("an attempt over the rate is refused");
+    assert!(open.len() >= 5, "{} attempts went through", open.len());
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value =
+        serde_json::from_slice(resp.body().as_deref().unwrap_or_default())?;
+    assert_eq!(body["error"], "ip_rate_limit");
+    // A second later the same URL works: the refused attempt did not burn its token.
+    wait_for("the next second", WAIT, || async {
+        Ws::connect(&url).await.ok()
+    })
+    .await?;
+    Ok(())
+}
+
+/// A node holding only public keys (k1, k2: a rotation's overlap) admits tokens signed with
+/// either private key, refuses one signed with a retired key (k0) or with the old shared
+/// secret, and the backend never shares a secret with it.
+#[tokio::test]
+async fn a_node_with_public_keys_only_admits_tokens_of_the_current_keys() -> Result<()> {
+    use imclient::token::{KeyAlgorithm, TokenIssuer};
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../imclient/tests/keys");
+    let key = |name: &str| keys.join(name).to_string_lossy().into_owned();
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            without_secret: true,
+            ..NodeOpts::default()
+        }
+        .arg("--token-key", format!("k1={}", key("ed1.pub.pem")))
+        .arg("--token-key", format!("k2={}", key("rsa1.pub.pem"))),
+    )
+    .await?;
+    let node = c.nodes[0].id.clone();
+    let backend = |private: &str, alg, kid: &str| -> Result<imclient::ImClient> {
+        let issuer = TokenIssuer::from_pem(alg, &std::fs::read(key(private))?)?.with_key_id(kid);
+        Ok(imclient::ImClient::new(
+            imclient::ImClientOptions::new(c.redis.url(), [node.as_str()], "")
+                .key_prefix(fixture::PREFIX)
+                .signing_key(issuer),
+        )?)
+    };
+    let ed = backend("ed1.pem", KeyAlgorithm::EdDsa, "k1")?;
+    let rsa = backend("rsa1.pem", KeyAlgorithm::Rs256, "k2")?;
+    let retired = backend("ed3.pem", KeyAlgorithm::EdDsa, "k0")?;
+    let mut ws = Ws::connect(&ed.prev_connect_server("ed-user", json!(null))?).await?;
+    Ws::connect(&rsa.prev_connect_server("rsa-user", json!(null))?).await?;
+    assert_refused(
+        &retired.prev_connect_server("old-user", json!(null))?,
+        401,
+        "token_unknown_key",
+    )
+    .await?;
+    assert_refused(
+        &c.im.prev_connect_server("secret-user", json!(null))?,
+        401,
+        "token_bad_signature",
+    )
+    .await?;
+    // The node works as usual for a client admitted by public key.
+    ed.send_message("backend", ["ed-user"], &"signed by k1", false)
+        .await?;
+    assert_eq!(ws.next_message().await?.payload, json!("signed by k1"));
+    Ok(())
+}
+
+#[tokio::test]
 async fn heartbeat_closes_a_silent_client_and_keeps_a_live_one() -> Result<()> {
     let opts = NodeOpts::default()
         .arg("--heartbeat-interval-ms", 100)

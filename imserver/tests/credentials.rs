@@ -1,0 +1,61 @@
+//! Redis with credentials: nodes and imclient work with a password (`requirepass`) and with an
+//! ACL user, from the credentials in the Redis URL: connect, private and channel messages,
+//! presence and events, on every connection each side opens (pool, subscriber, watchers).
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
+mod fixture;
+
+use anyhow::Result;
+use fixture::{Cluster, NodeOpts, Redis, WAIT, wait_for};
+use imclient::{EventKind, EventsFrom};
+use serde_json::json;
+
+async fn the_core_works(redis: Redis) -> Result<()> {
+    let c = Cluster::start_on(redis, 2, NodeOpts::default()).await?;
+    let mut events = c.im.events(EventsFrom::Beginning).await?;
+    let (a, b) = (c.client_on(0, "a"), c.client_on(1, "b"));
+    c.im.join_chan_many([&a, &b], "room").await?;
+    let mut wa = c.connect(&a).await?;
+    let mut wb = c.connect(&b).await?;
+    c.im.send_message(&a, [&b], &"private", false).await?;
+    assert_eq!(wb.next_message().await?.payload, json!("private"));
+    c.im.send_chan_message(&b, "room", &"to the room", false)
+        .await?;
+    assert_eq!(wa.next_message().await?.payload, json!("to the room"));
+    assert_eq!(wb.next_message().await?.payload, json!("to the room"));
+    wait_for("both online", WAIT, || async {
+        (c.im.online_count().await.ok()? == 2).then_some(())
+    })
+    .await?;
+    let (_, first) = tokio::time::timeout(WAIT, events.next()).await??;
+    assert_eq!(first.kind, EventKind::Online);
+    c.im.refresh_nodes().await?;
+    assert_eq!(c.im.live_nodes().len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_a_password() -> Result<()> {
+    the_core_works(Redis::start_with_auth(None, "s3cret-pass")?).await
+}
+
+#[tokio::test]
+async fn with_an_acl_user() -> Result<()> {
+    the_core_works(Redis::start_with_auth(Some("imuser"), "acl-pass-123")?).await
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_error() -> Result<()> {
+    let redis = Redis::start_with_auth(None, "right")?;
+    let url = redis.url().replace(":right@", ":wrong@");
+    let im = imclient::ImClient::new(imclient::ImClientOptions::new(
+        url,
+        ["ws://127.0.0.1:1"],
+        fixture::SECRET,
+    ))?;
+    let err = im.send_message("a", ["b"], &"x", false).await.unwrap_err();
+    let text = err.to_string().to_lowercase();
+    assert!(text.contains("pass") || text.contains("auth"), "{err}");
+    Ok(())
+}
