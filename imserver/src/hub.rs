@@ -180,6 +180,13 @@ impl Drop for LiveSession {
     }
 }
 
+impl Hub {
+    /// Session tasks running, close frames included.
+    pub fn session_tasks(&self) -> u64 {
+        self.sessions.live.load(Relaxed)
+    }
+}
+
 /// Why a connection was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {

@@ -5,7 +5,7 @@
 //!
 //! `main` parses [`Config`], binds, and calls [`server::run`]; tests do the same on port 0.
 //! The parts: [`route`] (plain HTTP), [`handshake`] (the WebSocket upgrade), [`session`]
-//! (one connection's loop, on the socket it owns), [`hub`]
+//! (one connection's loop, on the socket it owns), [`inbound`] (what a client sends), [`hub`]
 //! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
 //! lease and events in Redis), [`recovery`] (what a client that comes back missed),
 //! [`admission`] (token checks), [`metrics`].
@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 pub mod handshake;
 pub mod hub;
+pub mod inbound;
 pub mod ip_limit;
 pub mod membership;
 pub mod metrics;

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub presence_errors: AtomicU64,
     /// Dead nodes whose presence this node purged.
     pub nodes_purged: AtomicU64,
+    /// Entries of this node's presence hash, as last written.
+    pub presence_entries: AtomicU64,
+    /// Session tasks running (a connection's task lives on until its close frame is out).
+    pub session_tasks: AtomicU64,
     /// Clients closed with 4003 because their home became another node.
     pub clients_moved: AtomicU64,
     /// Bytes held in recovery buffers.
@@ -200,6 +204,18 @@ impl Metrics {
             "gauge",
             "1 when the Redis subscriber is connected.",
             u64::from(redis_up),
+        );
+        metric(
+            "im_presence_entries",
+            "gauge",
+            "Entries of this node's presence hash in Redis, as last written.",
+            self.presence_entries.load(Relaxed),
+        );
+        metric(
+            "im_session_tasks",
+            "gauge",
+            "Session tasks running, close frames included.",
+            self.session_tasks.load(Relaxed),
         );
         metric(
             "im_clients_moved_total",

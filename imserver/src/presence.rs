@@ -252,6 +252,10 @@ impl Writer {
                     None => self.written.remove(&client),
                 };
             }
+            self.node
+                .metrics()
+                .presence_entries
+                .store(self.written.len() as u64, Relaxed);
         }
         Ok(())
     }

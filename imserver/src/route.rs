@@ -50,6 +50,10 @@ async fn healthz(node: web::Data<Node>) -> HttpResponse {
 }
 
 async fn metrics(node: web::Data<Node>) -> HttpResponse {
+    node.metrics().session_tasks.store(
+        node.hub().session_tasks(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(node.metrics().render(node.id().as_str(), node.redis_up()))
