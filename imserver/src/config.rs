@@ -21,7 +21,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// This node's address exactly as it appears in the node list given to imclient
-    /// (e.g. ws://127.0.0.1:6001). Default: ws://<listen address as bound>.
+    /// (e.g. ws://127.0.0.1:6001). Default: ws://<listen address as bound>, wss:// with TLS.
     #[arg(long, env = "IM_NODE")]
     pub node: Option<String>,
 
@@ -31,6 +31,15 @@ pub struct Config {
     /// its tokens name.
     #[arg(long, env = "IM_NODES", value_delimiter = ',')]
     pub nodes: Vec<String>,
+
+    /// PEM certificate chain: the node serves wss:// itself (and https:// for /healthz and
+    /// /metrics). Reloaded, with --tls-key, on SIGHUP without dropping connections.
+    #[arg(long, env = "IM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "IM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 
     /// Redis URL.
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]

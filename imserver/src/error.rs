@@ -20,6 +20,9 @@ pub enum Error {
     /// The Redis pool could not be built.
     #[error("cannot build the Redis pool: {0}")]
     Pool(#[from] deadpool_redis::CreatePoolError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Binding or serving HTTP failed.
     #[error("HTTP server error: {0}")]
     Io(#[from] std::io::Error),

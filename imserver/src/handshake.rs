@@ -9,13 +9,12 @@ use actix_codec::Framed;
 use actix_http::{HttpMessage as _, Request, h1, ws};
 use bytes::BytesMut;
 use imclient::contract::{SystemEvent, system_frame};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::TcpStream;
 
 use crate::hub::{Refusal, WelcomeInfo};
 use crate::ip_limit::{IpRefusal, IpSlot};
 use crate::node::Node;
 use crate::session;
+use crate::wire::Wire;
 
 /// Why a handshake was refused: HTTP status, machine-readable code, human-readable message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,10 +60,10 @@ pub fn not_websocket(reason: impl std::fmt::Display) -> Refused {
 
 /// Serves one upgrade request: refuse it, or answer 101 and run the session on the socket.
 /// Failures are the client's connection going away; they end only this connection.
-pub async fn upgrade(
+pub async fn upgrade<T: Into<Wire>>(
     node: Node,
     req: Request,
-    framed: Framed<TcpStream, h1::Codec>,
+    framed: Framed<T, h1::Codec>,
 ) -> Result<(), std::convert::Infallible> {
     if let Err(e) = serve(node, req, framed).await {
         tracing::debug!(error = %e, "handshake failed");
@@ -72,17 +71,17 @@ pub async fn upgrade(
     Ok(())
 }
 
-async fn serve(
+async fn serve<T: Into<Wire>>(
     node: Node,
     req: Request,
-    framed: Framed<TcpStream, h1::Codec>,
+    framed: Framed<T, h1::Codec>,
 ) -> std::io::Result<()> {
     let parts = framed.into_parts();
-    let mut io = parts.io;
+    let mut io: Wire = parts.io.into();
     // Bytes the client sent after its request (frames it pipelined behind the handshake).
     let early: BytesMut = parts.read_buf;
     drop(parts.write_buf);
-    let peer = io.peer_addr().map(|a| a.ip()).ok();
+    let peer = io.tcp().peer_addr().map(|a| a.ip()).ok();
     match admit(&node, &req, peer) {
         Err(refused) => {
             refused.record(&node);
@@ -98,18 +97,19 @@ async fn serve(
                 reason_phrase(refused.status),
                 body.len()
             );
-            io.write_all(response.as_bytes()).await?;
-            io.shutdown().await
+            io.write_raw(response.as_bytes()).await?;
+            io.shutdown_write().await;
+            Ok(())
         }
         Ok((accept, client, reg, ip_slot)) => {
             drop(req);
             // Frames are small and written as they come: Nagle would hold each behind the
             // previous one's ACK.
-            let _ = io.set_nodelay(true);
+            let _ = io.tcp().set_nodelay(true);
             let head = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
             );
-            if let Err(e) = io.write_all(head.as_bytes()).await {
+            if let Err(e) = io.write_raw(head.as_bytes()).await {
                 node.hub().unregister(&client, reg.id);
                 return Err(e);
             }

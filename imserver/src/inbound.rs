@@ -49,6 +49,14 @@ impl Inbound {
         }
     }
 
+    /// The buffer to read into, with room reserved for a read.
+    pub fn spare(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.reserve(READ_CHUNK);
+        }
+        &mut self.buf
+    }
+
     /// Reads what the socket has without waiting; the byte count, 0 at end of stream.
     pub fn fill(&mut self, stream: &TcpStream) -> io::Result<usize> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK {

@@ -29,6 +29,8 @@ pub mod recovery;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod tls;
+pub mod wire;
 
 pub use config::Config;
 pub use error::{Error, Result};

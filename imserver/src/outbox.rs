@@ -226,6 +226,35 @@ impl Outbox {
     }
 }
 
+/// Fills `slices` with the unsent parts of the first frames (header and payload side by side);
+/// returns how many slices it filled.
+pub(crate) fn slices<'a>(frames: &'a VecDeque<Frame>, slices: &mut [IoSlice<'a>]) -> usize {
+    let mut n = 0;
+    for frame in frames.iter().take(slices.len() / 2) {
+        slices[n] = IoSlice::new(frame.unsent_head());
+        slices[n + 1] = IoSlice::new(&frame.body);
+        n += 2;
+    }
+    n
+}
+
+/// Takes `written` bytes off the front of `frames`.
+pub(crate) fn advance(frames: &mut VecDeque<Frame>, mut written: usize) {
+    while written > 0 {
+        let Some(front) = frames.front_mut() else {
+            break;
+        };
+        let remaining = front.remaining();
+        if remaining <= written {
+            written -= remaining;
+            frames.pop_front();
+        } else {
+            front.advance(written);
+            written = 0;
+        }
+    }
+}
+
 /// Writes `frames` in order, waiting for the socket as needed. Cancel-safe: what was written
 /// is taken off `frames` as it goes.
 pub(crate) async fn write_all(socket: &TcpStream, frames: &mut VecDeque<Frame>) -> io::Result<()> {
@@ -244,37 +273,18 @@ pub(crate) async fn write_all(socket: &TcpStream, frames: &mut VecDeque<Frame>) 
             buf[head.len()..frame.remaining()].copy_from_slice(&frame.body);
             socket.try_write(&buf[..frame.remaining()])
         } else {
-            let mut slices = [IoSlice::new(&[]); SLICES];
-            let mut n = 0;
-            for frame in frames.iter().take(SLICES / 2) {
-                slices[n] = IoSlice::new(frame.unsent_head());
-                slices[n + 1] = IoSlice::new(&frame.body);
-                n += 2;
-            }
-            socket.try_write_vectored(&slices[..n])
+            let mut io = [IoSlice::new(&[]); SLICES];
+            let n = slices(frames, &mut io);
+            socket.try_write_vectored(&io[..n])
         };
-        let mut left = match written {
+        match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
+            Ok(n) => advance(frames, n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // The writer waker slot, not `writable()`: see `session::read_ready`.
+                // The writer waker slot, not `writable()`: see `Wire::read_into`.
                 std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await?;
-                continue;
             }
             Err(e) => return Err(e),
-        };
-        while left > 0 {
-            let Some(front) = frames.front_mut() else {
-                break;
-            };
-            let remaining = front.remaining();
-            if remaining <= left {
-                left -= remaining;
-                frames.pop_front();
-            } else {
-                front.advance(left);
-                left = 0;
-            }
         }
     }
     Ok(())

@@ -19,13 +19,20 @@ use tokio::time::timeout;
 use crate::config::Config;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, handshake, membership, nodeset, presence, recovery, route};
+use crate::{broker, handshake, membership, nodeset, presence, recovery, route, tls};
+use actix_tls::accept::rustls_0_23::TlsStream;
+use tokio::net::TcpStream;
 
 /// The node id for `config` once bound to `listener`: `--node`, or `ws://<bound address>`.
 pub fn node_id(config: &Config, listener: &TcpListener) -> Result<NodeId> {
+    let scheme = if config.tls_cert.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
     let id = match &config.node {
         Some(node) => node.clone(),
-        None => format!("ws://{}", listener.local_addr()?),
+        None => format!("{scheme}://{}", listener.local_addr()?),
     };
     Ok(NodeId::new(id)?)
 }
@@ -57,12 +64,23 @@ pub async fn run(
         pool.clone(),
         stop_rx.clone(),
     ));
-    let follower = tokio::spawn(nodeset::run(node.clone(), pool.clone(), stop_rx));
+    let follower = tokio::spawn(nodeset::run(node.clone(), pool.clone(), stop_rx.clone()));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
-    // other request goes to the actix-web routes.
-    let app_node = node.clone();
+    // other request goes to the actix-web routes. With TLS, rustls sits under both.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let certs = tls::Certs::load(cert, key)?;
+            let reloader = tokio::spawn(tls::reload_on_hangup(
+                node.id().clone(),
+                certs.clone(),
+                stop_rx.clone(),
+            ));
+            Some((certs.server_config()?, reloader))
+        }
+        _ => None,
+    };
     let mut http = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(1)
@@ -70,22 +88,41 @@ pub async fn run(
     if let Some(workers) = config.workers {
         http = http.workers(workers);
     }
-    let http = http
-        .listen("imserver", listener, move || {
-            let app = App::new()
-                .app_data(web::Data::new(app_node.clone()))
-                .configure(route::configure)
-                .into_factory()
-                .map_err(|e: actix_web::Error| e.error_response());
-            let ws_node = app_node.clone();
-            let upgrade =
-                fn_service(move |(req, framed)| handshake::upgrade(ws_node.clone(), req, framed));
+    let app_node = node.clone();
+    let app = move || {
+        App::new()
+            .app_data(web::Data::new(app_node.clone()))
+            .configure(route::configure)
+            .into_factory()
+            .map_err(|e: actix_web::Error| e.error_response())
+    };
+    let ws_node = node.clone();
+    let http = match &tls {
+        Some((server_config, _)) => {
+            let server_config = server_config.clone();
+            http.listen("imserver", listener, move || {
+                let ws_node = ws_node.clone();
+                let upgrade = fn_service(move |(req, framed)| {
+                    handshake::upgrade::<TlsStream<TcpStream>>(ws_node.clone(), req, framed)
+                });
+                HttpService::build()
+                    .upgrade(upgrade)
+                    .finish(map_config(app(), |_| AppConfig::default()))
+                    .rustls_0_23(server_config.clone())
+            })?
+        }
+        None => http.listen("imserver", listener, move || {
+            let ws_node = ws_node.clone();
+            let upgrade = fn_service(move |(req, framed)| {
+                handshake::upgrade::<TcpStream>(ws_node.clone(), req, framed)
+            });
             HttpService::build()
                 .upgrade(upgrade)
-                .finish(map_config(app, |_| AppConfig::default()))
+                .finish(map_config(app(), |_| AppConfig::default()))
                 .tcp()
-        })?
-        .run();
+        })?,
+    }
+    .run();
     let handle = http.handle();
     let serving = tokio::spawn(http);
     tracing::info!(node = %node.id(), epoch = node.epoch(), "node started");
@@ -123,6 +160,9 @@ pub async fn run(
     let _ = broker.await;
     let _ = loader.await;
     let _ = sweeper.await;
+    if let Some((_, reloader)) = tls {
+        let _ = reloader.await;
+    }
     let _ = acker.await;
     let _ = follower.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());

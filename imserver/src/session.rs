@@ -8,13 +8,11 @@
 //! socket"). Frame parsing is actix-http's.
 
 use std::collections::VecDeque;
-use std::io;
 
 use actix_ws::CloseReason;
 use bytes::BytesMut;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tracing::Instrument as _;
 
@@ -22,7 +20,8 @@ use crate::hub::Registration;
 use crate::inbound::{Inbound, InboundMessage};
 use crate::ip_limit::IpSlot;
 use crate::node::Node;
-use crate::outbox::{self, Frame, Outbox};
+use crate::outbox::{Frame, Outbox};
+use crate::wire::Wire;
 
 /// How long closing may take (the close frame, then the client's answer) before the socket is
 /// dropped anyway.
@@ -44,7 +43,7 @@ enum Exit {
 pub async fn run(
     node: Node,
     client: ClientId,
-    stream: TcpStream,
+    stream: Wire,
     early: BytesMut,
     reg: Registration,
     ip_slot: Option<IpSlot>,
@@ -57,13 +56,7 @@ pub async fn run(
     drop(ip_slot);
 }
 
-async fn serve(
-    node: Node,
-    client: ClientId,
-    socket: TcpStream,
-    early: BytesMut,
-    reg: Registration,
-) {
+async fn serve(node: Node, client: ClientId, mut wire: Wire, early: BytesMut, reg: Registration) {
     let limits = node.limits().clone();
     let outbox = &*reg.outbox;
     let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
@@ -110,7 +103,7 @@ async fn serve(
                             break 'session Exit::Close(CloseCode::HeartbeatTimeout);
                         }
                     }
-                    sent = outbox::write_all(&socket, &mut in_flight) => {
+                    sent = wire.write_frames(&mut in_flight) => {
                         if sent.is_err() {
                             break 'session Exit::Lost;
                         }
@@ -124,17 +117,10 @@ async fn serve(
             biased;
             // Frames were queued or a close was requested: both handled above.
             _ = outbox.wait() => {}
-            ready = read_ready(&socket) => {
-                if ready.is_err() {
-                    break Exit::Lost;
-                }
-                match inbound.fill(&socket) {
-                    Ok(0) => break Exit::Lost,
-                    Ok(_) => last_heard = Instant::now(),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => break Exit::Lost,
-                }
-            }
+            read = wire.read_into(&mut inbound) => match read {
+                Ok(0) | Err(_) => break Exit::Lost,
+                Ok(_) => last_heard = Instant::now(),
+            },
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > limits.heartbeat_timeout {
                     break Exit::Close(CloseCode::HeartbeatTimeout);
@@ -169,16 +155,9 @@ async fn serve(
     };
     let _ = timeout(
         CLOSE_TIMEOUT,
-        close(&socket, in_flight, reason, answered, inbound),
+        close(&mut wire, in_flight, reason, answered, inbound),
     )
     .await;
-}
-
-/// Waits until the socket has something to read. Through `poll_read_ready` rather than
-/// `readable()`: it takes over the socket's reader waker slot, which otherwise keeps the
-/// finished handshake task (about 2.4 KiB) alive for as long as the connection lives.
-async fn read_ready(socket: &TcpStream) -> io::Result<()> {
-    std::future::poll_fn(|cx| socket.poll_read_ready(cx)).await
 }
 
 /// Answers one client message, queueing any reply; returns how the session ends, if it does.
@@ -208,20 +187,19 @@ fn answer(msg: InboundMessage, outbox: &Outbox) -> Option<Exit> {
 /// reset that could destroy the Close frame on its way. A client that keeps sending anything
 /// else is read and discarded, never buffered, until the caller's deadline.
 async fn close(
-    socket: &TcpStream,
+    wire: &mut Wire,
     mut frames: VecDeque<Frame>,
     reason: Option<CloseReason>,
     answered: bool,
     mut inbound: Inbound,
 ) {
     frames.push_back(Frame::close(reason));
-    if outbox::write_all(socket, &mut frames).await.is_err() || answered {
+    if wire.write_frames(&mut frames).await.is_err() || answered {
         return;
     }
-    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    wire.shutdown_write().await;
     // Parse what arrives until the client's Close; once it breaks the rules, just discard.
     let mut parsing = true;
-    let mut sink = [0u8; 512];
     loop {
         if parsing {
             loop {
@@ -231,25 +209,18 @@ async fn close(
                     Ok(None) => break,
                     Err(_) => {
                         parsing = false;
-                        inbound = Inbound::new(BytesMut::new(), 0);
                         break;
                     }
                 }
             }
         }
-        if read_ready(socket).await.is_err() {
-            return;
+        if !parsing {
+            // A fresh buffer for each read: what a rule breaker sends is dropped unread.
+            inbound = Inbound::new(BytesMut::new(), 0);
         }
-        let read = if parsing {
-            inbound.fill(socket)
-        } else {
-            socket.try_read(&mut sink)
-        };
-        match read {
-            Ok(0) => return,
+        match wire.read_into(&mut inbound).await {
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
     }
 }
