@@ -14,6 +14,7 @@
 //! | `{prefix}:client-chans:{client}` | set | the client's channels (durable) |
 //! | `{prefix}:chans` | set | channels with at least one member |
 //! | `{prefix}:chan-online:{node}` | hash | channel → members online on that node |
+//! | `{prefix}:moving:{client}` | string, TTL 20 s | the node that moved the client away |
 //! | `{prefix}:nodeset` | pub/sub topic | announcements: a node started, stopped or was purged |
 //! | `{prefix}:ack:{id}` | list, short TTL | client ids whose live join took effect (one call) |
 
@@ -145,6 +146,12 @@ impl Keys {
     /// dead peer: whoever follows the live node set reads it again.
     pub fn nodeset_topic(&self) -> String {
         format!("{}:nodeset", self.prefix)
+    }
+
+    /// The marker a node leaves when it moves `client` to its new home, which the new home
+    /// takes when the client arrives: a move is not reported as offline and online.
+    pub fn moving(&self, client: &ClientId) -> String {
+        format!("{}:moving:{}", self.prefix, client)
     }
 
     /// The stream of online/offline events.

@@ -300,6 +300,9 @@ pub struct Hub {
     subscribed: Mutex<HashSet<ChanName>>,
     /// Whether the node's own topic and the broadcast topic are subscribed.
     base_subscribed: AtomicBool,
+    /// Clients closed because their home became another node, until the presence writer
+    /// records them as moved rather than offline.
+    moved: Mutex<HashSet<ClientId>>,
     metrics: Arc<Metrics>,
     work: Arc<HubWork>,
     sessions: Arc<Sessions>,
@@ -351,6 +354,7 @@ impl Hub {
             pressure: Notify::new(),
             subscribed: Mutex::new(HashSet::new()),
             base_subscribed: AtomicBool::new(false),
+            moved: Mutex::new(HashSet::new()),
             metrics,
             work,
             sessions: Arc::default(),
@@ -364,6 +368,17 @@ impl Hub {
     /// Open connections on this node.
     pub fn connections(&self) -> u64 {
         self.connections.load(Relaxed)
+    }
+
+    /// Records that `client` is being moved to its new home.
+    pub fn mark_moved(&self, client: &ClientId) {
+        lock(&self.moved).insert(client.clone());
+    }
+
+    /// Whether `client` left because it was moved (forgets it: asked once, by the presence
+    /// writer when the client's entry goes).
+    pub fn take_moved(&self, client: &ClientId) -> bool {
+        lock(&self.moved).remove(client)
     }
 
     /// The most connections allowed on this node.

@@ -48,6 +48,14 @@ impl NodeSet {
         }
     }
 
+    /// The home of `client` among the live nodes as last read, when known.
+    pub fn home_of(&self, client: &ClientId) -> Option<NodeId> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        live.as_deref()
+            .and_then(|nodes| home_node(nodes, client.as_str()))
+            .cloned()
+    }
+
     /// The live nodes as last read.
     pub fn live(&self) -> Option<Vec<NodeId>> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -119,6 +127,7 @@ fn move_clients(node: &Node) {
     let mut moved = 0;
     for client in node.hub().clients() {
         if !node.nodes().owns(node.id(), &client) {
+            node.hub().mark_moved(&client);
             node.hub().kick(&client, CloseCode::Moved);
             moved += 1;
         }

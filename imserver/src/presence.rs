@@ -39,6 +39,23 @@ if ARGV[2] ~= 'force' then redis.call('SREM', KEYS[3], ARGV[1]) end
 return entries
 ";
 
+/// How long a moved client's presence waits for its new home to claim it before the client
+/// counts as gone.
+const MOVE_GRACE: Duration = Duration::from_secs(10);
+
+/// A client coming online here: its presence entry, and its `online` event unless it is a
+/// client another node moved here (that node left a `moving` marker, claimed here), which was
+/// online all along. KEYS: presence hash, moving marker, events. ARGV: client, record, event
+/// JSON, stream cap, the event field name.
+const ONLINE_SCRIPT: &str = r"
+local moved = redis.call('GETDEL', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if not moved then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', ARGV[5], ARGV[3])
+end
+return moved and 1 or 0
+";
+
 /// The writer's view of Redis.
 struct Writer {
     node: Node,
@@ -49,6 +66,9 @@ struct Writer {
     written_chans: HashMap<ChanName, u64>,
     started: bool,
     next_renewal: Instant,
+    /// Clients this node moved to another node, with their last record, until the new home
+    /// claims them or the grace period ends.
+    moves: HashMap<ClientId, (Instant, PresenceRecord)>,
 }
 
 /// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
@@ -60,6 +80,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         written_chans: HashMap::new(),
         started: false,
         next_renewal: Instant::now(),
+        moves: HashMap::new(),
     };
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -80,6 +101,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
             _ = writer.node.work().presence.wait() => {}
             _ = writer.node.work().chan_counts.wait() => {}
             _ = tokio::time::sleep_until(writer.next_renewal) => {}
+            _ = tokio::time::sleep(MOVE_GRACE), if !writer.moves.is_empty() => {}
             _ = stop.changed() => return,
         }
     }
@@ -124,7 +146,50 @@ impl Writer {
             self.purge_dead_peers(&mut conn).await?;
         }
         self.flush(&mut conn).await?;
+        self.settle_moves(&mut conn).await?;
         self.flush_chans(&mut conn).await
+    }
+
+    /// Moved clients whose grace period ended: if their new home never claimed them and they
+    /// are not online there, they really went offline.
+    async fn settle_moves(
+        &mut self,
+        conn: &mut deadpool_redis::Connection,
+    ) -> redis::RedisResult<()> {
+        let now = Instant::now();
+        let due: Vec<ClientId> = self
+            .moves
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= MOVE_GRACE)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for client in due {
+            let Some((_, record)) = self.moves.get(&client).cloned() else {
+                continue;
+            };
+            let home = self.node.nodes().home_of(&client);
+            let mut pipe = redis::pipe();
+            pipe.cmd("GETDEL").arg(self.keys().moving(&client));
+            match &home {
+                Some(home) => pipe.hexists(self.keys().presence(home), client.as_str()),
+                None => pipe.exists(self.keys().moving(&client)),
+            };
+            let (unclaimed, online_there): (Option<String>, bool) = pipe.query_async(conn).await?;
+            if unclaimed.is_some() && !online_there {
+                let mut gone = record;
+                gone.conns = 0;
+                let mut pipe = redis::pipe();
+                xadd(
+                    &mut pipe,
+                    self.keys(),
+                    &event(EventKind::Offline, &client, self.node.id(), &gone),
+                    self.node.events_maxlen(),
+                );
+                pipe.query_async::<()>(conn).await?;
+            }
+            self.moves.remove(&client);
+        }
+        Ok(())
     }
 
     /// Renews the lease; returns true when it had lapsed.
@@ -214,13 +279,44 @@ impl Writer {
             let hash = self.keys().presence(self.node.id());
             for client in chunk {
                 let desired = self.node.hub().presence_of(client);
+                let moved = desired.is_none() && self.node.hub().take_moved(client);
                 let current = self.written.get(client);
                 let event = match (&desired, current) {
                     (Some(d), Some(c)) if d.conns == c.conns => continue,
-                    (Some(d), cur) => {
+                    (Some(d), Some(_)) => {
                         pipe.hset(&hash, client.as_str(), json(d)).ignore();
-                        cur.is_none()
-                            .then(|| event(EventKind::Online, client, self.node.id(), d))
+                        None
+                    }
+                    (Some(d), None) => {
+                        // Online here: the script leaves out the event for a client another
+                        // node moved here.
+                        let ev = event(EventKind::Online, client, self.node.id(), d);
+                        pipe.cmd("EVAL")
+                            .arg(ONLINE_SCRIPT)
+                            .arg(3)
+                            .arg(&hash)
+                            .arg(self.keys().moving(client))
+                            .arg(self.keys().events())
+                            .arg(client.as_str())
+                            .arg(json(d))
+                            .arg(json(&ev))
+                            .arg(self.node.events_maxlen())
+                            .arg(EVENT_FIELD)
+                            .ignore();
+                        None
+                    }
+                    (None, Some(c)) if moved => {
+                        // Moved to its new home: not offline, unless it never arrives there.
+                        pipe.hdel(&hash, client.as_str()).ignore();
+                        pipe.cmd("SET")
+                            .arg(self.keys().moving(client))
+                            .arg(self.node.id().as_str())
+                            .arg("PX")
+                            .arg(2 * MOVE_GRACE.as_millis() as u64)
+                            .ignore();
+                        self.moves
+                            .insert(client.clone(), (Instant::now(), c.clone()));
+                        None
                     }
                     (None, Some(c)) => {
                         pipe.hdel(&hash, client.as_str()).ignore();

@@ -136,7 +136,10 @@ mod tests {
         let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
         std::fs::write(&cert, other.cert.pem()).expect("write");
         std::fs::write(&key, made.key_pair.serialize_pem()).expect("write");
-        assert!(certs.reload().is_err(), "a key that does not match is refused");
+        assert!(
+            certs.reload().is_err(),
+            "a key that does not match is refused"
+        );
         std::fs::write(&key, other.key_pair.serialize_pem()).expect("write");
         certs.reload().expect("reloads");
         assert_ne!(certs.current.read().expect("lock").cert, before);

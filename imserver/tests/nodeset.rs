@@ -158,3 +158,69 @@ async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Re
     drop(nodes);
     Ok(())
 }
+
+/// A client moved from one node to another is not reported offline and online again; one
+/// that is moved but never arrives at its new home is reported offline once the move's grace
+/// period (10 s) is over.
+#[tokio::test]
+async fn a_move_is_not_reported_as_offline_and_online() -> Result<()> {
+    use imclient::{EventKind, EventsFrom};
+    let redis = Redis::start()?;
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|p| format!("ws://127.0.0.1:{p}"))
+        .collect();
+    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
+    let a =
+        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[0])).await?;
+    let im = ImClient::new(
+        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
+    )?;
+    im.refresh_nodes().await?;
+    let both: Vec<imclient::NodeId> = ids
+        .iter()
+        .map(|n| imclient::NodeId::new(n).unwrap())
+        .collect();
+    let mut to_b = (0..)
+        .map(|i| format!("m{i}"))
+        .filter(|c| imclient::node::home_node(&both, c).unwrap().as_str() == ids[1]);
+    let (mover, leaver) = (to_b.next().unwrap(), to_b.next().unwrap());
+    let mut wm = Ws::connect(&im.prev_connect_server(&mover, json!(null))?).await?;
+    let mut wl = Ws::connect(&im.prev_connect_server(&leaver, json!(null))?).await?;
+    wait_for("both online", WAIT, || async {
+        (im.online_count().await.ok()? == 2).then_some(())
+    })
+    .await?;
+    let mut events = im.events(EventsFrom::Now).await?;
+
+    let b =
+        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[1])).await?;
+    for ws in [&mut wm, &mut wl] {
+        assert!(matches!(ws.read(WAIT).await?, Frame::Closed(Some(4003))));
+    }
+    // The mover reconnects to its new home at once; the leaver does not come back.
+    wait_for("imclient sees the new node", WAIT, || async {
+        (im.live_nodes().len() == 2).then_some(())
+    })
+    .await?;
+    let _moved = Ws::connect(&im.prev_connect_server(&mover, json!(null))?).await?;
+    wait_for("the mover online at its new home", WAIT, || async {
+        im.has_online(&mover).await.ok()?.then_some(())
+    })
+    .await?;
+    // The leaver is reported offline once the grace period is over; until then nothing is
+    // reported about the mover.
+    let end = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, ev) = tokio::time::timeout_at(end, events.next()).await??;
+        assert_ne!(ev.client.as_str(), mover, "the move was reported: {ev:?}");
+        if ev.client.as_str() == leaver {
+            assert_eq!(ev.kind, EventKind::Offline);
+            break;
+        }
+    }
+    assert!(im.has_online(&mover).await?);
+    drop((a, b));
+    Ok(())
+}
