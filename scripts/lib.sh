@@ -48,3 +48,8 @@ wait_port() {
   done
   return 1
 }
+
+# Installs Debian's nginx when it is missing (the proxy test and scripts/cluster.sh use it).
+ensure_nginx() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx
+}

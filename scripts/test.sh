@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, every test of the workspace, then the browser
-# tests of the demo. Installs what the tests need (Debian's redis-server and chromium,
-# playwright-core from the npm lock file) when it is missing.
+# Runs the whole test suite: formatting, lints, every test of the workspace, the browser tests
+# of the demo, then each fuzz target for a few seconds (FUZZ_SECONDS, default 10; 0 skips).
+# Installs what the tests need (Debian's redis-server, nginx and chromium, playwright-core from
+# the npm lock file, cargo-fuzz) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis_server
+ensure_nginx
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -16,3 +18,7 @@ echo "== cargo test"
 cargo test --workspace "$@"
 echo "== browser tests"
 scripts/browser-test.sh
+if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
+  echo "== fuzz smoke runs"
+  scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+fi
