@@ -25,6 +25,8 @@ pub const ENVELOPE_OVERHEAD: usize = 128;
 
 /// How often the sweeper runs when nothing presses it.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two warnings about memory pressure.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The bounds of recovery, from the node's configuration.
 #[derive(Debug, Clone)]
@@ -207,6 +209,9 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     }
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pressure can last: say so once a minute, with what happened meanwhile.
+    let mut warned: Option<Instant> = None;
+    let (mut evicted, mut trimmed) = (0, 0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -217,13 +222,17 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         let metrics = node.metrics();
         metrics.recovery_expired.fetch_add(swept.expired, Relaxed);
         metrics.recovery_evicted.fetch_add(swept.evicted, Relaxed);
-        if swept.evicted > 0 || swept.trimmed > 0 {
+        evicted += swept.evicted;
+        trimmed += swept.trimmed;
+        if (evicted > 0 || trimmed > 0) && warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
             tracing::warn!(
                 node = %node.id(),
-                evicted = swept.evicted,
-                trimmed_clients = swept.trimmed,
+                evicted,
+                trimmed_rounds = trimmed,
                 "recovery buffers over --recovery-max-bytes: oldest windows ended first"
             );
+            warned = Some(Instant::now());
+            (evicted, trimmed) = (0, 0);
         }
     }
 }
