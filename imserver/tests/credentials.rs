@@ -1,6 +1,7 @@
-//! Redis with credentials: nodes and imclient work with a password (`requirepass`) and with an
-//! ACL user, from the credentials in the Redis URL: connect, private and channel messages,
-//! presence and events, on every connection each side opens (pool, subscriber, watchers).
+//! Redis with credentials and TLS: nodes and imclient work with a password (`requirepass`),
+//! with an ACL user, and over `rediss://`, from the Redis URL alone: connect, private and
+//! channel messages, presence and events, on every connection each side opens (pool,
+//! subscriber, watchers).
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
@@ -43,6 +44,11 @@ async fn with_a_password() -> Result<()> {
 #[tokio::test]
 async fn with_an_acl_user() -> Result<()> {
     the_core_works(Redis::start_with_auth(Some("imuser"), "acl-pass-123")?).await
+}
+
+#[tokio::test]
+async fn over_tls() -> Result<()> {
+    the_core_works(Redis::start_tls()?).await
 }
 
 #[tokio::test]
