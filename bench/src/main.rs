@@ -3,6 +3,8 @@
 //! records delivery latency in an HDR histogram, reads the nodes' RSS and CPU from /proc, and
 //! prints one JSON line per run. With `--pusher-addr` it drives a Pusher-protocol peer
 //! (Sockudo) through the same workloads instead, for side-by-side figures (`pusher.rs`).
+//! `--workload churn` (imserver only) has clients come and go at random for the whole run
+//! instead, for soak tests (`churn.rs`, `scripts/soak.sh`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
@@ -18,6 +20,7 @@ use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
+mod churn;
 mod pusher;
 mod wire;
 
@@ -30,6 +33,9 @@ enum Workload {
     Channel,
     /// Many small channels (`--chan-size` members each); each message to a random one.
     SmallChannels,
+    /// Clients connect, stay a random time, disconnect and come back, for the whole run,
+    /// while messages go to random clients and to `--chans` channels (a soak test).
+    Churn,
 }
 
 #[derive(Debug, Parser)]
@@ -81,6 +87,22 @@ struct Args {
     /// its batch_events API (Pusher allows up to 10).
     #[arg(long, default_value_t = 1)]
     pusher_batch: usize,
+    /// Churn: how long a client stays connected, MIN,MAX seconds (uniform).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 10.0])]
+    stay_secs: Vec<f64>,
+    /// Churn: how long a client stays away between connections, MIN,MAX seconds (uniform).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.05, 2.0])]
+    away_secs: Vec<f64>,
+    /// Churn: percentage of disconnects that are clean (close frame, then the server's); the
+    /// rest are half TCP closes without a close frame and half TCP resets.
+    #[arg(long, default_value_t = 50)]
+    clean_close_percent: u64,
+    /// Churn: channels; client i is a member of channel i % chans.
+    #[arg(long, default_value_t = 8)]
+    chans: usize,
+    /// Churn: percentage of the messages that go to a channel (the rest to one client each).
+    #[arg(long, default_value_t = 10)]
+    chan_percent: u64,
 }
 
 /// A connection (with its handshake and subscriptions) that takes longer than this is counted
@@ -275,7 +297,7 @@ async fn send(
         Target::Im(im) => {
             for (to, _, payload) in messages {
                 match workload {
-                    Workload::Private => {
+                    Workload::Private | Workload::Churn => {
                         im.send_message("bench", [format!("c{to}")], &payload, false)
                             .await?;
                     }
@@ -291,7 +313,7 @@ async fn send(
                 .into_iter()
                 .map(|(to, _, payload)| {
                     let channel = match workload {
-                        Workload::Private => private_chan(to),
+                        Workload::Private | Workload::Churn => private_chan(to),
                         _ => chan_name(to as usize),
                     };
                     (channel, payload.to_string())
@@ -323,6 +345,12 @@ async fn main() -> Result<()> {
     } else {
         Target::Im(args.im.client()?)
     };
+    if let Workload::Churn = args.workload {
+        let Target::Im(im) = target else {
+            bail!("the churn workload runs against imserver only");
+        };
+        return churn::run(&args, im).await;
+    }
     let target = Arc::new(target);
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
@@ -334,7 +362,7 @@ async fn main() -> Result<()> {
 
     // Memberships are durable: set them up before anyone connects.
     let groups = match args.workload {
-        Workload::Private => 0,
+        Workload::Private | Workload::Churn => 0,
         Workload::Channel => 1,
         Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
     };
@@ -357,7 +385,7 @@ async fn main() -> Result<()> {
         let (target, stats, gate) = (target.clone(), stats.clone(), gate.clone());
         // A peer subscribes each socket to the channels it belongs to.
         let channels = match args.workload {
-            Workload::Private => vec![private_chan(i as u64)],
+            Workload::Private | Workload::Churn => vec![private_chan(i as u64)],
             Workload::Channel => vec![chan_name(0)],
             Workload::SmallChannels => vec![chan_name(i / args.chan_size.max(1))],
         };
@@ -413,7 +441,7 @@ async fn main() -> Result<()> {
     // Deliveries are expected only to connected clients: a client that failed to connect is a
     // connect error in the report, not a loss. Connected members per channel:
     let members_online: Vec<u64> = match args.workload {
-        Workload::Private => Vec::new(),
+        Workload::Private | Workload::Churn => Vec::new(),
         Workload::Channel => vec![connected as u64],
         Workload::SmallChannels => online
             .chunks(args.chan_size.max(1))
@@ -464,7 +492,7 @@ async fn main() -> Result<()> {
                     rng ^= rng << 17;
                     // Receiver: a client id (private) or a channel; and how many get it.
                     let (to, receivers) = match args.workload {
-                        Workload::Private => {
+                        Workload::Private | Workload::Churn => {
                             let to = rng % args.clients as u64;
                             (to, u64::from(online[to as usize]))
                         }

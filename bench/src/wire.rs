@@ -23,6 +23,8 @@ pub struct Socket {
     buf: Vec<u8>,
     /// Bytes of `buf` already consumed.
     start: usize,
+    /// The status code of the close frame the server sent, once one came (0 when it had none).
+    close_code: Option<u16>,
 }
 
 impl Socket {
@@ -55,12 +57,32 @@ impl Socket {
             bail!("upgrade refused: {status} {body}");
         }
         buf.drain(..header_end);
-        Ok(Self { tcp, buf, start: 0 })
+        Ok(Self {
+            tcp,
+            buf,
+            start: 0,
+            close_code: None,
+        })
     }
 
     /// Sends a text frame (masked with a zero key, as clients must mask and any key will do).
     pub async fn send_text(&mut self, text: &str) -> Result<()> {
         self.send_frame(0x1, text.as_bytes()).await
+    }
+
+    /// Sends a close frame with status `code`; read on to get the server's close frame.
+    pub async fn send_close(&mut self, code: u16) -> Result<()> {
+        self.send_frame(0x8, &code.to_be_bytes()).await
+    }
+
+    /// The status code of the server's close frame, if one came (0 when it carried none).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// Ends the connection with a TCP reset instead of a FIN: no close frame, no goodbye.
+    pub fn reset(self) {
+        let _ = self.tcp.set_zero_linger();
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
@@ -98,7 +120,14 @@ impl Socket {
                         Flow::Stop => return Ok(true),
                         Flow::Reply(text) => self.send_frame(0x1, text.as_bytes()).await?,
                     },
-                    0x8 => return Ok(false),
+                    0x8 => {
+                        let payload = &self.buf[payload_at..end];
+                        self.close_code = Some(match payload {
+                            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                            _ => 0,
+                        });
+                        return Ok(false);
+                    }
                     0x9 => {
                         let ping = self.buf[payload_at..end].to_vec();
                         self.send_frame(0xA, &ping).await?;
@@ -148,7 +177,19 @@ pub fn sent_at(text: &[u8]) -> Option<u64> {
     let at = find(text, b"\"t\":")
         .map(|i| i + 4)
         .or_else(|| find(text, b"t\\\":").map(|i| i + 4))?;
-    let digits = &text[at..];
+    number_at(&text[at..])
+}
+
+/// The number after the first `"seq":` in `text`: an envelope's sequence number, or in a
+/// welcome the last one given before it.
+pub fn seq_of(text: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"seq\":";
+    let at = find(text, KEY)? + KEY.len();
+    number_at(&text[at..])
+}
+
+/// The unsigned integer at the start of `digits`.
+fn number_at(digits: &[u8]) -> Option<u64> {
     let end = digits
         .iter()
         .position(|b| !b.is_ascii_digit())
@@ -182,5 +223,14 @@ mod tests {
             Some(678)
         );
         assert_eq!(sent_at(b"nothing"), None);
+        assert_eq!(
+            seq_of(br#"{"seq":41,"id":"x","payload":{"t":1}}"#),
+            Some(41)
+        );
+        assert_eq!(
+            seq_of(br#"{"type":"system","payload":{"event":"welcome","conn":3,"seq":0}}"#),
+            Some(0)
+        );
+        assert_eq!(seq_of(br#"{"type":"system"}"#), None);
     }
 }

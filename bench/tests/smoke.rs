@@ -78,3 +78,49 @@ async fn imbench_reports_every_delivery_in_each_workload() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn imbench_churn_reconnects_and_sees_every_connection_in_order() -> Result<()> {
+    let c = Cluster::start(2, NodeOpts::default()).await?;
+    let report = run_imbench(
+        &c,
+        &[
+            "--workload",
+            "churn",
+            "--clients",
+            "40",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--stay-secs",
+            "0.2,1",
+            "--away-secs",
+            "0.05,0.3",
+            "--chans",
+            "3",
+            "--chan-percent",
+            "30",
+        ],
+    )?;
+    let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(n("connect_errors"), 0, "{report}");
+    // Each client comes back a few times in 3 s.
+    assert!(n("connects") > 80, "{report}");
+    assert_eq!(n("disconnects"), n("connects"), "{report}");
+    assert!(n("clean_closes") > 0 && n("tcp_resets") > 0, "{report}");
+    assert_eq!(n("server_closes"), 0, "{report}");
+    assert!(n("sent_private") > 0 && n("sent_chan") > 0, "{report}");
+    assert_eq!(n("send_errors"), 0, "{report}");
+    assert!(n("deliveries_received") > 0, "{report}");
+    for k in [
+        "duplicates",
+        "out_of_order",
+        "gaps",
+        "no_seq",
+        "clients_unfinished",
+    ] {
+        assert_eq!(n(k), 0, "{k}: {report}");
+    }
+    Ok(())
+}
