@@ -315,6 +315,7 @@ impl Config {
             window: Duration::from_millis(self.recovery_window_ms),
             max_envelopes: self.recovery_max_envelopes,
             max_age: Duration::from_millis(self.recovery_max_age_ms),
+            online_max_age: self.heartbeat_timeout() + self.heartbeat_interval(),
             client_max_bytes: self.recovery_client_max_bytes,
             node_max_bytes: self.recovery_max_bytes,
         }

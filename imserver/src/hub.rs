@@ -635,7 +635,10 @@ impl Hub {
             let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
             for entry in entries {
                 let mut inner = entry.lock();
-                let freed = inner.buffer.trim_age(now, self.recovery.max_age);
+                let connected = inner.detached.is_none();
+                let freed = inner
+                    .buffer
+                    .trim_age(now, self.recovery.max_age_for(connected));
                 self.account(-(freed as isize));
                 match inner.detached {
                     Some(at) if now.saturating_duration_since(at) >= self.recovery.window => {
@@ -966,7 +969,10 @@ impl Hub {
         let seq = inner.seq;
         let frame = Bytes::from(contract::frame(seq, body));
         if self.recovery.enabled() {
-            let delta = inner.buffer.push(seq, frame.clone(), now, &self.recovery);
+            let online = !inner.conns.is_empty();
+            let delta = inner
+                .buffer
+                .push(seq, frame.clone(), now, &self.recovery, online);
             self.account(delta);
         }
         let Some((last, others)) = inner.conns.split_last() else {

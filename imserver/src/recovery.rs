@@ -38,6 +38,11 @@ pub struct RecoveryLimits {
     pub max_envelopes: usize,
     /// Oldest envelope kept.
     pub max_age: Duration,
+    /// Oldest envelope kept while the client is connected: a connection that died without a
+    /// word is noticed within the heartbeat timeout, so what it may have missed is younger
+    /// than that (plus an interval); older envelopes only take memory from the windows of
+    /// clients that did drop off.
+    pub online_max_age: Duration,
     /// Bytes kept per client.
     pub client_max_bytes: usize,
     /// Bytes kept by the whole node; past it the oldest windows end first.
@@ -48,6 +53,15 @@ impl RecoveryLimits {
     /// Whether the node buffers at all.
     pub fn enabled(&self) -> bool {
         !self.window.is_zero() && self.max_envelopes > 0
+    }
+
+    /// The oldest envelope kept for a client that is connected (`online`) or not.
+    pub fn max_age_for(&self, online: bool) -> Duration {
+        if online {
+            self.online_max_age.min(self.max_age)
+        } else {
+            self.max_age
+        }
     }
 }
 
@@ -73,9 +87,16 @@ pub struct RecoveryBuffer {
 }
 
 impl RecoveryBuffer {
-    /// Appends the envelope numbered `seq` and drops the oldest past the client's bounds.
-    /// Returns the change in bytes held.
-    pub fn push(&mut self, seq: u64, frame: Bytes, now: Instant, limits: &RecoveryLimits) -> isize {
+    /// Appends the envelope numbered `seq` and drops the oldest past the client's bounds
+    /// (`online`: the client is connected). Returns the change in bytes held.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        frame: Bytes,
+        now: Instant,
+        limits: &RecoveryLimits,
+        online: bool,
+    ) -> isize {
         let before = self.bytes;
         let entry = Buffered {
             seq,
@@ -87,7 +108,7 @@ impl RecoveryBuffer {
         while self.envelopes.len() > limits.max_envelopes || self.bytes > limits.client_max_bytes {
             self.pop_oldest();
         }
-        self.trim_age(now, limits.max_age);
+        self.trim_age(now, limits.max_age_for(online));
         self.bytes as isize - before as isize
     }
 
@@ -246,6 +267,7 @@ mod tests {
             window: Duration::from_secs(60),
             max_envelopes: 4,
             max_age: Duration::from_secs(60),
+            online_max_age: Duration::from_secs(60),
             client_max_bytes: 1 << 20,
             node_max_bytes: 1 << 30,
         }
@@ -255,7 +277,7 @@ mod tests {
         let mut buf = RecoveryBuffer::default();
         let now = Instant::now();
         for seq in 1..=n {
-            buf.push(seq, Bytes::from(seq.to_string()), now, &limits());
+            buf.push(seq, Bytes::from(seq.to_string()), now, &limits(), true);
         }
         buf
     }
@@ -294,6 +316,23 @@ mod tests {
     }
 
     #[test]
+    fn a_connected_client_keeps_less_history_than_one_that_dropped_off() {
+        let mut limits = limits();
+        limits.online_max_age = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut online = RecoveryBuffer::default();
+        let mut away = RecoveryBuffer::default();
+        for (seq, at) in [(1, 0), (2, 20), (3, 30)] {
+            let now = start + Duration::from_secs(at);
+            online.push(seq, Bytes::from("x"), now, &limits, true);
+            away.push(seq, Bytes::from("x"), now, &limits, false);
+        }
+        assert_eq!(online.after(0, 3), None, "the envelope of second 0 is gone");
+        assert_eq!(online.after(1, 3).map(|v| v.len()), Some(2));
+        assert_eq!(away.after(0, 3).map(|v| v.len()), Some(3));
+    }
+
+    #[test]
     fn bytes_are_accounted_and_bounded_per_client() {
         let mut limits = limits();
         limits.max_envelopes = 100;
@@ -302,7 +341,7 @@ mod tests {
         let now = Instant::now();
         let mut held = 0isize;
         for seq in 1..=10 {
-            held += buf.push(seq, Bytes::from(vec![b'x'; 10]), now, &limits);
+            held += buf.push(seq, Bytes::from(vec![b'x'; 10]), now, &limits, true);
         }
         assert_eq!(buf.bytes(), 3 * (ENVELOPE_OVERHEAD + 10));
         assert_eq!(held, buf.bytes() as isize);
