@@ -19,6 +19,7 @@ pub mod hub;
 pub mod inbound;
 pub mod ip_limit;
 pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod nodeset;
