@@ -15,7 +15,6 @@ use imclient::contract::{
     ReceiptStatus, Receipts, envelope_body,
 };
 use imclient::{ChanName, new_message_id, now_ms};
-use redis::AsyncCommands;
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
 
@@ -214,14 +213,33 @@ fn settle_join_acks(node: &Node) {
         .settle(|client, chan| node.hub().join_settled(client, chan));
 }
 
-/// Sends due join acknowledgements to the imclient calls waiting for them, pipelined in
-/// batches on one connection, until `stop` turns true.
-pub async fn run_join_acks(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+/// Sends what the node publishes besides its presence: receipts for senders on other nodes,
+/// and join acknowledgements for the imclient calls waiting for them; pipelined in batches on
+/// one connection, in the order they were queued, until `stop` turns true.
+pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
     const BATCH: usize = 1000;
     loop {
         tokio::select! {
             _ = node.work().join_acks.wait() => {}
+            _ = node.work().publishes.wait() => {}
             _ = stop.changed() => return,
+        }
+        let publishes = node.work().publishes.take();
+        for chunk in publishes.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for (topic, text) in chunk {
+                pipe.publish(topic, text).ignore();
+            }
+            let sent = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            // Receipts are best effort: a sender whose receipts are lost sees no status.
+            if let Err(error) = sent.await {
+                tracing::warn!(node = %node.id(), %error, messages = chunk.len(), "cannot publish receipts");
+            }
         }
         let due = node.work().join_acks.take_due();
         for chunk in due.chunks(BATCH) {
@@ -298,20 +316,11 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
         handle(node, pool, text.as_bytes());
         return;
     }
-    let topic = node.keys().node_topic(receipt_node);
-    let pool = pool.clone();
-    let node_id = node.id().clone();
-    tokio::spawn(async move {
-        let sent = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            conn.publish::<_, _, i64>(&topic, text)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        if let Err(error) = sent.await {
-            tracing::warn!(node = %node_id, %error, "cannot publish receipts");
-        }
-    });
+    // Sent by the publisher task with the others, in order, pipelined: one task per message
+    // would pile up under load, as the join acknowledgements did.
+    node.work()
+        .publishes
+        .push(node.keys().node_topic(receipt_node), text);
 }
 
 fn receipts(node: &Node, r: &Receipts) {

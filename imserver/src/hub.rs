@@ -213,6 +213,42 @@ pub struct HubWork {
     pub join_acks: JoinAcks,
     /// A node announced that it started, stopped or was purged.
     pub nodeset: Notify,
+    /// Messages to publish (receipts for senders on other nodes).
+    pub publishes: Publishes,
+}
+
+/// Messages waiting for the publisher task: (topic, text), in order; bounded, the oldest
+/// dropped past the bound (receipts are best effort).
+#[derive(Debug, Default)]
+pub struct Publishes {
+    queue: Mutex<std::collections::VecDeque<(String, String)>>,
+    wake: Notify,
+}
+
+impl Publishes {
+    /// Messages waiting at most.
+    const MAX: usize = 100_000;
+
+    /// Queues `text` for `topic`.
+    pub fn push(&self, topic: String, text: String) {
+        let mut queue = lock(&self.queue);
+        if queue.len() >= Self::MAX {
+            queue.pop_front();
+        }
+        queue.push_back((topic, text));
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Takes everything queued, oldest first.
+    pub fn take(&self) -> Vec<(String, String)> {
+        lock(&self.queue).drain(..).collect()
+    }
+
+    /// Waits until something is queued.
+    pub async fn wait(&self) {
+        self.wake.notified().await;
+    }
 }
 
 /// Live joins waiting to be acknowledged, bounded: past the bound the oldest are dropped

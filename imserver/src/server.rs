@@ -59,7 +59,7 @@ pub async fn run(
     let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
     let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx.clone()));
-    let acker = tokio::spawn(broker::run_join_acks(
+    let acker = tokio::spawn(broker::run_publisher(
         node.clone(),
         pool.clone(),
         stop_rx.clone(),
