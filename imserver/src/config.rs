@@ -162,9 +162,23 @@ pub struct Config {
     )]
     pub fault_membership_delay_ms: u64,
 
+    /// Log lines as text (coloured only on a terminal) or as one JSON object per line, for
+    /// log shippers.
+    #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// HTTP worker threads. Default: one per core.
     #[arg(long, env = "IM_WORKERS")]
     pub workers: Option<usize>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A configuration that must not run.

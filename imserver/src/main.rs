@@ -1,11 +1,12 @@
 //! The imserver binary: parse the config, set up logging, raise the open-file limit, bind,
 //! print one ready line, and serve until SIGINT or SIGTERM.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::TcpListener;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use imserver::config::LogFormat;
 use imserver::{Config, server};
 use tracing_subscriber::EnvFilter;
 
@@ -17,12 +18,15 @@ const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let mut config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour codes only for a person at a terminal, never into files or log shippers.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     config.validate()?;
     if config.dev {
         tracing::warn!(

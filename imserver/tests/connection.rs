@@ -402,6 +402,10 @@ async fn bad_requests_do_not_fill_the_log() -> Result<()> {
     c.connect("after").await?;
     let text = std::fs::read_to_string(&log)?;
     let _ = std::fs::remove_file(&log);
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file:\n{text}"
+    );
     let new_lines: Vec<&str> = text.lines().skip(lines_before).collect();
     assert!(
         new_lines.len() <= 2,
@@ -519,6 +523,35 @@ async fn a_node_with_public_keys_only_admits_tokens_of_the_current_keys() -> Res
     ed.send_message("backend", ["ed-user"], &"signed by k1", false)
         .await?;
     assert_eq!(ws.next_message().await?.payload, json!("signed by k1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn logs_can_be_json_lines_for_log_shippers() -> Result<()> {
+    let log = std::env::temp_dir().join(format!("imtest-jsonlog-{}.txt", std::process::id()));
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            log_file: Some(log.clone()),
+            ..NodeOpts::default()
+        }
+        .arg("--log-format", "json"),
+    )
+    .await?;
+    c.connect("logged").await?;
+    drop(c);
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "node started" && l["level"] == "INFO"),
+        "{text}"
+    );
     Ok(())
 }
 
