@@ -13,6 +13,32 @@
 //!
 //! Redis names are built in [`keys`]; the wire format is in [`contract`]; the home-node rule
 //! is in [`node`]; connect tokens in [`token`]. docs/PROTOCOL.md documents all of it.
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! # async fn f() -> imclient::Result<()> {
+//! use imclient::{EventsFrom, ImClient, ImClientOptions};
+//! let im = ImClient::new(ImClientOptions::new(
+//!     "redis://127.0.0.1:6379",                         // the Redis the nodes use
+//!     ["ws://127.0.0.1:6001", "ws://127.0.0.1:6002"],   // the nodes, as browsers reach them
+//!     std::env::var("IM_TOKEN_SECRET").unwrap_or_default(), // shared with the nodes
+//! ))?;
+//! // Your "connect" endpoint answers this URL to a signed-in user's browser:
+//! let url = im.prev_connect_server("alice", serde_json::json!({ "name": "Alice" }))?;
+//! // Anywhere in your backend: push to users, with a receipt for the sender.
+//! im.send_message("alice", ["bob"], &serde_json::json!({ "text": "hi" }), true).await?;
+//! // Rooms: durable membership, one publish per message.
+//! im.join_chan("bob", "room:lobby").await?;
+//! im.send_chan_message("alice", "room:lobby", &"hello room", true).await?;
+//! // Online/offline events, also those that happened while the backend was down.
+//! let mut events = im.events(EventsFrom::Now).await?;
+//! let (_id, event) = events.next().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! A complete backend with actix-web is `examples/quickstart.rs`; the test suite runs it against
+//! a real Redis and node.
 
 #[cfg(feature = "clap")]
 mod args;
