@@ -230,16 +230,8 @@ pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<boo
             for (topic, text) in chunk {
                 pipe.publish(topic, text).ignore();
             }
-            let sent = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
             // Receipts are best effort: a sender whose receipts are lost sees no status.
-            if let Err(error) = sent.await {
-                tracing::warn!(node = %node.id(), %error, messages = chunk.len(), "cannot publish receipts");
-            }
+            send(&node, &pool, &pipe, "cannot publish receipts").await;
         }
         let due = node.work().join_acks.take_due();
         for chunk in due.chunks(BATCH) {
@@ -251,17 +243,22 @@ pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<boo
                     .pexpire(&key, ACK_TTL_MS)
                     .ignore();
             }
-            let sent = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                pipe.query_async::<()>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
             // A lost acknowledgement only makes its caller wait out its timeout.
-            if let Err(error) = sent.await {
-                tracing::warn!(node = %node.id(), %error, "cannot acknowledge joins");
-            }
+            send(&node, &pool, &pipe, "cannot acknowledge joins").await;
         }
+    }
+}
+
+/// Sends `pipe` on a pooled connection; a failure is logged with `what`, and the batch is lost.
+async fn send(node: &Node, pool: &Pool, pipe: &redis::Pipeline, what: &str) {
+    let sent = async {
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(error) = sent.await {
+        tracing::warn!(node = %node.id(), %error, "{what}");
     }
 }
 
