@@ -224,3 +224,85 @@ async fn a_move_is_not_reported_as_offline_and_online() -> Result<()> {
     drop((a, b));
     Ok(())
 }
+
+/// The kill -9 drill: three nodes, 150 clients that reconnect as browsers do (a fresh URL
+/// from the backend each attempt, 200 ms apart); one node is killed. Every one of its clients
+/// must be connected to a live node within the lease (1.5 s here) plus the backend's refresh
+/// (1 s) and a margin; the time is printed.
+#[tokio::test]
+async fn after_kill_minus_9_every_client_of_the_dead_node_is_back_on_a_live_one() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let redis = Redis::start()?;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ids: Vec<String> = ports
+        .iter()
+        .map(|p| format!("ws://127.0.0.1:{p}"))
+        .collect();
+    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
+    let mut nodes = Vec::new();
+    for port in &ports {
+        nodes.push(
+            fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{port}")).await?,
+        );
+    }
+    let im = ImClient::new(
+        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
+    )?;
+    im.refresh_nodes().await?;
+    let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+    let mut victims = 0;
+    for i in 0..150 {
+        let client = format!("k{i}");
+        if im.home_node(&client)?.as_str() == ids[2] {
+            victims += 1;
+        }
+        let (im, back) = (im.clone(), back_tx.clone());
+        tokio::spawn(async move {
+            // Connect, read until the socket ends, reconnect: forever (the test ends it).
+            loop {
+                let Ok(url) = im.prev_connect_server(&client, json!(null)) else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                match Ws::connect(&url).await {
+                    Ok(mut ws) => {
+                        let node = ws.welcome.payload["node"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let _ = back.send((client.clone(), node));
+                        while !matches!(
+                            ws.read(Duration::from_secs(3600)).await,
+                            Ok(Frame::Closed(_)) | Err(_)
+                        ) {}
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < 150 {
+        let (client, _) = tokio::time::timeout(WAIT, back_rx.recv()).await?.unwrap();
+        seen.insert(client);
+    }
+    assert!(victims > 20, "{victims} clients on the node to kill");
+
+    let killed = Instant::now();
+    nodes[2].signal("KILL");
+    let mut moved = HashSet::new();
+    while moved.len() < victims {
+        let (client, node) = tokio::time::timeout(Duration::from_secs(15), back_rx.recv())
+            .await?
+            .unwrap();
+        assert_ne!(node, ids[2], "{client} reconnected to the dead node");
+        moved.insert(client);
+    }
+    let took = killed.elapsed();
+    eprintln!(
+        "kill -9 drill: {victims} clients back on live nodes {took:?} after the kill (lease 1.5 s)"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    drop(nodes);
+    Ok(())
+}
