@@ -3,7 +3,8 @@
 # runs (default 3) of each server, alternating (imserver run 1, Sockudo run 1, imserver run 2,
 # ...) so both see the same machine noise. The raw JSON lines go to target/bench/results.jsonl,
 # the medians into $BENCH_DOC (default docs/BENCHMARKS.md, between the generated markers) with
-# bench-latency.svg and bench-memory.svg next to it. About 10 minutes on a 2-core machine.
+# bench-latency.svg and bench-memory.svg next to it, then the recovery workloads
+# (scripts/bench-recovery.sh). About 14 minutes on a 2-core machine.
 # A failed run (of either server) is recorded and the set goes on; the exit status is non-zero
 # when an imserver run failed. PEER_ARGS adds imbench arguments to the peer's runs only, e.g.
 # PEER_ARGS="--pusher-batch 10" to publish through its batch API.
@@ -55,4 +56,10 @@ for entry in "${set_[@]}"; do
 done
 echo "== set done in $((SECONDS - started)) s" >&2
 python3 scripts/bench_report.py "$out/results.jsonl" "$doc"
+# What recovery costs (imserver only: the peer has nothing like it), about 7 minutes more;
+# its table goes to target/bench/recovery.md for docs/BENCHMARKS.md. RECOVERY=0 skips it.
+if [ "${RECOVERY:-1}" != 0 ]; then
+  RUNS="$runs" scripts/bench-recovery.sh >"$out/recovery.md" || ours_failed=1
+  cat "$out/recovery.md"
+fi
 exit $ours_failed
