@@ -1,0 +1,57 @@
+//! A graceful shutdown with a thousand clients takes a fraction of a second: every client is
+//! told 1001 and the process exits. In a test binary of its own: it loads the machine, and the
+//! closing timings must not run beside it.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
+mod fixture;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use fixture::{Cluster, NodeOpts, WAIT, Ws};
+use futures_util::StreamExt as _;
+use imclient::contract::CloseCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn sigterm_with_a_thousand_clients_finishes_well_under_a_second() -> Result<()> {
+    const CLIENTS: usize = 1000;
+    let mut c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut readers = Vec::new();
+    for i in 0..CLIENTS {
+        let ws = Ws::connect(&c.im.prev_connect_server(&format!("t{i}"), json!(null))?).await?;
+        // Each client reads on (answering the Close, as a browser does) until the end.
+        readers.push(tokio::spawn(async move {
+            let mut stream = ws.stream;
+            let mut code = None;
+            while let Some(msg) = stream.next().await {
+                match msg {
+                    Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                        code = frame.map(|f| u16::from(f.code));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            code
+        }));
+    }
+    c.nodes[0].wait_metric("im_clients", CLIENTS as u64).await?;
+
+    let started = Instant::now();
+    c.nodes[0].signal("TERM");
+    if !c.nodes[0].wait_exit(WAIT).await? {
+        bail!("the node did not exit cleanly");
+    }
+    let took = started.elapsed();
+    let mut going_away = 0;
+    for reader in readers {
+        if reader.await? == Some(CloseCode::GoingAway.code()) {
+            going_away += 1;
+        }
+    }
+    assert_eq!(going_away, CLIENTS, "every client was told 1001");
+    assert!(took < Duration::from_millis(800), "shutdown took {took:?}");
+    Ok(())
+}
