@@ -208,49 +208,49 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
 /// Moves the joins that have taken effect (see [`crate::hub::Hub::join_settled`]) to the
 /// acknowledgements that [`run_join_acks`] sends.
 fn settle_join_acks(node: &Node) {
-    node.work()
+    let settled = node
+        .work()
         .join_acks
-        .settle(|client, chan| node.hub().join_settled(client, chan));
+        .take_settled(|client, chan| node.hub().join_settled(client, chan));
+    if settled.is_empty() {
+        return;
+    }
+    node.work()
+        .outgoing
+        .push(settled.into_iter().flat_map(|(client, ack)| {
+            let key = node.keys().ack(&ack);
+            let mut push = redis::cmd("RPUSH");
+            push.arg(&key).arg(client.as_str());
+            let mut expire = redis::cmd("PEXPIRE");
+            expire.arg(&key).arg(ACK_TTL_MS);
+            [push, expire]
+        }));
 }
 
-/// Sends what the node publishes besides its presence: receipts for senders on other nodes,
-/// and join acknowledgements for the imclient calls waiting for them; pipelined in batches on
-/// one connection, in the order they were queued, until `stop` turns true.
+/// Sends the node's background commands (receipts for senders on other nodes, join
+/// acknowledgements), pipelined in batches on one connection, in the order they were queued,
+/// until `stop` turns true.
 pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
     const BATCH: usize = 1000;
     loop {
         tokio::select! {
-            _ = node.work().join_acks.wait() => {}
-            _ = node.work().publishes.wait() => {}
+            _ = node.work().outgoing.wait() => {}
             _ = stop.changed() => return,
         }
-        let publishes = node.work().publishes.take();
-        for chunk in publishes.chunks(BATCH) {
+        let mut cmds = node.work().outgoing.take().into_iter().peekable();
+        while cmds.peek().is_some() {
             let mut pipe = redis::pipe();
-            for (topic, text) in chunk {
-                pipe.publish(topic, text).ignore();
+            for cmd in cmds.by_ref().take(BATCH) {
+                pipe.add_command(cmd).ignore();
             }
-            // Receipts are best effort: a sender whose receipts are lost sees no status.
-            send(&node, &pool, &pipe, "cannot publish receipts").await;
-        }
-        let due = node.work().join_acks.take_due();
-        for chunk in due.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for (client, ack) in chunk {
-                let key = node.keys().ack(ack);
-                pipe.rpush(&key, client.as_str())
-                    .ignore()
-                    .pexpire(&key, ACK_TTL_MS)
-                    .ignore();
-            }
-            // A lost acknowledgement only makes its caller wait out its timeout.
-            send(&node, &pool, &pipe, "cannot acknowledge joins").await;
+            send(&node, &pool, &pipe).await;
         }
     }
 }
 
-/// Sends `pipe` on a pooled connection; a failure is logged with `what`, and the batch is lost.
-async fn send(node: &Node, pool: &Pool, pipe: &redis::Pipeline, what: &str) {
+/// Sends `pipe` on a pooled connection; a failure is logged and the batch is lost (receipts
+/// and acknowledgements are best effort).
+async fn send(node: &Node, pool: &Pool, pipe: &redis::Pipeline) {
     let sent = async {
         let mut conn = pool.get().await.map_err(|e| e.to_string())?;
         pipe.query_async::<()>(&mut conn)
@@ -258,7 +258,7 @@ async fn send(node: &Node, pool: &Pool, pipe: &redis::Pipeline, what: &str) {
             .map_err(|e| e.to_string())
     };
     if let Err(error) = sent.await {
-        tracing::warn!(node = %node.id(), %error, "{what}");
+        tracing::warn!(node = %node.id(), %error, "cannot send receipts or join acknowledgements");
     }
 }
 
@@ -315,9 +315,9 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
     }
     // Sent by the publisher task with the others, in order, pipelined: one task per message
     // would pile up under load, as the join acknowledgements did.
-    node.work()
-        .publishes
-        .push(node.keys().node_topic(receipt_node), text);
+    let mut publish = redis::cmd("PUBLISH");
+    publish.arg(node.keys().node_topic(receipt_node)).arg(text);
+    node.work().outgoing.push([publish]);
 }
 
 fn receipts(node: &Node, r: &Receipts) {

@@ -180,13 +180,6 @@ impl Drop for LiveSession {
     }
 }
 
-impl Hub {
-    /// Session tasks running, close frames included.
-    pub fn session_tasks(&self) -> u64 {
-        self.sessions.live.load(Relaxed)
-    }
-}
-
 /// Why a connection was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -213,35 +206,39 @@ pub struct HubWork {
     pub join_acks: JoinAcks,
     /// A node announced that it started, stopped or was purged.
     pub nodeset: Notify,
-    /// Messages to publish (receipts for senders on other nodes).
-    pub publishes: Publishes,
+    /// Redis commands the node sends in the background: receipts for senders on other nodes,
+    /// join acknowledgements.
+    pub outgoing: Outgoing,
 }
 
-/// Messages waiting for the publisher task: (topic, text), in order; bounded, the oldest
-/// dropped past the bound (receipts are best effort).
+/// Redis commands waiting for the publisher task, in order; bounded, the oldest dropped past
+/// the bound (receipts and acknowledgements are best effort: a lost one leaves a sender
+/// without a status, or a join waiting out its timeout).
 #[derive(Debug, Default)]
-pub struct Publishes {
-    queue: Mutex<std::collections::VecDeque<(String, String)>>,
+pub struct Outgoing {
+    queue: Mutex<std::collections::VecDeque<redis::Cmd>>,
     wake: Notify,
 }
 
-impl Publishes {
-    /// Messages waiting at most.
+impl Outgoing {
+    /// Commands waiting at most.
     const MAX: usize = 100_000;
 
-    /// Queues `text` for `topic`.
-    pub fn push(&self, topic: String, text: String) {
+    /// Queues commands to send in this order.
+    pub fn push(&self, cmds: impl IntoIterator<Item = redis::Cmd>) {
         let mut queue = lock(&self.queue);
-        if queue.len() >= Self::MAX {
-            queue.pop_front();
+        for cmd in cmds {
+            if queue.len() >= Self::MAX {
+                queue.pop_front();
+            }
+            queue.push_back(cmd);
         }
-        queue.push_back((topic, text));
         drop(queue);
         self.wake.notify_one();
     }
 
     /// Takes everything queued, oldest first.
-    pub fn take(&self) -> Vec<(String, String)> {
+    pub fn take(&self) -> Vec<redis::Cmd> {
         lock(&self.queue).drain(..).collect()
     }
 
@@ -251,14 +248,11 @@ impl Publishes {
     }
 }
 
-/// Live joins waiting to be acknowledged, bounded: past the bound the oldest are dropped
-/// (their callers stop waiting at their timeout); and the acknowledgements due, which one
-/// writer sends to Redis in batches.
+/// Live joins waiting to take effect before they are acknowledged; bounded, past the bound
+/// the oldest are dropped (their callers stop waiting at their timeout).
 #[derive(Debug, Default)]
 pub struct JoinAcks {
     waiting: Mutex<std::collections::VecDeque<(ClientId, ChanName, String)>>,
-    due: Mutex<Vec<(ClientId, String)>>,
-    wake: Notify,
 }
 
 impl JoinAcks {
@@ -274,8 +268,11 @@ impl JoinAcks {
         waiting.push_back((client, chan, ack));
     }
 
-    /// Moves the joins for which `settled` holds to the acknowledgements due.
-    pub fn settle(&self, settled: impl Fn(&ClientId, &ChanName) -> bool) {
+    /// Takes the joins for which `settled` holds: (client, ack list name).
+    pub fn take_settled(
+        &self,
+        settled: impl Fn(&ClientId, &ChanName) -> bool,
+    ) -> Vec<(ClientId, String)> {
         let mut done = Vec::new();
         lock(&self.waiting).retain(|(client, chan, ack)| {
             if settled(client, chan) {
@@ -285,26 +282,7 @@ impl JoinAcks {
                 true
             }
         });
-        if done.is_empty() {
-            return;
-        }
-        let mut due = lock(&self.due);
-        if due.len() + done.len() > Self::MAX {
-            return;
-        }
-        due.extend(done);
-        drop(due);
-        self.wake.notify_one();
-    }
-
-    /// Takes the acknowledgements due: (client, ack list name).
-    pub fn take_due(&self) -> Vec<(ClientId, String)> {
-        std::mem::take(&mut *lock(&self.due))
-    }
-
-    /// Waits until acknowledgements are due.
-    pub async fn wait(&self) {
-        self.wake.notified().await;
+        done
     }
 }
 
@@ -432,9 +410,9 @@ impl Hub {
         &self.recovery
     }
 
-    /// Bytes held in recovery buffers.
-    pub fn recovery_bytes(&self) -> u64 {
-        self.metrics.recovery_bytes.load(Relaxed)
+    /// Session tasks running, close frames included.
+    pub fn session_tasks(&self) -> u64 {
+        self.sessions.live.load(Relaxed)
     }
 
     /// Completes when the recovery buffers hold more than the node's bound.
@@ -467,7 +445,7 @@ impl Hub {
         since: Option<&str>,
         welcome: impl FnOnce(&WelcomeInfo) -> String,
     ) -> Result<Registration, Refusal> {
-        if self.connections.load(Relaxed) >= self.max_total as u64 {
+        if self.full() {
             return Err(Refusal::NodeLimit(self.max_total));
         }
         let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
@@ -762,7 +740,7 @@ impl Hub {
     }
 
     /// Whether a channel message published now reaches every local member of `chan`.
-    pub fn topic_subscribed(&self, chan: &ChanName) -> bool {
+    fn topic_subscribed(&self, chan: &ChanName) -> bool {
         lock(&self.subscribed).contains(chan)
     }
 
