@@ -59,10 +59,7 @@ impl Inbound {
 
     /// Reads what the socket has without waiting; the byte count, 0 at end of stream.
     pub fn fill(&mut self, stream: &TcpStream) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
-            self.buf.reserve(READ_CHUNK);
-        }
-        stream.try_read_buf(&mut self.buf)
+        stream.try_read_buf(self.spare())
     }
 
     /// Refuses the frame at the front of the buffer as soon as its header shows it breaks the
@@ -140,12 +137,10 @@ impl Inbound {
                     self.partial = Some(payload);
                 }
                 OpCode::Continue => {
+                    // Held to the limit by `check_header`, which counts what came before.
                     let Some(partial) = self.partial.as_mut() else {
                         return Err(CloseCode::PolicyViolation);
                     };
-                    if partial.len() + payload.len() > self.max {
-                        return Err(CloseCode::TooBig);
-                    }
                     partial.extend_from_slice(&payload);
                     if fin {
                         let text = self.partial.take().unwrap_or_default();
