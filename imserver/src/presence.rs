@@ -167,14 +167,18 @@ impl Writer {
             let Some((_, record)) = self.moves.get(&client).cloned() else {
                 continue;
             };
-            let home = self.node.nodes().home_of(&client);
-            let mut pipe = redis::pipe();
-            pipe.cmd("GETDEL").arg(self.keys().moving(&client));
-            match &home {
-                Some(home) => pipe.hexists(self.keys().presence(home), client.as_str()),
-                None => pipe.exists(self.keys().moving(&client)),
-            };
-            let (unclaimed, online_there): (Option<String>, bool) = pipe.query_async(conn).await?;
+            // Moves happen only once the live set is known, so the home is too.
+            let home = self
+                .node
+                .nodes()
+                .home_of(&client)
+                .unwrap_or_else(|| self.node.id().clone());
+            let (unclaimed, online_there): (Option<String>, bool) = redis::pipe()
+                .cmd("GETDEL")
+                .arg(self.keys().moving(&client))
+                .hexists(self.keys().presence(&home), client.as_str())
+                .query_async(conn)
+                .await?;
             if unclaimed.is_some() && !online_there {
                 let mut gone = record;
                 gone.conns = 0;
