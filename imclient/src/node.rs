@@ -39,6 +39,27 @@ pub fn home_node<'a>(nodes: &'a [NodeId], client: &str) -> Option<&'a NodeId> {
         .map(|(_, node)| node)
 }
 
+/// Which of `nodes` are live: hold their lease in Redis (`keys.lease(node)`), read with one
+/// pipelined EXISTS per node; in the order of `nodes`. Backends and nodes follow the live set
+/// with it.
+pub async fn read_live<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &crate::keys::Keys,
+    nodes: &[NodeId],
+) -> redis::RedisResult<Vec<NodeId>> {
+    let mut pipe = redis::pipe();
+    for node in nodes {
+        pipe.exists(keys.lease(node));
+    }
+    let alive: Vec<bool> = pipe.query_async(conn).await?;
+    Ok(nodes
+        .iter()
+        .zip(alive)
+        .filter(|(_, alive)| *alive)
+        .map(|(node, _)| node.clone())
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

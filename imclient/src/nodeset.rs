@@ -14,7 +14,7 @@ use futures_util::StreamExt as _;
 use crate::ids::NodeId;
 use crate::keys::Keys;
 use crate::link::Link;
-use crate::node::home_node;
+use crate::node::{home_node, read_live};
 
 /// How often the live set is read when no announcement comes.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -61,23 +61,11 @@ impl NodeSet {
     /// Reads which configured nodes hold their lease.
     pub(crate) async fn refresh(&self, link: &Link, keys: &Keys) -> crate::Result<()> {
         let read = async {
-            let mut pipe = redis::pipe();
-            for node in &self.configured {
-                pipe.exists(keys.lease(node));
-            }
             let mut conn = link.get().await?;
-            let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
-            crate::Result::Ok(alive)
+            crate::Result::Ok(read_live(&mut conn, keys, &self.configured).await?)
         };
         match read.await {
-            Ok(alive) => {
-                let live = self
-                    .configured
-                    .iter()
-                    .zip(alive)
-                    .filter(|(_, alive)| *alive)
-                    .map(|(node, _)| node.clone())
-                    .collect();
+            Ok(live) => {
                 self.set_live(Some(live));
                 Ok(())
             }

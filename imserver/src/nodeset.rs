@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use deadpool_redis::Pool;
 use imclient::contract::CloseCode;
-use imclient::node::home_node;
+use imclient::node::{home_node, read_live};
 use imclient::{ClientId, NodeId};
 use tokio::sync::watch;
 
@@ -54,11 +54,6 @@ impl NodeSet {
         live.as_deref()
             .and_then(|nodes| home_node(nodes, client.as_str()))
             .cloned()
-    }
-
-    /// The live nodes as last read.
-    pub fn live(&self) -> Option<Vec<NodeId>> {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Sets the live nodes; returns whether they changed.
@@ -105,20 +100,14 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
 /// The configured nodes holding a lease, this node always among them: it is running.
 async fn read(node: &Node, pool: &Pool) -> Result<Vec<NodeId>, String> {
     let configured = &node.nodes().configured;
-    let mut pipe = redis::pipe();
-    for peer in configured {
-        pipe.exists(node.keys().lease(peer));
-    }
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    let alive: Vec<bool> = pipe
-        .query_async(&mut conn)
+    let live = read_live(&mut conn, node.keys(), configured)
         .await
         .map_err(|e| e.to_string())?;
     Ok(configured
         .iter()
-        .zip(alive)
-        .filter(|(peer, alive)| *alive || *peer == node.id())
-        .map(|(peer, _)| peer.clone())
+        .filter(|peer| live.contains(peer) || *peer == node.id())
+        .cloned()
         .collect())
 }
 
