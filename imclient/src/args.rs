@@ -57,14 +57,9 @@ impl ImClientArgs {
                 let pem = std::fs::read(path).map_err(|e| {
                     TokenError::BadKey(format!("cannot read {}: {e}", path.display()))
                 })?;
-                let alg = if String::from_utf8_lossy(&pem).contains("RSA")
-                    || TokenIssuer::from_pem(KeyAlgorithm::EdDsa, &pem).is_err()
-                {
-                    KeyAlgorithm::Rs256
-                } else {
-                    KeyAlgorithm::EdDsa
-                };
-                let mut issuer = TokenIssuer::from_pem(alg, &pem)?;
+                // An Ed25519 key signs EdDSA tokens, an RSA key RS256 ones.
+                let mut issuer = TokenIssuer::from_pem(KeyAlgorithm::EdDsa, &pem)
+                    .or_else(|_| TokenIssuer::from_pem(KeyAlgorithm::Rs256, &pem))?;
                 if let Some(kid) = &self.token_key_id {
                     issuer = issuer.with_key_id(kid);
                 }

@@ -93,3 +93,33 @@ async fn an_unreachable_redis_is_reported_not_hidden() {
     assert!(im.has_online("b").await.is_err());
     assert!(im.force_offline("b").await.is_err());
 }
+
+/// `--token-private-key`: an Ed25519 or RSA PEM key signs tokens; a missing or unusable file
+/// is a clear error, not a panic.
+#[cfg(feature = "clap")]
+#[test]
+fn a_private_key_flag_signs_with_that_key_or_says_why_not() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Config {
+        #[command(flatten)]
+        im: imclient::ImClientArgs,
+    }
+    let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+    let with_key = |path: String| {
+        Config::parse_from(["app", "--token-private-key", &path, "--token-key-id", "k1"])
+            .im
+            .client()
+    };
+    for key in ["ed1.pem", "rsa1.pem"] {
+        let im = with_key(format!("{keys}/{key}")).unwrap();
+        let url = im
+            .prev_connect_server("alice", serde_json::json!(null))
+            .unwrap();
+        assert!(url.contains("token="), "{key}");
+    }
+    let err = with_key(format!("{keys}/missing.pem")).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    let err = with_key(format!("{keys}/README.md")).unwrap_err();
+    assert!(err.to_string().contains("PEM"), "{err}");
+}
