@@ -420,6 +420,27 @@ mod tests {
     }
 
     #[test]
+    fn token_keys_that_cannot_be_used_are_refused_with_the_reason() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../imclient/tests/keys");
+        let with = |entry: String| parse(&["--token-key", &entry]).validate();
+        assert!(with(format!("k1={keys}/ed1.pub.pem")).is_ok());
+        assert!(with(format!("k2={keys}/rsa1.pub.pem")).is_ok());
+        for (entry, says) in [
+            (format!("{keys}/ed1.pub.pem"), "KEY_ID=PATH"),
+            (format!("k1={keys}/missing.pem"), "cannot read"),
+            (format!("k1={keys}/README.md"), "PEM"),
+        ] {
+            let err = with(entry.clone()).expect_err(&entry).to_string();
+            assert!(err.contains(says), "{entry}: {err}");
+        }
+        // Without keys or --dev, a secret is required.
+        assert!(matches!(
+            parse(&[]).validate(),
+            Err(ConfigError::Secret(TokenError::NoSecret))
+        ));
+    }
+
+    #[test]
     fn heartbeat_timeout_must_be_twice_the_interval() {
         let c = parse(&[
             "--dev",

@@ -211,3 +211,22 @@ impl Node {
         self.0.shutting_down.store(true, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_node_list_without_this_node_is_refused() {
+        let config = Config::try_parse_from(["imserver", "--dev", "--nodes", "ws://a:1,ws://b:2"])
+            .expect("parses");
+        let verifier = config.validate().expect("valid");
+        let id = NodeId::new("ws://c:3").expect("id");
+        let err = Node::new(&config, id, verifier)
+            .expect_err("c is not in the list")
+            .to_string();
+        assert!(err.contains("does not list this node (ws://c:3)"), "{err}");
+    }
+}
