@@ -9,7 +9,7 @@ mod fixture;
 use std::collections::HashSet;
 
 use anyhow::Result;
-use fixture::{Cluster, Frame, NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
+use fixture::{Cluster, Frame, Listed, NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
 use imclient::contract::CloseCode;
 use imclient::{ImClient, ImClientOptions};
 use serde_json::json;
@@ -74,22 +74,13 @@ async fn without_redis_the_configured_list_is_used() -> Result<()> {
 #[tokio::test]
 async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Result<()> {
     let redis = Redis::start()?;
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let ids: Vec<String> = ports
-        .iter()
-        .map(|p| format!("ws://127.0.0.1:{p}"))
-        .collect();
-    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
+    let listed = Listed::new(4);
+    let ids = &listed.ids;
     let mut nodes = Vec::new();
-    for port in &ports[..3] {
-        nodes.push(
-            fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{port}")).await?,
-        );
+    for i in 0..3 {
+        nodes.push(listed.start(&redis, i).await?);
     }
-    let im = ImClient::new(
-        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
-    )?;
-    im.refresh_nodes().await?;
+    let im = listed.client(&redis).await?;
     assert_eq!(im.live_nodes().len(), 3);
 
     let mut sockets = Vec::new();
@@ -102,13 +93,9 @@ async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Re
         ));
         stale.push(im.prev_connect_server(&client, json!(null))?);
     }
-    let four: Vec<imclient::NodeId> = ids
-        .iter()
-        .map(|n| imclient::NodeId::new(n).unwrap())
-        .collect();
     let movers: HashSet<String> = sockets
         .iter()
-        .filter(|(c, _)| imclient::node::home_node(&four, c).unwrap().as_str() == ids[3])
+        .filter(|(c, _)| listed.home_among_all(c) == ids[3])
         .map(|(c, _)| c.clone())
         .collect();
     assert!(
@@ -117,9 +104,7 @@ async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Re
         movers.len()
     );
 
-    nodes.push(
-        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[3])).await?,
-    );
+    nodes.push(listed.start(&redis, 3).await?);
     let mut moved = HashSet::new();
     for (client, ws) in &mut sockets {
         if movers.contains(client) {
@@ -166,25 +151,12 @@ async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Re
 async fn a_move_is_not_reported_as_offline_and_online() -> Result<()> {
     use imclient::{EventKind, EventsFrom};
     let redis = Redis::start()?;
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let ids: Vec<String> = ports
-        .iter()
-        .map(|p| format!("ws://127.0.0.1:{p}"))
-        .collect();
-    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
-    let a =
-        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[0])).await?;
-    let im = ImClient::new(
-        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
-    )?;
-    im.refresh_nodes().await?;
-    let both: Vec<imclient::NodeId> = ids
-        .iter()
-        .map(|n| imclient::NodeId::new(n).unwrap())
-        .collect();
+    let listed = Listed::new(2);
+    let a = listed.start(&redis, 0).await?;
+    let im = listed.client(&redis).await?;
     let mut to_b = (0..)
         .map(|i| format!("m{i}"))
-        .filter(|c| imclient::node::home_node(&both, c).unwrap().as_str() == ids[1]);
+        .filter(|c| listed.home_among_all(c) == listed.ids[1]);
     let (mover, leaver) = (to_b.next().unwrap(), to_b.next().unwrap());
     let mut wm = Ws::connect(&im.prev_connect_server(&mover, json!(null))?).await?;
     let mut wl = Ws::connect(&im.prev_connect_server(&leaver, json!(null))?).await?;
@@ -194,8 +166,7 @@ async fn a_move_is_not_reported_as_offline_and_online() -> Result<()> {
     .await?;
     let mut events = im.events(EventsFrom::Now).await?;
 
-    let b =
-        fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{}", ports[1])).await?;
+    let b = listed.start(&redis, 1).await?;
     for ws in [&mut wm, &mut wl] {
         assert!(matches!(ws.read(WAIT).await?, Frame::Closed(Some(4003))));
     }
@@ -233,22 +204,13 @@ async fn a_move_is_not_reported_as_offline_and_online() -> Result<()> {
 async fn after_kill_minus_9_every_client_of_the_dead_node_is_back_on_a_live_one() -> Result<()> {
     use std::time::{Duration, Instant};
     let redis = Redis::start()?;
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let ids: Vec<String> = ports
-        .iter()
-        .map(|p| format!("ws://127.0.0.1:{p}"))
-        .collect();
-    let opts = NodeOpts::default().arg("--nodes", ids.join(","));
+    let listed = Listed::new(3);
+    let ids = &listed.ids;
     let mut nodes = Vec::new();
-    for port in &ports {
-        nodes.push(
-            fixture::Node::start_at(&redis, opts.clone(), &format!("127.0.0.1:{port}")).await?,
-        );
+    for i in 0..3 {
+        nodes.push(listed.start(&redis, i).await?);
     }
-    let im = ImClient::new(
-        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
-    )?;
-    im.refresh_nodes().await?;
+    let im = listed.client(&redis).await?;
     let (back_tx, mut back_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
     let mut victims = 0;
     for i in 0..150 {
