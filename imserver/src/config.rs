@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "IM_MAX_CONNECTS_PER_IP_PER_SEC", default_value_t = 0)]
     pub max_connects_per_ip_per_sec: u32,
 
+    /// How long a new connection may take to send its whole request head, in milliseconds;
+    /// slower ones get 408 `request_timeout` (the defence against slowloris). actix-http keeps
+    /// time on a clock it updates every 500 ms, so the real deadline can be that much shorter.
+    #[arg(long, env = "IM_REQUEST_HEAD_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_head_timeout_ms: u64,
+
     /// Largest frame a client may send, in bytes (only small control frames are allowed).
     #[arg(long, env = "IM_MAX_INBOUND_FRAME_BYTES", default_value_t = 1024)]
     pub max_inbound_frame_bytes: usize,

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod broker;
 pub mod config;
+pub mod early_answer;
 mod error;
 pub mod handshake;
 pub mod hub;

@@ -6,8 +6,9 @@
 use std::future::Future;
 use std::net::TcpListener;
 
-use actix_http::HttpService;
+use actix_http::{HttpService, Protocol};
 use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service, map_config};
+use actix_tls::accept::rustls_0_23::Acceptor;
 use actix_web::dev::AppConfig;
 use actix_web::{App, web};
 use deadpool_redis::{Config as PoolConfig, Runtime};
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use crate::config::Config;
+use crate::early_answer::Answering;
 use crate::error::Result;
 use crate::node::Node;
 use crate::{broker, handshake, membership, nodeset, presence, recovery, route, tls};
@@ -97,29 +99,51 @@ pub async fn run(
             .map_err(|e: actix_web::Error| e.error_response())
     };
     let ws_node = node.clone();
+    let head_timeout = std::time::Duration::from_millis(config.request_head_timeout_ms);
+    // Both pipelines wrap the connection in `Answering` for its HTTP phase, so the answers
+    // actix-http writes by itself carry JSON bodies too.
     let http = match &tls {
         Some((server_config, _)) => {
             let server_config = server_config.clone();
             http.listen("imserver", listener, move || {
                 let ws_node = ws_node.clone();
                 let upgrade = fn_service(move |(req, framed)| {
-                    handshake::upgrade::<TlsStream<TcpStream>>(ws_node.clone(), req, framed)
+                    handshake::upgrade::<Answering<TlsStream<TcpStream>>>(
+                        ws_node.clone(),
+                        req,
+                        framed,
+                    )
                 });
-                HttpService::build()
+                let service = HttpService::build()
+                    .client_request_timeout(head_timeout)
                     .upgrade(upgrade)
-                    .finish(map_config(app(), |_| AppConfig::default()))
-                    .rustls_0_23(server_config.clone())
+                    .finish(map_config(app(), |_| AppConfig::default()));
+                Acceptor::new(server_config.clone())
+                    .map_init_err(|_| ())
+                    .map_err(|e| tracing::debug!(error = ?e, "TLS handshake failed"))
+                    .and_then(fn_service(|io: TlsStream<TcpStream>| async move {
+                        let peer = io.get_ref().0.peer_addr().ok();
+                        Ok::<_, ()>((Answering::new(io), Protocol::Http1, peer))
+                    }))
+                    .and_then(
+                        service.map_err(|e| tracing::debug!(error = ?e, "HTTP dispatch failed")),
+                    )
             })?
         }
         None => http.listen("imserver", listener, move || {
             let ws_node = ws_node.clone();
             let upgrade = fn_service(move |(req, framed)| {
-                handshake::upgrade::<TcpStream>(ws_node.clone(), req, framed)
+                handshake::upgrade::<Answering<TcpStream>>(ws_node.clone(), req, framed)
             });
-            HttpService::build()
+            let service = HttpService::build()
+                .client_request_timeout(head_timeout)
                 .upgrade(upgrade)
-                .finish(map_config(app(), |_| AppConfig::default()))
-                .tcp()
+                .finish(map_config(app(), |_| AppConfig::default()));
+            fn_service(|io: TcpStream| async move {
+                let peer = io.peer_addr().ok();
+                Ok((Answering::new(io), Protocol::Http1, peer))
+            })
+            .and_then(service)
         })?,
     }
     .run();

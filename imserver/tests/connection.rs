@@ -362,6 +362,74 @@ async fn a_node_short_of_open_files_refuses_instead_of_hanging() -> Result<()> {
 /// Hundreds of bad requests (malformed HTTP, upgrades without a token, plain GETs, bad
 /// versions) leave the log of a node at its default level as it was: at most one line each, and
 /// here none, since each is the client's problem and answered as such.
+/// Sends `request` on a new connection (then nothing more) and returns the whole answer.
+async fn answer_to(addr: std::net::SocketAddr, request: &[u8]) -> Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    // The node may answer and close before it has read all of a request it refuses.
+    let _ = tcp.write_all(request).await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // A node that refuses before reading everything may reset the connection after its answer.
+    while let Ok(Ok(n)) = tokio::time::timeout(WAIT, tcp.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn assert_json_answer(answer: &str, status: u16, code: &str) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{answer}"
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"], code, "{answer}");
+    assert!(!body["message"].as_str().unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn requests_refused_before_any_handler_still_get_a_json_reason() -> Result<()> {
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg("--request-head-timeout-ms", 1000),
+    )
+    .await?;
+    let addr = c.nodes[0].addr;
+    // Not valid HTTP: a header line without a colon.
+    let answer = answer_to(addr, b"GET /ws HTTP/1.1\r\nHost x\r\n\r\n").await?;
+    assert_json_answer(&answer, 400, "bad_request");
+    // A head that stops half-way (slowloris): refused when the head timeout runs out.
+    let started = Instant::now();
+    let answer = answer_to(addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n").await?;
+    assert_json_answer(&answer, 408, "request_timeout");
+    // actix-http measures the deadline on a clock it updates every 500 ms.
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    // A head too large (a cookie over actix-http's 128 KiB head limit).
+    let big = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
+        "a".repeat(130 * 1024)
+    );
+    assert_json_answer(
+        &answer_to(addr, big.as_bytes()).await?,
+        431,
+        "headers_too_large",
+    );
+    // The node's own answers are left as they are.
+    let (status, body) = c.nodes[0].get("/healthz").await?;
+    assert_eq!(status, 200, "{body}");
+    c.connect("after").await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_requests_do_not_fill_the_log() -> Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
