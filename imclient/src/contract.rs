@@ -49,6 +49,13 @@ pub enum NodeCommand<'a> {
     Leave(Membership),
     /// A channel was deleted (on the channel's topic): drop every local membership.
     ChanDeleted(ChanDeleted),
+    /// A client's sequence stream and recent envelopes, sent by the node it is moving away
+    /// from to its new home (on the new home's topic), so that its resume works there.
+    Handover(Handover),
+    /// An envelope for a client that moved away, passed on by the node it left to its new
+    /// home, which numbers and pushes it.
+    #[serde(borrow)]
+    Forward(Forward<'a>),
 }
 
 /// One message for many receivers that the node finds itself: a channel's local members, or
@@ -85,6 +92,48 @@ pub struct Membership {
     /// subscribed), or at once when the client is not on the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
+}
+
+/// A moving client's stream, for its new home.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handover {
+    /// The client.
+    pub client: ClientId,
+    /// Its sequence stream (the `epoch` of its welcomes).
+    pub stream: String,
+    /// The last sequence number given out in the stream.
+    pub seq: u64,
+    /// The sequence number of the first of `frames`; the others follow one by one.
+    pub first: u64,
+    /// The frames kept for recovery, oldest first, exactly as pushed.
+    pub frames: Vec<Box<RawValue>>,
+}
+
+/// An envelope passed on to a moved client's new home.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forward<'a> {
+    /// The client.
+    pub client: ClientId,
+    /// The envelope body, without `seq`.
+    #[serde(borrow)]
+    pub envelope: &'a RawValue,
+}
+
+/// The envelope id at the start of an envelope body (`{"id":"…",…}`) or of a frame
+/// (`{"seq":N,"id":"…",…}`), as this crate writes them.
+pub fn envelope_id(text: &str) -> Option<&str> {
+    let rest = match text.strip_prefix("{\"seq\":") {
+        Some(rest) => rest.split_once(',')?.1,
+        None => text.strip_prefix('{')?,
+    };
+    let rest = rest.strip_prefix("\"id\":\"")?;
+    rest.split_once('"').map(|(id, _)| id)
+}
+
+/// The envelope body of a frame: the frame without its `seq`.
+pub fn unframe(frame: &str) -> Option<String> {
+    let rest = frame.strip_prefix("{\"seq\":")?.split_once(',')?.1;
+    Some(format!("{{{rest}"))
 }
 
 /// A deleted channel.
@@ -465,6 +514,24 @@ mod tests {
             NodeCommand::Deliver(d) => assert_eq!(d.payload.get(), r#"{"text":"hi","n":[1,2]}"#),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn envelope_ids_are_read_from_bodies_and_frames_and_frames_unframe_to_bodies() {
+        let payload = RawValue::from_string(r#""x""#.into()).expect("json");
+        let body = envelope_body(&EnvelopeBody {
+            id: "m-7",
+            kind: Kind::Message,
+            from: None,
+            chan: None,
+            payload: &payload,
+            ts: 1,
+        });
+        let framed = frame(42, &body);
+        assert_eq!(envelope_id(&body), Some("m-7"));
+        assert_eq!(envelope_id(&framed), Some("m-7"));
+        assert_eq!(unframe(&framed).as_deref(), Some(body.as_str()));
+        assert_eq!(envelope_id("{}"), None);
     }
 
     #[test]

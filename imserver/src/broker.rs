@@ -14,7 +14,7 @@ use imclient::contract::{
     CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
     ReceiptStatus, Receipts, envelope_body,
 };
-use imclient::{ChanName, new_message_id, now_ms};
+use imclient::{ChanName, ClientId, new_message_id, now_ms};
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
 
@@ -202,6 +202,20 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
         }
         NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
         NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
+        NodeCommand::Handover(h) => {
+            tracing::debug!(node = %node.id(), client = %h.client, seq = h.seq, frames = h.frames.len(), "taking over a client's stream");
+            node.hub().take_over(h);
+        }
+        NodeCommand::Forward(f) => {
+            // Passed on by the node the client left: it is expected here whatever this node
+            // has seen of the node set yet.
+            node.hub().deliver(
+                std::slice::from_ref(&f.client),
+                f.envelope.get(),
+                |_| true,
+                |_, _| {},
+            );
+        }
     }
 }
 
@@ -284,7 +298,8 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
     });
     let want_receipts = d.receipt_node.is_some() && d.from.is_some();
     let mut results = Vec::new();
-    node.hub().deliver(&d.to, &body, |client, reach| {
+    let expected = |client: &ClientId| node.nodes().expects_handover(node.id(), client);
+    node.hub().deliver(&d.to, &body, expected, |client, reach| {
         if want_receipts {
             let status = match reach {
                 Reach::Delivered => ReceiptStatus::Delivered,
@@ -340,6 +355,6 @@ fn receipts(node: &Node, r: &Receipts) {
             ts: now_ms(),
         });
         node.hub()
-            .deliver(std::slice::from_ref(&r.to), &body, |_, _| {});
+            .deliver(std::slice::from_ref(&r.to), &body, |_| false, |_, _| {});
     }
 }

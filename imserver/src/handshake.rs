@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use actix_codec::Framed;
 use actix_http::{HttpMessage as _, Request, h1, ws};
 use bytes::BytesMut;
-use imclient::contract::{SystemEvent, system_frame};
+use imclient::contract::{ResumeFrom, SystemEvent, system_frame};
+use imclient::token::ConnectClaims;
 
 use crate::hub::{Refusal, WelcomeInfo};
 use crate::ip_limit::{IpRefusal, IpSlot};
@@ -82,7 +83,13 @@ async fn serve<T: Into<Wire>>(
     let early: BytesMut = parts.read_buf;
     drop(parts.write_buf);
     let peer = io.tcp().peer_addr().map(|a| a.ip()).ok();
-    match admit(&node, &req, peer) {
+    let admitted = match admit(&node, &req, peer) {
+        Ok((accept, claims, since, ip_slot)) => register(&node, &claims, since.as_deref())
+            .await
+            .map(|reg| (accept, claims.sub, reg, ip_slot)),
+        Err(refused) => Err(refused),
+    };
+    match admitted {
         Err(refused) => {
             refused.record(&node);
             let body = refused.body();
@@ -193,6 +200,38 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
             "this client's home is now another node; fetch a fresh connect URL",
         ));
     }
+    Ok((accept, claims, query.since, ip_slot))
+}
+
+/// How long a connection that resumes a stream of another node waits for that node's
+/// handover of it (the client was moved here, and its old node closed it right after queueing
+/// the handover).
+const HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Registers an admitted connection. One that resumes the stream of a client being handed
+/// over here first waits for the stream to arrive.
+async fn register(
+    node: &Node,
+    claims: &ConnectClaims,
+    since: Option<&str>,
+) -> Result<crate::hub::Registration, Refused> {
+    let foreign = since
+        .and_then(ResumeFrom::parse)
+        .filter(|from| {
+            from.epoch
+                .split_once('-')
+                .is_none_or(|(run, _)| run != node.epoch())
+        })
+        .map(|from| from.epoch);
+    if let Some(stream) = foreign
+        && node.nodes().expects_handover(node.id(), &claims.sub)
+    {
+        let arrived = node
+            .hub()
+            .await_stream(&claims.sub, &stream, HANDOVER_WAIT)
+            .await;
+        tracing::debug!(node = %node.id(), client = %claims.sub, arrived, "waited for a handover");
+    }
     let heartbeat_ms = node.limits().heartbeat_interval.as_millis() as u64;
     let welcome = |info: &WelcomeInfo| {
         system_frame(&SystemEvent::Welcome {
@@ -206,25 +245,17 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
             reason: info.reason,
         })
     };
-    let since = query.since.as_deref();
-    let reg = node
-        .hub()
-        .register(&claims, since, welcome)
+    node.hub()
+        .register(claims, since, welcome)
         .map_err(|r| match r {
             Refusal::ClientLimit(_) => Refused::new(429, "client_connection_limit", r.to_string()),
             Refusal::NodeLimit(_) => Refused::new(503, "node_full", r.to_string()),
-        })?;
-    Ok((accept, claims.sub, reg, ip_slot))
+        })
 }
 
-/// An admitted connection: the `Sec-WebSocket-Accept` value, the client, its registration and
-/// the slot it holds of its address's limit.
-type Admitted = (
-    String,
-    imclient::ClientId,
-    crate::hub::Registration,
-    Option<IpSlot>,
-);
+/// An admitted connection: the `Sec-WebSocket-Accept` value, the token's claims, where it
+/// asks to resume from and the slot it holds of its address's limit.
+type Admitted = (String, ConnectClaims, Option<String>, Option<IpSlot>);
 
 /// The connect URL's query: the token, and where the client asks to resume from.
 #[derive(Debug, Default, serde::Deserialize)]

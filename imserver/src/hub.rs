@@ -22,11 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use imclient::contract::{self, CloseCode, PresenceRecord, RecoveryRefusal};
+use imclient::contract::{
+    self, CloseCode, Forward, Handover, NodeCommand, PresenceRecord, RecoveryRefusal,
+};
 use imclient::token::ConnectClaims;
 use imclient::{ChanName, ClientId, now_ms};
+use serde_json::value::RawValue;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::{self, Frame, Outbox};
@@ -34,6 +37,16 @@ use crate::pending::Pending;
 use crate::recovery::{RecoveryBuffer, RecoveryLimits, Resume};
 
 const SHARDS: usize = 64;
+/// How long a node passes on what arrives for a client it handed over, and how long the new
+/// home drops the second copy of an envelope that came both ways. Backends follow a node-set
+/// change within a second; a channel topic is subscribed at the new home within moments of
+/// the handover.
+pub const FORWARD_FOR: Duration = Duration::from_secs(10);
+
+/// A frame's text (frames are built from strings).
+fn frame_text(frame: &Bytes) -> &str {
+    std::str::from_utf8(frame).unwrap_or_default()
+}
 
 /// Node-local connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,14 +72,34 @@ pub enum ChanOp {
 #[derive(Debug)]
 pub struct ClientEntry {
     id: ClientId,
-    /// Names this entry's sequence stream: `<node epoch>-<n>`. A new entry (after the window
-    /// ran out) starts a new stream, so an old `since` cannot be mistaken for a position in it.
-    stream: String,
     inner: Mutex<ClientInner>,
+}
+
+/// Where an entry stands in a move between nodes.
+#[derive(Debug, Default)]
+enum Move {
+    #[default]
+    Settled,
+    /// The client's home is now another node, whose topic is `topic`, and its stream was
+    /// handed over: what still arrives here for it (from backends that have not seen the
+    /// change yet, or on this node's channel topics) is passed on there until `until`.
+    Forwarding { topic: String, until: Instant },
+    /// The client was just taken over from another node, or is expected to be (`awaiting`:
+    /// deliveries came before its stream did). Until `until`, an envelope that arrives twice
+    /// (directly and passed on by the old node) is pushed once.
+    TakingOver {
+        seen: HashSet<Box<str>>,
+        until: Instant,
+        awaiting: bool,
+    },
 }
 
 #[derive(Debug)]
 struct ClientInner {
+    /// Names this entry's sequence stream: `<node epoch>-<n>`. A new entry (after the window
+    /// ran out) starts a new stream, so an old `since` cannot be mistaken for a position in it.
+    /// A stream handed over by another node keeps that node's name.
+    stream: String,
     conns: Vec<ConnHandle>,
     /// Metadata from the token of the connection that brought the client online.
     meta: serde_json::Value,
@@ -91,6 +124,8 @@ struct ClientInner {
     kicked: bool,
     /// Removed from the hub: nothing may be added any more.
     gone: bool,
+    /// Moving to another node, or just arrived from one.
+    moving: Move,
 }
 
 impl ClientEntry {
@@ -314,9 +349,13 @@ pub struct Hub {
     subscribed: Mutex<HashSet<ChanName>>,
     /// Whether the node's own topic and the broadcast topic are subscribed.
     base_subscribed: AtomicBool,
+    /// Notified when the node's own topics are subscribed.
+    base_up: Notify,
     /// Clients closed because their home became another node, until the presence writer
     /// records them as moved rather than offline.
     moved: Mutex<HashSet<ClientId>>,
+    /// Notified whenever a client's stream was taken over from another node.
+    handed: Notify,
     metrics: Arc<Metrics>,
     work: Arc<HubWork>,
     sessions: Arc<Sessions>,
@@ -368,7 +407,9 @@ impl Hub {
             pressure: Notify::new(),
             subscribed: Mutex::new(HashSet::new()),
             base_subscribed: AtomicBool::new(false),
+            base_up: Notify::new(),
             moved: Mutex::new(HashSet::new()),
+            handed: Notify::new(),
             metrics,
             work,
             sessions: Arc::default(),
@@ -377,6 +418,212 @@ impl Hub {
 
     fn entry(&self, client: &ClientId) -> Option<Arc<ClientEntry>> {
         lock(&self.clients[shard_of(client)]).get(client).cloned()
+    }
+
+    /// A new entry with a fresh stream of this node, not ready (its channels are to be loaded);
+    /// `detached`: created without a connection, its recovery window open from then.
+    fn new_entry(
+        &self,
+        client: &ClientId,
+        meta: serde_json::Value,
+        detached: Option<Instant>,
+    ) -> Arc<ClientEntry> {
+        let stream = self.next_stream.fetch_add(1, Relaxed);
+        Arc::new(ClientEntry {
+            id: client.clone(),
+            inner: Mutex::new(ClientInner {
+                stream: format!("{}-{stream}", self.node_epoch),
+                conns: Vec::new(),
+                meta,
+                since: now_ms(),
+                seq: 0,
+                ready: false,
+                chans: HashSet::new(),
+                sync_log: Some(Vec::new()),
+                sync_gen: 1,
+                buffer: RecoveryBuffer::default(),
+                detached,
+                kicked: false,
+                gone: false,
+                moving: Move::Settled,
+            }),
+        })
+    }
+
+    /// Hands `client` over to its new home, whose topic is `topic`: queues its stream and
+    /// buffer there (on the ordered publisher queue, so before anything passed on later), asks
+    /// its connections to close with 4003, and from then on passes on what arrives for it
+    /// instead of pushing it, for [`FORWARD_FOR`]; then the entry goes. Returns false when the
+    /// client is not here or was already handed over.
+    pub fn hand_over(&self, client: &ClientId, topic: String) -> bool {
+        let Some(entry) = self.entry(client) else {
+            return false;
+        };
+        let mut inner = entry.lock();
+        if inner.gone || matches!(inner.moving, Move::Forwarding { .. }) {
+            return false;
+        }
+        let frames = inner.buffer.frames();
+        let handover = NodeCommand::Handover(Handover {
+            client: client.clone(),
+            stream: inner.stream.clone(),
+            seq: inner.seq,
+            first: inner.buffer.first_seq().unwrap_or(inner.seq + 1),
+            frames: frames
+                .iter()
+                .filter_map(|f| {
+                    let text = std::str::from_utf8(f).ok()?;
+                    RawValue::from_string(text.to_owned()).ok()
+                })
+                .collect(),
+        });
+        if let Ok(text) = serde_json::to_string(&handover) {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(&topic).arg(text);
+            self.work.outgoing.push([publish]);
+        }
+        let freed = inner.buffer.clear();
+        self.account(-(freed as isize));
+        if inner.detached.take().is_some() {
+            self.metrics.recovery_windows.fetch_sub(1, Relaxed);
+        }
+        inner.moving = Move::Forwarding {
+            topic,
+            until: Instant::now() + FORWARD_FOR,
+        };
+        for conn in &inner.conns {
+            conn.outbox.request_close(CloseCode::Moved);
+        }
+        drop(inner);
+        self.metrics.handovers_sent.fetch_add(1, Relaxed);
+        self.work.presence.mark(client);
+        true
+    }
+
+    /// Takes over a client's stream handed over by the node it left: its window opens here
+    /// with that stream, its `seq` and its buffer, so that it resumes here as it would have
+    /// there. Deliveries that arrived for it first (see [`Hub::hold`]) are numbered after
+    /// the handed-over ones. A client that already connected here afresh keeps its own stream.
+    pub fn take_over(&self, handover: Handover) {
+        if !self.recovery.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let client = handover.client;
+        let (entry, created) = {
+            let mut shard = lock(&self.clients[shard_of(&client)]);
+            match shard.get(&client) {
+                Some(entry) => (entry.clone(), false),
+                None => {
+                    let entry = self.new_entry(&client, serde_json::Value::Null, Some(now));
+                    shard.insert(client.clone(), entry.clone());
+                    (entry, true)
+                }
+            }
+        };
+        if created {
+            self.metrics.recovery_windows.fetch_add(1, Relaxed);
+            self.work.memberships.mark(&client);
+        }
+        let mut inner = entry.lock();
+        let awaiting = created
+            || matches!(inner.moving, Move::TakingOver { awaiting: true, .. })
+                && inner.conns.is_empty();
+        let mut seen: HashSet<Box<str>> = match std::mem::take(&mut inner.moving) {
+            Move::TakingOver { seen, .. } => seen,
+            _ => HashSet::new(),
+        };
+        if awaiting && !inner.gone {
+            // What arrived before the stream did, to number after it: pushed again below,
+            // so not counted as seen yet.
+            seen.clear();
+            let early: Vec<String> = inner
+                .buffer
+                .frames()
+                .iter()
+                .filter_map(|f| contract::unframe(std::str::from_utf8(f).ok()?))
+                .collect();
+            let freed = inner.buffer.clear();
+            self.account(-(freed as isize));
+            inner.stream = handover.stream;
+            inner.seq = handover.first.saturating_sub(1);
+            for frame in handover.frames {
+                let frame = Bytes::from(frame.get().to_owned());
+                if let Some(id) = contract::envelope_id(frame_text(&frame)) {
+                    seen.insert(id.into());
+                }
+                inner.seq += 1;
+                let seq = inner.seq;
+                let delta = inner.buffer.push(seq, frame, now, &self.recovery, false);
+                self.account(delta);
+            }
+            inner.seq = inner.seq.max(handover.seq);
+            inner.moving = Move::TakingOver {
+                seen,
+                until: now + FORWARD_FOR,
+                awaiting: false,
+            };
+            for body in early {
+                self.push_locked(&client, &mut inner, &body, now);
+            }
+        } else {
+            inner.moving = Move::TakingOver {
+                seen,
+                until: now + FORWARD_FOR,
+                awaiting: false,
+            };
+        }
+        drop(inner);
+        self.metrics.handovers_taken.fetch_add(1, Relaxed);
+        self.handed.notify_waiters();
+    }
+
+    /// Keeps an envelope for a client that is not here yet but is being handed over by the
+    /// node it left: its entry opens now, awaiting the stream (see [`Hub::take_over`]).
+    pub fn hold(&self, client: &ClientId, body: &str) -> Reach {
+        if !self.recovery.enabled() {
+            return Reach::Offline;
+        }
+        let now = Instant::now();
+        let entry = {
+            let mut shard = lock(&self.clients[shard_of(client)]);
+            match shard.get(client) {
+                Some(entry) => entry.clone(),
+                None => {
+                    let entry = self.new_entry(client, serde_json::Value::Null, Some(now));
+                    entry.lock().moving = Move::TakingOver {
+                        seen: HashSet::new(),
+                        until: now + FORWARD_FOR,
+                        awaiting: true,
+                    };
+                    shard.insert(client.clone(), entry.clone());
+                    self.metrics.recovery_windows.fetch_add(1, Relaxed);
+                    self.work.memberships.mark(client);
+                    entry
+                }
+            }
+        };
+        self.push(&entry, body, now)
+    }
+
+    /// Waits, up to `wait`, until `client`'s entry here carries `stream` (handed over by the
+    /// node it left). Returns whether it does.
+    pub async fn await_stream(&self, client: &ClientId, stream: &str, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let handed = self.handed.notified();
+            tokio::pin!(handed);
+            handed.as_mut().enable();
+            if self
+                .entry(client)
+                .is_some_and(|e| e.lock().stream == stream)
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, handed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Open connections on this node.
@@ -456,25 +703,7 @@ impl Hub {
                 .entry(claims.sub.clone())
                 .or_insert_with(|| {
                     new_client = true;
-                    let stream = self.next_stream.fetch_add(1, Relaxed);
-                    Arc::new(ClientEntry {
-                        id: claims.sub.clone(),
-                        stream: format!("{}-{stream}", self.node_epoch),
-                        inner: Mutex::new(ClientInner {
-                            conns: Vec::new(),
-                            meta: claims.meta.clone(),
-                            since: now_ms(),
-                            seq: 0,
-                            ready: false,
-                            chans: HashSet::new(),
-                            sync_log: Some(Vec::new()),
-                            sync_gen: 1,
-                            buffer: RecoveryBuffer::default(),
-                            detached: None,
-                            kicked: false,
-                            gone: false,
-                        }),
-                    })
+                    self.new_entry(&claims.sub, claims.meta.clone(), None)
                 })
                 .clone();
             let mut inner = entry.lock();
@@ -489,7 +718,7 @@ impl Hub {
                 crate::recovery::resume(
                     since,
                     &self.node_epoch,
-                    &entry.stream,
+                    &inner.stream,
                     inner.seq,
                     &inner.buffer,
                 )
@@ -501,7 +730,7 @@ impl Hub {
             };
             let info = WelcomeInfo {
                 conn: id,
-                epoch: entry.stream.clone(),
+                epoch: inner.stream.clone(),
                 seq: inner.seq,
                 recovered,
                 reason,
@@ -573,7 +802,9 @@ impl Hub {
             inner.conns.retain(|c| c.id != id);
             let removed = inner.conns.len() < before;
             let went_offline = removed && inner.conns.is_empty();
-            let left = if !inner.conns.is_empty() || inner.detached.is_some() {
+            let forwarding = matches!(inner.moving, Move::Forwarding { .. });
+            let left = if !inner.conns.is_empty() || inner.detached.is_some() || forwarding {
+                // A handed-over entry stays, passing deliveries on, until the sweeper ends it.
                 None
             } else if self.recovery.enabled() && !inner.kicked && inner.ready {
                 inner.detached = Some(Instant::now());
@@ -637,6 +868,27 @@ impl Hub {
         true
     }
 
+    /// Removes a handed-over entry once it stopped passing deliveries on.
+    fn end_forwarding(&self, entry: &Arc<ClientEntry>) {
+        let chans = {
+            let mut shard = lock(&self.clients[shard_of(&entry.id)]);
+            if !shard.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                return;
+            }
+            let mut inner = entry.lock();
+            if !inner.conns.is_empty() {
+                return;
+            }
+            let chans = self.remove_locked(&mut inner);
+            drop(inner);
+            shard.remove(&entry.id);
+            chans
+        };
+        for chan in chans {
+            self.chan_remove(&chan, entry);
+        }
+    }
+
     /// Ends recovery windows that ran out and trims envelopes past their age; then, while the
     /// buffers hold more than the node's bound, ends the oldest windows first, and as a last
     /// resort halves the buffers of online clients.
@@ -645,10 +897,24 @@ impl Hub {
         let mut expired = Vec::new();
         let mut windows = Vec::new();
         let mut online = Vec::new();
+        let mut forwarded = Vec::new();
         for shard in self.clients.iter() {
             let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
             for entry in entries {
                 let mut inner = entry.lock();
+                match &inner.moving {
+                    Move::Forwarding { until, .. } => {
+                        if now > *until && inner.conns.is_empty() {
+                            drop(inner);
+                            forwarded.push(entry);
+                        }
+                        continue;
+                    }
+                    Move::TakingOver { until, .. } if now > *until => {
+                        inner.moving = Move::Settled;
+                    }
+                    _ => {}
+                }
                 let connected = inner.detached.is_none();
                 let freed = inner
                     .buffer
@@ -675,6 +941,9 @@ impl Hub {
             if self.end_window(entry) {
                 swept.expired += 1;
             }
+        }
+        for entry in &forwarded {
+            self.end_forwarding(entry);
         }
         let over =
             || self.metrics.recovery_bytes.load(Relaxed) > self.recovery.node_max_bytes as u64;
@@ -706,12 +975,27 @@ impl Hub {
             lock(&self.subscribed).clear();
             return;
         }
+        self.base_up.notify_waiters();
         for shard in self.clients.iter() {
             let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
             for entry in entries {
                 let mut inner = entry.lock();
                 self.check_ready(&entry, &mut inner);
             }
+        }
+    }
+
+    /// Completes once the node's own topics (its command topic, the broadcast topic) are
+    /// subscribed: from then on what backends send to this node reaches it.
+    pub async fn base_subscribed(&self) {
+        loop {
+            let up = self.base_up.notified();
+            tokio::pin!(up);
+            up.as_mut().enable();
+            if self.base_subscribed.load(Relaxed) {
+                return;
+            }
+            up.await;
         }
     }
 
@@ -918,12 +1202,22 @@ impl Hub {
     /// Queues an envelope to every connection of each receiver (or keeps it for a receiver
     /// inside its recovery window) and reports how far it got to each. `body` is the shared
     /// envelope body.
-    pub fn deliver(&self, to: &[ClientId], body: &str, mut result: impl FnMut(&ClientId, Reach)) {
+    /// A receiver not here but `expected` (being handed over by the node it left) has the
+    /// envelope kept for it (see [`Hub::hold`]).
+    pub fn deliver(
+        &self,
+        to: &[ClientId],
+        body: &str,
+        expected: impl Fn(&ClientId) -> bool,
+        mut result: impl FnMut(&ClientId, Reach),
+    ) {
         let now = Instant::now();
         for client in to {
-            let reach = self
-                .entry(client)
-                .map_or(Reach::Offline, |entry| self.push(&entry, body, now));
+            let reach = match self.entry(client) {
+                Some(entry) => self.push(&entry, body, now),
+                None if expected(client) => self.hold(client, body),
+                None => Reach::Offline,
+            };
             if reach == Reach::Offline {
                 self.metrics.dropped(DropReason::Offline, 1);
             }
@@ -976,8 +1270,54 @@ impl Hub {
     /// recovery buffer and queues it to each connection.
     fn push(&self, entry: &ClientEntry, body: &str, now: Instant) -> Reach {
         let mut inner = entry.lock();
+        self.push_locked(&entry.id, &mut inner, body, now)
+    }
+
+    fn push_locked(
+        &self,
+        client: &ClientId,
+        inner: &mut ClientInner,
+        body: &str,
+        now: Instant,
+    ) -> Reach {
         if inner.gone {
             return Reach::Offline;
+        }
+        match &mut inner.moving {
+            Move::Settled => {}
+            Move::Forwarding { topic, until } => {
+                if now > *until {
+                    return Reach::Offline;
+                }
+                let Ok(envelope) = serde_json::from_str::<&RawValue>(body) else {
+                    return Reach::Offline;
+                };
+                let Ok(text) = serde_json::to_string(&NodeCommand::Forward(Forward {
+                    client: client.clone(),
+                    envelope,
+                })) else {
+                    return Reach::Offline;
+                };
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(topic.as_str()).arg(text);
+                self.work.outgoing.push([publish]);
+                self.metrics.forwarded.fetch_add(1, Relaxed);
+                return Reach::Buffered;
+            }
+            Move::TakingOver { seen, until, .. } => {
+                if now > *until {
+                    inner.moving = Move::Settled;
+                } else if let Some(id) = contract::envelope_id(body)
+                    && !seen.insert(id.into())
+                {
+                    // Already pushed: it came both ways during the move.
+                    return if inner.conns.is_empty() {
+                        Reach::Buffered
+                    } else {
+                        Reach::Delivered
+                    };
+                }
+            }
         }
         inner.seq += 1;
         let seq = inner.seq;

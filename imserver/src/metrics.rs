@@ -67,6 +67,12 @@ pub struct Metrics {
     pub session_tasks: AtomicU64,
     /// Clients closed with 4003 because their home became another node.
     pub clients_moved: AtomicU64,
+    /// Client streams handed over to their new home.
+    pub handovers_sent: AtomicU64,
+    /// Client streams taken over from the node a client left.
+    pub handovers_taken: AtomicU64,
+    /// Envelopes passed on to a handed-over client's new home.
+    pub forwarded: AtomicU64,
     /// Bytes held in recovery buffers.
     pub recovery_bytes: AtomicU64,
     /// Clients inside their recovery window (no connection, buffer kept).
@@ -222,6 +228,24 @@ impl Metrics {
             "counter",
             "Clients closed with 4003 because their home became another node.",
             self.clients_moved.load(Relaxed),
+        );
+        metric(
+            "im_handovers_sent_total",
+            "counter",
+            "Client streams handed over to their new home.",
+            self.handovers_sent.load(Relaxed),
+        );
+        metric(
+            "im_handovers_taken_total",
+            "counter",
+            "Client streams taken over from the node a client left.",
+            self.handovers_taken.load(Relaxed),
+        );
+        metric(
+            "im_forwarded_total",
+            "counter",
+            "Envelopes passed on to a handed-over client's new home.",
+            self.forwarded.load(Relaxed),
         );
         metric(
             "im_recovery_bytes",

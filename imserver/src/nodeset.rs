@@ -10,6 +10,7 @@
 use std::sync::RwLock;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+use std::time::Instant;
 
 use deadpool_redis::Pool;
 use imclient::contract::CloseCode;
@@ -21,6 +22,10 @@ use crate::node::Node;
 
 /// How often the set is read when no announcement comes.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How long after a change this node expects the clients it gained from a node still live to
+/// be handed over (see `Hub::take_over`): deliveries for them are kept meanwhile, and their
+/// connections wait for their stream.
+pub const HANDOVER_EXPECTED_FOR: Duration = Duration::from_secs(5);
 
 /// The configured nodes and which of them are live.
 #[derive(Debug)]
@@ -28,6 +33,9 @@ pub struct NodeSet {
     configured: Vec<NodeId>,
     /// `None` until first read: until then this node serves whoever its tokens name.
     live: RwLock<Option<Vec<NodeId>>>,
+    /// The live nodes before the last change (without this node at the first read: it was
+    /// not running), and when it happened.
+    previous: RwLock<Option<(Vec<NodeId>, Instant)>>,
 }
 
 impl NodeSet {
@@ -36,6 +44,7 @@ impl NodeSet {
         Self {
             configured,
             live: RwLock::new(None),
+            previous: RwLock::new(None),
         }
     }
 
@@ -56,12 +65,36 @@ impl NodeSet {
             .cloned()
     }
 
-    /// Sets the live nodes; returns whether they changed.
-    fn set_live(&self, live: Vec<NodeId>) -> bool {
+    /// Whether `client` is being handed over to `me` by the node it left: its home before the
+    /// last change (a few seconds ago at most) was another node that is still live. Also true
+    /// before the set is first read, when a node that just started may be winning anyone.
+    pub fn expects_handover(&self, me: &NodeId, client: &ClientId) -> bool {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        let Some(live) = live.as_deref() else {
+            return !self.configured.is_empty();
+        };
+        let previous = self.previous.read().unwrap_or_else(|p| p.into_inner());
+        let Some((before, at)) = previous.as_ref() else {
+            return false;
+        };
+        if at.elapsed() > HANDOVER_EXPECTED_FOR {
+            return false;
+        }
+        home_node(before, client.as_str()).is_some_and(|old| {
+            old != me && live.contains(old) && home_node(live, client.as_str()) == Some(me)
+        })
+    }
+
+    /// Sets the live nodes (`me` among them); returns whether they changed.
+    fn set_live(&self, me: &NodeId, live: Vec<NodeId>) -> bool {
         let mut current = self.live.write().unwrap_or_else(|p| p.into_inner());
         if current.as_ref() == Some(&live) {
             return false;
         }
+        let before = current
+            .take()
+            .unwrap_or_else(|| live.iter().filter(|n| *n != me).cloned().collect());
+        *self.previous.write().unwrap_or_else(|p| p.into_inner()) = Some((before, Instant::now()));
         *current = Some(live);
         true
     }
@@ -85,7 +118,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         }
         match read(&node, &pool).await {
             Ok(live) => {
-                if node.nodes().set_live(live.clone()) {
+                if node.nodes().set_live(node.id(), live.clone()) {
                     tracing::info!(node = %node.id(), live = ?live, "live node set changed");
                     move_clients(&node);
                 }
@@ -111,12 +144,23 @@ async fn read(node: &Node, pool: &Pool) -> Result<Vec<NodeId>, String> {
         .collect())
 }
 
-/// Closes with 4003 every client whose home is now another node.
+/// Moves every client whose home is now another node: hands its stream over to the new home,
+/// then closes its connections with 4003 (see `Hub::hand_over`).
 fn move_clients(node: &Node) {
     let mut moved = 0;
     for client in node.hub().clients() {
-        if !node.nodes().owns(node.id(), &client) {
-            node.hub().mark_moved(&client);
+        if node.nodes().owns(node.id(), &client) {
+            continue;
+        }
+        let Some(home) = node.nodes().home_of(&client) else {
+            continue;
+        };
+        node.hub().mark_moved(&client);
+        if node.hub().recovery().enabled() {
+            if node.hub().hand_over(&client, node.keys().node_topic(&home)) {
+                moved += 1;
+            }
+        } else {
             node.hub().kick(&client, CloseCode::Moved);
             moved += 1;
         }

@@ -82,6 +82,11 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         next_renewal: Instant::now(),
         moves: HashMap::new(),
     };
+    // The lease makes backends route to this node: not before it can hear them.
+    tokio::select! {
+        _ = writer.node.hub().base_subscribed() => {}
+        _ = stop.changed() => return,
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         match writer.step().await {

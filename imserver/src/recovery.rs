@@ -160,6 +160,16 @@ impl RecoveryBuffer {
         freed
     }
 
+    /// Every frame held, oldest first.
+    pub fn frames(&self) -> Vec<Bytes> {
+        self.envelopes.iter().map(|e| e.frame.clone()).collect()
+    }
+
+    /// The sequence number of the oldest frame held.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.envelopes.front().map(|e| e.seq)
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
