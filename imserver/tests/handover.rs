@@ -209,7 +209,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
             .then_some(())
     })
     .await
-    .or_else(|e| {
+    .map_err(|e| {
         let log = log.lock().unwrap();
         for c in &clients {
             let r = &log[c];
@@ -224,7 +224,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
                 r.closes
             );
         }
-        Err(e)
+        e
     })?;
     let _ = stop_tx.send(true);
     for reader in readers {
