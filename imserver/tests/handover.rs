@@ -209,7 +209,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
             .then_some(())
     })
     .await
-    .map_err(|e| {
+    .inspect_err(|_| {
         let log = log.lock().unwrap();
         for c in &clients {
             let r = &log[c];
@@ -224,7 +224,6 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
                 r.closes
             );
         }
-        e
     })?;
     let _ = stop_tx.send(true);
     for reader in readers {
