@@ -26,10 +26,10 @@ try {
   };
   await say(ann, 'Morning all! Is the release still on for today?');
   await cho.call('/api/rooms/lobby/messages', { text: 'Yes, tagging it after lunch.' });
-  await cho.call('/api/rooms/lobby/messages', { text: 'The reconnect fixes are in: pull the network cable and watch the banner 🙂' });
+  await cho.call('/api/rooms/lobby/messages', { text: 'The reconnect fixes are in: pull the network cable and watch the banner.' });
   await messageText(ann.page, 'watch the banner').waitFor({ timeout: WAIT });
   await say(ben, 'Tried it on my phone on the train, came back by itself.');
-  await say(ann, 'Nice. Nothing lost, nothing twice 🎉');
+  await say(ann, 'Nice. Nothing lost, nothing twice.');
   // Cho has no page (an API user), so the room counts two online.
   // A private message to Ann while she is in the room: an unread badge on Ben.
   await ben.page.click('#back');
@@ -37,7 +37,7 @@ try {
   await ben.page.fill('#compose-text', 'Coffee after the release?');
   await ben.page.click('#compose-send');
   await ann.page.locator(`#online-list li[data-user="${ben.me.id}"] .badge`).waitFor({ timeout: WAIT });
-  await ben.page.fill('#compose-text', 'My treat ☕');
+  await ben.page.fill('#compose-text', 'My treat!');
   await ben.page.click('#compose-send');
   await until('Ben\'s messages to be delivered', async () => (await ben.page.locator('#messages li.mine .mark[data-status="delivered"]').count()) === 2);
   await ben.page.click('#back');
