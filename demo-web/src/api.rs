@@ -1,9 +1,11 @@
 //! The business API the page calls. It owns users and rooms and decides who may talk; imclient
-//! carries what it decides to the browsers. Errors are JSON `{"error": "..."}` with a status.
+//! carries what it decides to the browsers. Errors are JSON `{"error": "<code>", "message": "..."}`
+//! with a status.
 
 use std::sync::Arc;
 
 use actix_web::cookie::{Cookie, SameSite};
+use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use imclient::ImClient;
@@ -47,37 +49,89 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/rooms/{room}/messages", web::post().to(send_room));
 }
 
-/// Why a request was refused; rendered as JSON `{"error": "..."}` with its status.
+/// Longest request body, in bytes: far above the longest message (1000 characters, each
+/// escaped as `\uXXXX\uXXXX` at worst), so only a body that is no message at all hits it.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+
+/// Why a request was refused; rendered as JSON `{"error": "<code>", "message": "<text>"}`
+/// with its status, like the nodes' handshake errors (docs/PROTOCOL.md). The page shows the
+/// message; scripts can match on the code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// No session cookie, or an unknown one.
     #[error("sign in first")]
     SignedOut,
     /// Bad input.
-    #[error("{0}")]
-    BadRequest(String),
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
     /// Input over a size limit.
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("{message}")]
+    TooLarge {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// A body that is not declared as JSON.
+    #[error("send the body as JSON, with content-type: application/json")]
+    NotJson,
     /// Not allowed for this user.
-    #[error("{0}")]
-    Forbidden(String),
-    /// No such room or user.
-    #[error("{0}")]
-    NotFound(String),
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// No such room, user or path.
+    #[error("{message}")]
+    NotFound {
+        /// Machine-readable reason.
+        code: &'static str,
+        /// What is missing.
+        message: String,
+    },
     /// imclient failed (Redis away).
     #[error("messaging is unavailable: {0}")]
     Im(#[from] imclient::Error),
+}
+
+impl ApiError {
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The machine-readable reason, the `error` field of the answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::SignedOut => "signed_out",
+            ApiError::BadRequest { code, .. }
+            | ApiError::TooLarge { code, .. }
+            | ApiError::Forbidden { code, .. }
+            | ApiError::NotFound { code, .. } => code,
+            ApiError::NotJson => "not_json",
+            ApiError::Im(_) => "unavailable",
+        }
+    }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::SignedOut => StatusCode::UNAUTHORIZED,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Im(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -86,8 +140,51 @@ impl ResponseError for ApiError {
         if let ApiError::Im(e) = self {
             tracing::warn!(error = %e, "imclient call failed");
         }
-        HttpResponse::build(self.status_code()).json(json!({ "error": self.to_string() }))
+        HttpResponse::build(self.status_code())
+            .json(json!({ "error": self.code(), "message": self.to_string() }))
     }
+}
+
+/// Body limit and errors of the JSON extractor: actix answers those in plain text by itself,
+/// which the page (and any script) would have to special-case.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(|err, _req| json_error(&err).into())
+}
+
+fn json_error(err: &JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::OverflowKnownLength { .. } | JsonPayloadError::Overflow { .. } => {
+            ApiError::TooLarge {
+                code: "body_too_large",
+                message: format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            }
+        }
+        JsonPayloadError::ContentType => ApiError::NotJson,
+        // Valid JSON of the wrong shape: serde names the field (and where it is).
+        JsonPayloadError::Deserialize(e) if e.is_data() => {
+            let code = if e.to_string().starts_with("missing field") {
+                "missing_field"
+            } else {
+                "invalid_field"
+            };
+            ApiError::bad(code, e.to_string())
+        }
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad("invalid_json", format!("the body is not valid JSON: {e}"))
+        }
+        other => ApiError::bad("invalid_body", other.to_string()),
+    }
+}
+
+/// The answer to a path that is no page or API call: JSON like every other refusal.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::NotFound {
+        code: "not_found",
+        message: format!("no {} {}", req.method(), req.path()),
+    }
+    .error_response()
 }
 
 type ApiResult = Result<HttpResponse, ApiError>;
@@ -105,19 +202,21 @@ fn signed_in(req: &HttpRequest, state: &AppState) -> Result<(String, User), ApiE
 }
 
 fn room_of(name: &str) -> Result<&'static str, ApiError> {
-    Rooms::find(name).ok_or_else(|| {
-        ApiError::NotFound(format!("no room {name:?}; rooms are {}", ROOMS.join(", ")))
+    Rooms::find(name).ok_or_else(|| ApiError::NotFound {
+        code: "unknown_room",
+        message: format!("no room {name:?}; rooms are {}", ROOMS.join(", ")),
     })
 }
 
 fn text_of(text: &str) -> Result<String, ApiError> {
     let text = text.trim();
     if text.is_empty() {
-        Err(ApiError::BadRequest("text is empty".into()))
+        Err(ApiError::bad("text_empty", "text is empty"))
     } else if text.chars().count() > MAX_TEXT_CHARS {
-        Err(ApiError::TooLarge(format!(
-            "text is longer than {MAX_TEXT_CHARS} characters"
-        )))
+        Err(ApiError::TooLarge {
+            code: "text_too_long",
+            message: format!("text is longer than {MAX_TEXT_CHARS} characters"),
+        })
     } else {
         Ok(text.to_owned())
     }
@@ -127,7 +226,8 @@ fn text_of(text: &str) -> Result<String, ApiError> {
 /// the answer) gets the first send's id instead of sending a second message.
 fn retry_key_of(key: Option<&str>) -> Result<Option<&str>, ApiError> {
     match key {
-        Some(k) if k.is_empty() || k.chars().count() > MAX_KEY_CHARS => Err(ApiError::BadRequest(
+        Some(k) if k.is_empty() || k.chars().count() > MAX_KEY_CHARS => Err(ApiError::bad(
+            "invalid_retry_key",
             format!("retry_key must be 1 to {MAX_KEY_CHARS} characters"),
         )),
         k => Ok(k),
@@ -140,7 +240,7 @@ struct SignIn {
 }
 
 async fn sign_in(state: web::Data<AppState>, body: web::Json<SignIn>) -> ApiResult {
-    let name = clean_name(&body.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let name = clean_name(&body.name).map_err(|e| ApiError::bad(e.code(), e.to_string()))?;
     let (token, user) = state.users.sign_in(name);
     let cookie = Cookie::build(COOKIE, token)
         .path("/")
@@ -162,8 +262,14 @@ async fn sign_out(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
         .json(json!({ "signed_out": user.id })))
 }
 
+/// Who this browser is signed in as; 204 when nobody, which is an answer rather than an error:
+/// every signed-out page load asks, and a 401 would show up in the console each time.
 async fn me(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
-    let (_, user) = signed_in(&req, &state)?;
+    let user = match signed_in(&req, &state) {
+        Ok((_, user)) => user,
+        Err(ApiError::SignedOut) => return Ok(HttpResponse::NoContent().finish()),
+        Err(e) => return Err(e),
+    };
     let node = state.im.home_node(&user.id)?.to_string();
     Ok(HttpResponse::Ok().json(json!({ "id": user.id, "name": user.name, "node": node })))
 }
@@ -204,7 +310,17 @@ async fn send_private(
     let to = state
         .users
         .by_id(&body.to)
-        .ok_or_else(|| ApiError::NotFound(format!("no user {:?}", body.to)))?;
+        .ok_or_else(|| ApiError::NotFound {
+            code: "unknown_user",
+            message: format!("no user {:?}", body.to),
+        })?;
+    // The page has no conversation with oneself to show it in: refused rather than lost.
+    if to.id == user.id {
+        return Err(ApiError::bad(
+            "self_message",
+            "you cannot send a private message to yourself",
+        ));
+    }
     let key = retry_key_of(body.retry_key.as_deref())?;
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "to": to.id });
     let id = state
@@ -279,12 +395,17 @@ async fn send_room(
         .iter()
         .any(|c| c.as_str() == room)
     {
-        return Err(ApiError::Forbidden(format!(
-            "join {room} before writing to it"
-        )));
+        return Err(ApiError::Forbidden {
+            code: "not_a_member",
+            message: format!("join {room} before writing to it"),
+        });
     }
     let key = retry_key_of(body.retry_key.as_deref())?;
-    let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "room": room });
+    // The key comes back to the sender's pages with the push, which may overtake the answer
+    // to this request: the page then knows the push is the message it shows as pending.
+    let payload = json!({
+        "kind": "chat", "text": text, "from_name": user.name, "room": room, "retry_key": key,
+    });
     let id = state
         .sends
         .once(&user.id, key, || async {

@@ -39,6 +39,10 @@ fn asset(
     move || std::future::ready(HttpResponse::Ok().content_type(content_type).body(body))
 }
 
+fn favicon() -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
+    asset("image/svg+xml", include_str!("../static/favicon.svg"))
+}
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -62,7 +66,9 @@ async fn main() -> anyhow::Result<()> {
     HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .app_data(api::json_config())
             .configure(api::configure)
+            .default_service(web::to(api::not_found))
             .route(
                 "/",
                 web::get().to(asset(
@@ -84,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
                     include_str!("../static/imclient.js"),
                 )),
             )
+            .route("/favicon.svg", web::get().to(favicon()))
+            // Browsers that ignore the page's icon link still ask for this.
+            .route("/favicon.ico", web::get().to(favicon()))
             .route(
                 "/style.css",
                 web::get().to(asset(

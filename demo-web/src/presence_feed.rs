@@ -25,10 +25,19 @@ pub async fn run(im: ImClient, users: std::sync::Arc<Users>, consumer: String) {
         loop {
             let (_, event) = match events.next().await {
                 Ok(item) => item,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence event stream failed; retrying");
+                // Only a stream whose reader is gone needs building again.
+                Err(e @ imclient::Error::Options(_)) => {
+                    tracing::warn!(error = %e, "presence event stream stopped; starting over");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     break;
+                }
+                // Redis failed a read: the stream's reader retries by itself, with backoff, and
+                // goes on where it stopped. Building a new stream here (as before) added a
+                // second's delay to every presence change behind it and read the unacknowledged
+                // events again.
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence event read failed; the stream retries");
+                    continue;
                 }
             };
             let name = users

@@ -19,44 +19,78 @@
 //   which have no history to reload, get a notice that messages may be missing.
 // - The online list: a fetch of /api/online is a snapshot that may be older than presence
 //   events that arrive while it is in flight. Those events are logged and applied again on top
-//   of the snapshot when it arrives; a snapshot older than one already shown is dropped.
+//   of the snapshot when it arrives; a snapshot older than one already shown is dropped. A
+//   snapshot that fails is fetched again (with backoff): without it the list would hold only
+//   the people whose presence event came after this page's welcome.
+//
+// Layout: on a wide screen the list (rooms, people) and the conversation show side by side; on
+// a narrow one (the same width as the CSS breakpoint) one at a time, `#app[data-view]` saying
+// which. A message for a conversation that is not open counts as unread on its room or person.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
 const state = {
   me: null, conn: null, online: new Map(), rooms: [], current: null, convos: new Map(), marks: new Map(),
-  recovery: null, everConnected: false,
+  recovery: null, everConnected: false, unread: new Map(),
 };
+const WIDE = window.matchMedia('(min-width: 760px)');
+// Messages from the same sender closer than this show as one group (one name, joined bubbles).
+const GROUP_MS = 5 * 60 * 1000;
 
 class ApiError extends Error {
-  constructor(message, status) { super(message); this.status = status; }
+  constructor(message, status, code) { super(message); this.status = status; this.code = code; }
 }
 
 async function api(path, body) {
   const init = body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) };
   const r = await fetch(path, init);
+  if (r.status === 204) return null;
   const data = await r.json().catch(() => ({}));
-  if (!r.ok) throw new ApiError(data.error || r.statusText, r.status);
+  if (!r.ok) throw new ApiError(data.message || data.error || r.statusText, r.status, data.error);
   return data;
 }
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   Object.entries(attrs || {}).forEach(([k, v]) => (k === 'class' ? (e.className = v) : e.setAttribute(k, v)));
-  children.forEach((c) => e.append(c));
+  children.forEach((c) => c !== null && c !== undefined && e.append(c));
   return e;
 }
 
+// ---- people: names, tags, colours ---------------------------------------------------------------
+
+/** The short tag shown beside a name: the end of the user's id, distinct among same-named users. */
+const tagOf = (id) => '#' + String(id || '').slice(-4);
+
+function hueOf(id) {
+  let h = 0;
+  for (const ch of String(id)) h = (h * 31 + ch.codePointAt(0)) % 360;
+  return `hsl(${h} 52% 46%)`;
+}
+
+/** A name (isolated, so right-to-left text cannot reorder what is around it) and its tag. */
+function nameEl(name, id) {
+  return el('span', { class: 'line' }, el('bdi', { class: 'name' }, name), el('span', { class: 'tag' }, tagOf(id)));
+}
+
+function avatar(name, id) {
+  const a = el('span', { class: 'avatar', 'aria-hidden': 'true' }, [...(name || '?')][0].toUpperCase());
+  a.style.setProperty('--hue', hueOf(id));
+  return a;
+}
+
+const nameOf = (id) => state.online.get(id) || (state.convos.get('user:' + id) || {}).name || id;
+
 // ---- conversations: sorted lists of items ---------------------------------------------------
-// An item: { key, id, fromName, text, mine, private, status, error, notice, li }. `key` orders
-// it: the message id once there is one; pending messages (no id yet) sort last, in the order
-// they were typed ("~" sorts after hex digits).
+// An item: { key, id, from, fromName, text, ts, mine, private, status, error, notice, li }. `key`
+// orders it: the message id once there is one; pending messages (no id yet) sort last, in the
+// order they were typed ("~" sorts after hex digits).
 
 let localCounter = 0;
 const pendingKey = () => '~' + String(++localCounter).padStart(10, '0');
 
 function convo(key) {
-  if (!state.convos.has(key)) state.convos.set(key, { items: [], byId: new Map() });
+  if (!state.convos.has(key)) state.convos.set(key, { items: [], byId: new Map(), name: null });
   return state.convos.get(key);
 }
 
@@ -70,8 +104,12 @@ function indexFor(items, key) {
   return lo;
 }
 
-/** Adds an item in order; an item whose id is there already is ignored. Returns the item kept. */
-function add(key, item) {
+/**
+ * Adds an item in order; an item whose id is there already is ignored. Returns the item kept.
+ * `live`: it just arrived (not from a history load), so it counts as unread when its
+ * conversation is not open.
+ */
+function add(key, item, live = false) {
   const c = convo(key);
   if (item.id) {
     if (c.byId.has(item.id)) return c.byId.get(item.id);
@@ -81,10 +119,14 @@ function add(key, item) {
   c.items.splice(i, 0, item);
   if (state.current === key) {
     const ul = $('messages');
-    const atBottom = ul.scrollHeight - ul.scrollTop - ul.clientHeight < 40;
+    const atBottom = ul.scrollHeight - ul.scrollTop - ul.clientHeight < 60;
     item.li = renderItem(item);
     ul.insertBefore(item.li, ul.children[i] || null);
+    decorateAround(c, i);
     if (atBottom || item.mine) ul.scrollTop = ul.scrollHeight;
+  } else if (live && !item.mine && !item.notice) {
+    state.unread.set(key, (state.unread.get(key) || 0) + 1);
+    renderUnread();
   }
   return item;
 }
@@ -96,14 +138,17 @@ function remove(key, item) {
   if (item.id && c.byId.get(item.id) === item) c.byId.delete(item.id);
   if (item.li) item.li.remove();
   item.li = null;
+  if (i >= 0) decorateAround(c, i);
 }
 
 /** Redraws one item in place (its status changed). */
-function refresh(item) {
+function refresh(item, key) {
   if (!item.li || !item.li.isConnected) return;
   const li = renderItem(item);
   item.li.replaceWith(li);
   item.li = li;
+  const c = convo(key);
+  decorate(c, c.items.indexOf(item));
 }
 
 const LABELS = {
@@ -119,27 +164,66 @@ function statusOf(m) {
   return null;
 }
 
+const clock = (ts) => new Date(ts).toLocaleTimeString([], { hour: 'numeric', minute: '2-digit' });
+
+function dayLabel(ts) {
+  const d = new Date(ts);
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (d.toDateString() === today.toDateString()) return 'Today';
+  if (d.toDateString() === yesterday.toDateString()) return 'Yesterday';
+  return d.toLocaleDateString([], { weekday: 'short', day: 'numeric', month: 'short', year: 'numeric' });
+}
+
 function renderItem(m) {
-  const li = el('li', { class: m.notice ? 'notice' : m.mine ? 'mine' : '', 'data-id': m.id || '', 'data-key': m.key });
-  if (m.notice) {
-    li.append(m.text);
-    return li;
+  if (m.notice) return el('li', { class: 'notice', 'data-key': m.key }, el('span', {}, m.text));
+  const li = el('li', { class: m.mine ? 'mine' : 'theirs', 'data-id': m.id || '', 'data-key': m.key });
+  const bubble = el('div', { class: 'bubble' });
+  if (!m.mine && !m.private) {
+    const who = el('div', { class: 'who' }, nameEl(m.fromName, m.from));
+    who.style.setProperty('--hue', hueOf(m.from));
+    bubble.append(who);
   }
-  li.append(el('span', { class: 'who' }, m.fromName + ':'), el('span', { class: 'text' }, m.text));
+  const meta = el('span', { class: 'meta' }, el('time', { datetime: new Date(m.ts).toISOString() }, clock(m.ts)));
   const status = statusOf(m);
   if (status) {
     const mark = el('span', { class: 'mark', 'data-status': status }, LABELS[status] || status);
     if (m.error) mark.title = m.error;
-    li.append(mark);
+    meta.append(mark);
   }
+  bubble.append(el('span', { class: 'text', dir: 'auto' }, m.text), meta);
+  li.append(bubble);
   if (status === 'pending' || status === 'waiting' || status === 'failed') li.classList.add(status === 'failed' ? 'failed' : 'pending');
   return li;
 }
 
+function sameGroup(a, b) {
+  return !!a && !!b && !a.notice && !b.notice && a.from === b.from && Math.abs(b.ts - a.ts) < GROUP_MS
+    && new Date(a.ts).toDateString() === new Date(b.ts).toDateString();
+}
+
+/** Marks item i as the first or last of its group and the first of its day, from its neighbours. */
+function decorate(c, i) {
+  const m = c.items[i];
+  if (!m || !m.li) return;
+  const prev = c.items[i - 1];
+  const next = c.items[i + 1];
+  m.li.classList.toggle('first', !sameGroup(prev, m));
+  m.li.classList.toggle('last', !sameGroup(m, next));
+  const newDay = !m.notice && !(prev && new Date(prev.ts).toDateString() === new Date(m.ts).toDateString());
+  if (newDay) m.li.dataset.day = dayLabel(m.ts); else delete m.li.dataset.day;
+}
+
+function decorateAround(c, i) {
+  for (let j = i - 1; j <= i + 1; j++) decorate(c, j);
+}
+
 function renderMessages() {
   const ul = $('messages');
-  const items = state.current ? convo(state.current).items : [];
+  const c = state.current ? convo(state.current) : null;
+  const items = c ? c.items : [];
   ul.replaceChildren(...items.map((m) => (m.li = renderItem(m))));
+  items.forEach((_, i) => decorate(c, i));
   ul.scrollTop = ul.scrollHeight;
 }
 
@@ -148,30 +232,68 @@ function notice(key, text) {
   const items = convo(key).items;
   let last = '';
   for (const m of items) if (!m.key.startsWith('~')) last = m.key;
-  add(key, { key: last + '~' + String(++localCounter).padStart(10, '0'), notice: true, text });
+  add(key, { key: last + '~' + String(++localCounter).padStart(10, '0'), notice: true, text, ts: Date.now() });
+}
+
+// ---- unread ---------------------------------------------------------------------------------
+
+function badge(n) {
+  return n ? el('span', { class: 'badge', 'aria-label': `${n} unread` }, n > 99 ? '99+' : String(n)) : null;
+}
+
+function renderUnread() {
+  renderOnline();
+  renderRooms();
+  let total = 0;
+  for (const n of state.unread.values()) total += n;
+  document.title = (total ? `(${total}) ` : '') + 'imserver chat';
+  const back = $('back-badge');
+  back.hidden = !total;
+  back.textContent = total > 99 ? '99+' : String(total);
 }
 
 // ---- online list ------------------------------------------------------------------------------
 
 // gen: fetches started; applied: the newest fetch applied; log: presence events that arrived
 // while a fetch was in flight (null when none is).
-const presence = { gen: 0, applied: 0, inFlight: 0, log: null };
+const presence = { gen: 0, applied: 0, inFlight: 0, log: null, retry: null };
 
 function applyPresence(p) {
   if (p.online) state.online.set(p.user, p.name); else state.online.delete(p.user);
 }
 
-function renderOnline() {
-  const ul = $('online-list');
-  ul.replaceChildren();
-  for (const [id, name] of [...state.online].sort((a, b) => a[1].localeCompare(b[1]))) {
-    const li = el('li', { 'data-user': id, class: state.current === 'user:' + id ? 'active' : '' }, name + (id === state.me.id ? ' (you)' : ''));
-    if (id !== state.me.id) li.onclick = () => open('user:' + id, 'Chat with ' + name);
-    ul.append(li);
+function personRow(id, name, sub) {
+  const you = id === state.me.id;
+  const key = 'user:' + id;
+  const li = el('li', { 'data-user': id, class: (state.current === key ? 'active' : '') + (you ? ' self' : '') },
+    avatar(name, id),
+    el('span', { class: 'label' }, nameEl(name, id), sub ? el('span', { class: 'sub' }, sub) : null),
+    badge(state.unread.get(key) || 0));
+  if (!you) {
+    li.tabIndex = 0;
+    li.setAttribute('role', 'button');
+    li.onclick = () => open(key);
+    li.onkeydown = (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); open(key); } };
   }
+  return li;
 }
 
-async function loadOnline() {
+function renderOnline() {
+  if (!state.me) return;
+  const ul = $('online-list');
+  const people = [...state.online].sort((a, b) => (a[0] === state.me.id ? -1 : b[0] === state.me.id ? 1 : a[1].localeCompare(b[1])));
+  ul.replaceChildren(...people.map(([id, name]) => personRow(id, name, id === state.me.id ? 'you' : null)));
+  $('online-count').textContent = people.length ? '· ' + people.length : '';
+  // Conversations with people who are not online (gone, or writing from elsewhere) stay
+  // reachable, so their messages and unread counts have somewhere to show.
+  const others = [...state.convos].filter(([key, c]) => key.startsWith('user:') && c.items.length && !state.online.has(key.slice(5)));
+  $('dm-list').replaceChildren(...others.map(([key, c]) => personRow(key.slice(5), c.name || key.slice(5), 'offline')));
+  $('dm-section').hidden = !others.length;
+  if (state.current && state.current.startsWith('user:')) renderTitle();
+}
+
+async function loadOnline(attempt = 0) {
+  clearTimeout(presence.retry);
   const gen = ++presence.gen;
   if (!presence.log) presence.log = [];
   const from = presence.log.length;
@@ -186,7 +308,11 @@ async function loadOnline() {
       renderOnline();
     }
   } catch (e) {
-    // Keep the list as the events made it; the next reconnect or reload corrects it.
+    // The events alone know only who came after this page: try again unless a newer fetch
+    // is under way or done, and stop when signed out.
+    if (!(e instanceof ApiError && e.status === 401) && gen === presence.gen) {
+      presence.retry = setTimeout(() => loadOnline(attempt + 1), Math.min(8000, 300 * 2 ** attempt));
+    }
   } finally {
     presence.inFlight -= 1;
     if (presence.inFlight === 0) presence.log = null;
@@ -195,30 +321,53 @@ async function loadOnline() {
 
 // ---- rooms ------------------------------------------------------------------------------------
 
+function roomOf(key) {
+  return key && key.startsWith('room:') ? state.rooms.find((r) => r.name === key.slice(5)) : null;
+}
+
 function updateCompose() {
   const key = state.current;
-  const canWrite = !!key && (key.startsWith('user:') || state.rooms.some((r) => 'room:' + r.name === key && r.joined));
+  const room = roomOf(key);
+  const canWrite = !!key && (key.startsWith('user:') || (!!room && room.joined));
+  // A room you are not in offers to join it instead of an input you cannot use.
+  const mustJoin = !!key && key.startsWith('room:') && !!room && !room.joined;
+  $('compose').hidden = mustJoin;
+  $('joinbar').hidden = !mustJoin;
+  if (mustJoin) {
+    $('joinbar-text').textContent = `You are not in #${room.name}. Join to write here.`;
+    $('joinbar-btn').textContent = `Join #${room.name}`;
+  }
   $('compose-text').disabled = !canWrite;
   $('compose-send').disabled = !canWrite;
-  $('compose-text').placeholder = !key ? 'Pick a room or a person' : canWrite ? 'Write a message' : 'Join the room to write';
+  $('compose-text').placeholder = !key ? 'Pick a room or a person' : key.startsWith('user:') ? 'Write a message' : `Message #${key.slice(5)}`;
+}
+
+async function joinOrLeave(room, join) {
+  $('compose-error').textContent = '';
+  try {
+    await api(`/api/rooms/${room}/${join ? 'join' : 'leave'}`, {});
+    await loadRooms();
+    if (join) open('room:' + room);
+  } catch (e) { $('compose-error').textContent = e.message; }
 }
 
 function renderRooms() {
   const ul = $('rooms');
   ul.replaceChildren();
   for (const room of state.rooms) {
+    const key = 'room:' + room.name;
     const btn = el('button', { class: room.joined ? 'leave' : 'join' }, room.joined ? 'Leave' : 'Join');
-    btn.onclick = async (ev) => {
+    btn.onclick = (ev) => {
       ev.stopPropagation();
-      try {
-        await api(`/api/rooms/${room.name}/${room.joined ? 'leave' : 'join'}`, {});
-        await loadRooms();
-        if (!room.joined) open('room:' + room.name, '#' + room.name);
-      } catch (e) { $('compose-error').textContent = e.message; }
+      joinOrLeave(room.name, !room.joined);
     };
-    const li = el('li', { 'data-room': room.name, class: state.current === 'room:' + room.name ? 'active' : '' },
-      el('span', {}, '#' + room.name), el('span', { class: 'count' }, room.online + ' online'), btn);
-    li.onclick = () => open('room:' + room.name, '#' + room.name);
+    const li = el('li', { 'data-room': room.name, class: state.current === key ? 'active' : '', tabindex: '0', role: 'button' },
+      el('span', { class: 'hash', 'aria-hidden': 'true' }, '#'),
+      el('span', { class: 'label' }, el('span', { class: 'line' }, el('span', { class: 'name' }, room.name)),
+        el('span', { class: 'sub count' }, room.online + ' online')),
+      badge(state.unread.get(key) || 0), btn);
+    li.onclick = () => open(key);
+    li.onkeydown = (ev) => { if (ev.target === li && (ev.key === 'Enter' || ev.key === ' ')) { ev.preventDefault(); open(key); } };
     ul.append(li);
   }
 }
@@ -232,21 +381,53 @@ async function loadRooms() {
   state.rooms = rooms;
   renderRooms();
   updateCompose();
+  if (roomOf(state.current)) renderTitle();
 }
 
 async function loadHistory(room) {
   const history = await api(`/api/rooms/${room}/messages`).catch(() => []);
-  for (const m of history) add('room:' + room, { key: m.id, id: m.id, fromName: m.from_name, text: m.text, mine: m.from === state.me.id });
+  for (const m of history) {
+    add('room:' + room, { key: m.id, id: m.id, from: m.from, fromName: m.from_name, text: m.text, ts: m.ts, mine: m.from === state.me.id });
+  }
 }
 
-async function open(key, title) {
+function renderTitle() {
+  const key = state.current;
+  const title = $('chat-title');
+  const sub = $('chat-sub');
+  if (!key) {
+    title.textContent = 'Pick a room or a person';
+    sub.textContent = '';
+  } else if (key.startsWith('room:')) {
+    const room = roomOf(key);
+    title.textContent = '#' + key.slice(5);
+    sub.textContent = room ? `${room.online} online${room.joined ? '' : ' · not joined'}` : '';
+  } else {
+    const id = key.slice(5);
+    title.replaceChildren(nameEl(nameOf(id), id));
+    sub.textContent = state.online.has(id) ? 'online' : 'offline';
+  }
+}
+
+function emptyText(key) {
+  if (!key) return 'Pick a room or a person on the left to start chatting.';
+  if (key.startsWith('room:')) return `No messages in #${key.slice(5)} yet. Say hello!`;
+  return `No messages with ${nameOf(key.slice(5))} yet. Write the first one below.`;
+}
+
+async function open(key) {
   state.current = key;
-  $('chat-title').textContent = title;
+  if (key && key.startsWith('user:')) convo(key).name = nameOf(key.slice(5));
+  $('app').dataset.view = key ? 'chat' : 'list';
+  $('messages').dataset.empty = emptyText(key);
+  state.unread.delete(key);
+  $('compose-error').textContent = '';
+  renderTitle();
   updateCompose();
   renderMessages();
-  renderOnline();
-  renderRooms();
-  if (key.startsWith('room:')) await loadHistory(key.slice(5));
+  renderUnread();
+  if (key && WIDE.matches) $('compose-text').focus({ preventScroll: true });
+  if (key && key.startsWith('room:')) await loadHistory(key.slice(5));
 }
 
 // ---- sending: the outbox -----------------------------------------------------------------------
@@ -276,18 +457,23 @@ async function pump() {
         confirmSent(entry, id);
         delay = 500;
       } catch (e) {
+        if (entry.item.id) { // confirmed by its push; this answer was lost on the way
+          outbox.queue.shift();
+          delay = 500;
+          continue;
+        }
         if (!transient(e)) {
           outbox.queue.shift();
           entry.item.status = 'failed';
           entry.item.error = e.message;
           entry.item.waiting = false;
-          refresh(entry.item);
+          refresh(entry.item, entry.convo);
           $('compose-error').textContent = `Not sent: ${e.message}`;
           continue;
         }
         entry.item.waiting = true;
         entry.item.error = e.message;
-        refresh(entry.item);
+        refresh(entry.item, entry.convo);
         await new Promise((resolve) => {
           const t = setTimeout(resolve, delay);
           outbox.wake = () => { clearTimeout(t); resolve(); };
@@ -303,6 +489,7 @@ async function pump() {
 
 function confirmSent(entry, id) {
   const item = entry.item;
+  if (item.id === id) return; // its push said so already (confirmByPush)
   const c = convo(entry.convo);
   remove(entry.convo, item);
   item.status = undefined;
@@ -314,49 +501,86 @@ function confirmSent(entry, id) {
   add(entry.convo, item);
 }
 
+/**
+ * A room push of our own message can overtake the API's answer to its send: matched by its
+ * retry_key, it confirms the pending item instead of showing the message a second time.
+ */
+function confirmByPush(key, env) {
+  const retryKey = env.payload && env.payload.retry_key;
+  const entry = retryKey && outbox.queue.find((e) => e.convo === key && e.retryKey === retryKey);
+  if (!entry || entry.item.id) return false;
+  const c = convo(key);
+  const item = entry.item;
+  remove(key, item);
+  item.status = undefined;
+  item.waiting = false;
+  item.error = undefined;
+  if (c.byId.has(env.id)) return true;
+  item.id = env.id;
+  item.key = env.id;
+  add(key, item);
+  return true;
+}
+
 function send(ev) {
   ev.preventDefault();
   const input = $('compose-text');
   const text = input.value.trim();
   $('compose-error').textContent = '';
   if (!state.current) return;
-  if (!text) { $('compose-error').textContent = 'text is empty'; return; }
+  if (!text) { $('compose-error').textContent = 'Type a message first.'; return; }
   const key = state.current;
   const isPrivate = key.startsWith('user:');
-  const item = add(key, { key: pendingKey(), fromName: state.me.name, text, mine: true, private: isPrivate, status: 'pending' });
+  const item = add(key, { key: pendingKey(), from: state.me.id, fromName: state.me.name, text, ts: Date.now(), mine: true, private: isPrivate, status: 'pending' });
   // The same retry_key on every attempt: a retry of a send whose answer was lost gets the
   // first send's id back from the API instead of sending the message twice.
   const retryKey = [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
   outbox.queue.push({
     item,
     convo: key,
+    retryKey,
     path: isPrivate ? '/api/messages' : `/api/rooms/${key.slice(5)}/messages`,
     body: isPrivate ? { to: key.slice(5), text, retry_key: retryKey } : { text, retry_key: retryKey },
   });
   input.value = '';
+  fitInput();
   pump();
+}
+
+/** Grows the message box with what is typed, up to its CSS max-height. */
+function fitInput() {
+  const t = $('compose-text');
+  t.style.height = 'auto';
+  t.style.height = t.scrollHeight + 2 + 'px';
 }
 
 // ---- connection --------------------------------------------------------------------------------
 
 const BANNERS = {
-  connecting: 'Connecting…',
-  reconnecting: 'Not connected: reconnecting… You can keep writing; new messages show up once the connection is back.',
+  connecting: 'Connecting to the chat…',
+  reconnecting: 'Not connected: reconnecting… You can keep writing; messages go out once the connection is back.',
   failed: 'Cannot reach the chat server. Still trying in the background.',
   closed: 'Disconnected.',
   disconnected: 'Not connected.',
 };
+const STATE_TEXT = { connected: 'online', connecting: 'connecting…', reconnecting: 'reconnecting…', failed: 'offline', closed: 'disconnected', disconnected: 'disconnected' };
+let bannerTimer = null;
 
 function showState(s, reason) {
-  $('state').textContent = s;
-  $('state').dataset.state = s;
-  $('state').title = reason;
+  const pill = $('state');
+  $('state-text').textContent = STATE_TEXT[s] || s;
+  pill.dataset.state = s;
+  pill.title = reason ? `${s}: ${reason}` : s;
   const banner = $('banner');
-  banner.hidden = s === 'connected';
+  clearTimeout(bannerTimer);
   banner.dataset.state = s;
   $('banner-text').textContent = (BANNERS[s] || s) + (s === 'closed' && reason ? ' (' + reason + ')' : '');
   $('retry').hidden = !(s === 'failed' || s === 'closed');
   $('retry').textContent = s === 'closed' ? 'Reconnect' : 'Retry now';
+  // A first connection usually takes a moment: a banner flashing on every page load would be
+  // noise, so "connecting" shows only when it lasts.
+  if (s === 'connecting') bannerTimer = setTimeout(() => { banner.hidden = false; }, 1000);
+  else banner.hidden = s === 'connected';
 }
 
 /** Reloads what the page derives from pushes, after a reconnect that missed some. */
@@ -395,19 +619,25 @@ function connect() {
   });
   conn.addEventListener('message', (ev) => {
     const env = ev.detail;
-    add('user:' + env.from, { key: env.id, id: env.id, fromName: env.payload.from_name, text: env.payload.text, mine: false, private: true });
-    if (!state.current) open('user:' + env.from, 'Chat with ' + env.payload.from_name);
+    const key = 'user:' + env.from;
+    convo(key).name = env.payload.from_name;
+    // With nothing open on a wide screen, the conversation opens by itself; on a phone the
+    // unread badge says it is there, without taking the screen from what the user is doing.
+    const opensItself = !state.current && WIDE.matches;
+    add(key, { key: env.id, id: env.id, from: env.from, fromName: env.payload.from_name, text: env.payload.text, ts: env.ts, mine: false, private: true }, !opensItself);
+    if (opensItself) open(key);
   });
   conn.addEventListener('channel', (ev) => {
     const env = ev.detail;
-    add('room:' + env.chan, { key: env.id, id: env.id, fromName: env.payload.from_name, text: env.payload.text, mine: env.from === state.me.id });
+    if (env.from === state.me.id && confirmByPush('room:' + env.chan, env)) return;
+    add('room:' + env.chan, { key: env.id, id: env.id, from: env.from, fromName: env.payload.from_name, text: env.payload.text, ts: env.ts, mine: env.from === state.me.id }, true);
   });
   conn.addEventListener('receipt', (ev) => {
     const { message_id: id, receiver, status } = ev.detail.payload;
     // "delivered" is final; a later "buffered" or "offline" for the same message is older news.
     if (state.marks.get(id) !== 'delivered') state.marks.set(id, status);
     const item = convo('user:' + receiver).byId.get(id);
-    if (item) refresh(item);
+    if (item) refresh(item, 'user:' + receiver);
   });
   conn.addEventListener('presence', (ev) => {
     const p = ev.detail.payload;
@@ -421,10 +651,14 @@ function connect() {
 
 function start(me) {
   state.me = me;
-  $('me').textContent = me.name;
+  $('me').replaceChildren(avatar(me.name, me.id), nameEl(me.name, me.id));
+  $('me').title = `Signed in as ${me.name} ${tagOf(me.id)}`;
   $('signin').hidden = true;
   $('app').hidden = false;
+  $('me').hidden = false;
+  $('state').hidden = false;
   $('signout').hidden = false;
+  $('messages').dataset.empty = emptyText(null);
   connect();
   // Online counts of rooms change as members come and go; keep them fresh.
   setInterval(loadRooms, 3000);
@@ -432,10 +666,18 @@ function start(me) {
 
 $('signin-form').onsubmit = async (ev) => {
   ev.preventDefault();
+  $('signin-error').textContent = '';
   try { start(await api('/api/signin', { name: $('signin-name').value })); }
   catch (e) { $('signin-error').textContent = e.message; }
 };
 $('compose').onsubmit = send;
+$('compose-text').addEventListener('input', fitInput);
+$('compose-text').addEventListener('keydown', (ev) => {
+  // Enter sends, Shift+Enter starts a new line (and Enter while composing with an IME does not send).
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('compose').requestSubmit(); }
+});
+$('joinbar-btn').onclick = () => { const room = roomOf(state.current); if (room) joinOrLeave(room.name, true); };
+$('back').onclick = () => open(null);
 $('retry').onclick = () => { if (state.conn) state.conn.retry(); };
 window.addEventListener('online', kickOutbox);
 $('signout').onclick = async () => {
@@ -444,4 +686,6 @@ $('signout').onclick = async () => {
   location.reload();
 };
 
-api('/api/me').then(start).catch(() => { $('signin').hidden = false; });
+// 204 (nobody signed in) comes back as null.
+api('/api/me').then((me) => (me ? start(me) : ($('signin').hidden = false)))
+  .catch(() => { $('signin').hidden = false; });

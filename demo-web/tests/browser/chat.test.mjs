@@ -20,6 +20,12 @@ after(async () => {
 
 const signIn = (name, viewport, query = '') => signInPage(browser, stack, name, viewport, query);
 
+/** On a phone the conversation takes the screen: back to the rooms and people. */
+async function showList(page) {
+  if (await page.locator('#back').isVisible()) await page.click('#back');
+  await page.locator('#rooms').waitFor({ timeout: WAIT });
+}
+
 test('two people chat through the whole stack', async (t) => {
   const ann = await signIn('Ann', { width: 1100, height: 760 });
   // Ben is on a phone-width screen.
@@ -29,7 +35,8 @@ test('two people chat through the whole stack', async (t) => {
     const results = await ann.page.evaluate(async (ben) => {
       const call = async (path, body) => {
         const r = await fetch(path, body === undefined ? {} : { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-        return [r.status, (await r.json()).error];
+        const data = await r.json();
+        return [r.status, data.error, data.message];
       };
       return {
         unknownRoom: await call('/api/rooms/nope/join', {}),
@@ -40,13 +47,13 @@ test('two people chat through the whole stack', async (t) => {
         badName: await call('/api/signin', { name: '' }),
       };
     }, ben.me.id);
-    assert.equal(results.unknownRoom[0], 404);
-    assert.match(results.unknownRoom[1], /no room "nope"/);
-    assert.deepEqual(results.empty, [400, 'text is empty']);
-    assert.equal(results.tooLong[0], 413);
-    assert.equal(results.unknownUser[0], 404);
-    assert.deepEqual(results.notMember, [403, 'join rust before writing to it']);
-    assert.deepEqual(results.badName, [400, 'name is empty']);
+    assert.deepEqual(results.unknownRoom.slice(0, 2), [404, 'unknown_room']);
+    assert.match(results.unknownRoom[2], /no room "nope"/);
+    assert.deepEqual(results.empty, [400, 'text_empty', 'text is empty']);
+    assert.deepEqual(results.tooLong.slice(0, 2), [413, 'text_too_long']);
+    assert.deepEqual(results.unknownUser.slice(0, 2), [404, 'unknown_user']);
+    assert.deepEqual(results.notMember, [403, 'not_a_member', 'join rust before writing to it']);
+    assert.deepEqual(results.badName, [400, 'name_empty', 'name is empty']);
     const anon = await fetch(`${stack.web}/prev-connect-imserver`);
     assert.equal(anon.status, 401);
   });
@@ -59,11 +66,15 @@ test('two people chat through the whole stack', async (t) => {
     await ann.page.click(`#online-list li[data-user="${ben.me.id}"]`);
     await ann.page.fill('#compose-text', 'hello Ben');
     await ann.page.click('#compose-send');
+    // On Ben's phone the message waits behind an unread badge on Ann's name.
+    await ben.page.locator(`#online-list li[data-user="${ann.me.id}"] .badge`, { hasText: '1' }).waitFor({ timeout: WAIT });
+    await ben.page.click(`#online-list li[data-user="${ann.me.id}"]`);
     await messageText(ben.page, 'hello Ben').waitFor({ timeout: WAIT });
     await ann.page.locator('#messages li .mark[data-status="delivered"]').waitFor({ timeout: WAIT });
   });
 
   await t.test('both join a room and see each other\'s messages', async () => {
+    await showList(ben.page);
     for (const p of [ann.page, ben.page]) {
       await p.click('#rooms li[data-room="lobby"] button.join');
       await p.locator('#chat-title', { hasText: '#lobby' }).waitFor({ timeout: WAIT });
@@ -100,6 +111,7 @@ test('two people chat through the whole stack', async (t) => {
     await ann.page.click(`#online-list li[data-user="${ben.me.id}"]`);
     await ann.page.fill('#compose-text', 'welcome back Ben');
     await ann.page.click('#compose-send');
+    await showList(ben.page);
     await ben.page.click(`#online-list li[data-user="${ann.me.id}"]`);
     await messageText(ben.page, 'welcome back Ben').waitFor({ timeout: WAIT });
   });

@@ -254,10 +254,10 @@ export async function apiUser(stack, name) {
     const res = await fetch(stack.web + p, body === undefined ? { headers: { cookie } }
       : { method: 'POST', headers: { cookie, 'content-type': 'application/json' }, body: JSON.stringify(body) });
     const data = await res.json().catch(() => ({}));
-    if (!res.ok) throw new Error(`${p}: ${res.status} ${data.error}`);
+    if (!res.ok) throw new Error(`${p}: ${res.status} ${data.error}: ${data.message}`);
     return data;
   };
-  return { me, call };
+  return { me, call, cookie };
 }
 
 export const messageText = (page, text) => page.locator('#messages li .text', { hasText: text });
