@@ -49,6 +49,12 @@ wait_port() {
   return 1
 }
 
+# Installs systemd-analyze (Debian's systemd package) when it is missing: the test of the example
+# unit runs it offline, so systemd need not be the init system.
+ensure_systemd_analyze() {
+  command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
+}
+
 # Installs Debian's nginx when it is missing (the proxy test and scripts/cluster.sh use it).
 ensure_nginx() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx

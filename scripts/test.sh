@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, every test of the workspace, the browser tests
 # of the demo, then each fuzz target for a few seconds (FUZZ_SECONDS, default 10; 0 skips).
-# Installs what the tests need (Debian's redis-server, nginx and chromium, playwright-core from
-# the npm lock file, cargo-fuzz) when it is missing.
+# Installs what the tests need (Debian's redis-server, nginx, systemd and chromium,
+# playwright-core from the npm lock file, cargo-fuzz) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_redis_server
 ensure_nginx
+ensure_systemd_analyze
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
