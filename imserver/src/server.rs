@@ -71,18 +71,16 @@ pub async fn run(
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
     // other request goes to the actix-web routes. With TLS, rustls sits under both.
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let certs = tls::Certs::load(cert, key)?;
-            let reloader = tokio::spawn(tls::reload_on_hangup(
-                node.id().clone(),
-                certs.clone(),
-                stop_rx.clone(),
-            ));
-            Some((certs.server_config()?, reloader))
-        }
+    let certs = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::Certs::load(cert, key)?),
         _ => None,
     };
+    let tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    let reloader = tokio::spawn(tls::reload_on_hangup(
+        node.id().clone(),
+        certs,
+        stop_rx.clone(),
+    ));
     let mut http = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(1)
@@ -103,7 +101,7 @@ pub async fn run(
     // Both pipelines wrap the connection in `Answering` for its HTTP phase, so the answers
     // actix-http writes by itself carry JSON bodies too.
     let http = match &tls {
-        Some((server_config, _)) => {
+        Some(server_config) => {
             let server_config = server_config.clone();
             http.listen("imserver", listener, move || {
                 let ws_node = ws_node.clone();
@@ -184,9 +182,7 @@ pub async fn run(
     let _ = broker.await;
     let _ = loader.await;
     let _ = sweeper.await;
-    if let Some((_, reloader)) = tls {
-        let _ = reloader.await;
-    }
+    let _ = reloader.await;
     let _ = acker.await;
     let _ = follower.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -84,10 +84,12 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     Ok(pair)
 }
 
-/// Reads the certificate and key again on every SIGHUP, until `stop` turns true.
+/// Reads the certificate and key again on every SIGHUP, until `stop` turns true. Without TLS
+/// (`certs` is `None`) there is nothing to reload, but SIGHUP is still taken: its default
+/// action would stop the node, and `systemctl reload` sends it.
 pub async fn reload_on_hangup(
     node: imclient::NodeId,
-    certs: Arc<Certs>,
+    certs: Option<Arc<Certs>>,
     mut stop: watch::Receiver<bool>,
 ) {
     #[cfg(unix)]
@@ -99,9 +101,10 @@ pub async fn reload_on_hangup(
         };
         loop {
             tokio::select! {
-                _ = hangup.recv() => match certs.reload() {
-                    Ok(()) => tracing::info!(node = %node, "TLS certificate reloaded"),
-                    Err(e) => tracing::warn!(node = %node, error = %e, "keeping the previous TLS certificate"),
+                _ = hangup.recv() => match certs.as_ref().map(|c| c.reload()) {
+                    Some(Ok(())) => tracing::info!(node = %node, "TLS certificate reloaded"),
+                    Some(Err(e)) => tracing::warn!(node = %node, error = %e, "keeping the previous TLS certificate"),
+                    None => tracing::info!(node = %node, "SIGHUP: no TLS certificate to reload"),
                 },
                 _ = stop.changed() => return,
             }

@@ -769,3 +769,17 @@ async fn redis_restart_keeps_sockets_open_and_pushes_resume() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sighup_does_not_stop_a_node_without_tls() -> Result<()> {
+    // `systemctl reload` sends SIGHUP; its default action would end the process.
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut ws = c.connect("steady").await?;
+    c.nodes[0].signal("HUP");
+    // The signal is queued when `kill` returns: a node it ended could not answer these.
+    assert_eq!(c.nodes[0].get("/healthz").await?.0, 200);
+    c.im.send_message("backend", ["steady"], &"still here", false)
+        .await?;
+    assert_eq!(ws.next_message().await?.payload, json!("still here"));
+    Ok(())
+}
