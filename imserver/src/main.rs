@@ -10,6 +10,10 @@ use imserver::config::LogFormat;
 use imserver::{Config, server};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, for giving memory back after load (see `imserver::memory`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The log filter when RUST_LOG is not set. actix-http's dispatcher logs every malformed
 /// request at ERROR: anyone could fill the log with one line per request, so it is off; a
 /// malformed request is the client's problem, answered with 400.
@@ -28,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
     config.validate()?;
+    if !imserver::memory::return_freed_memory_in_background() {
+        tracing::warn!("cannot start the allocator's purging threads: freed memory comes back only under load");
+    }
     if config.dev {
         tracing::warn!(
             listen = %config.listen,

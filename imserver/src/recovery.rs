@@ -27,12 +27,6 @@ pub const ENVELOPE_OVERHEAD: usize = 128;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two warnings about memory pressure.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Freed buffer bytes, or closed connections, after which memory is given back to the system.
-const RELEASE_AFTER_BYTES: u64 = 32 << 20;
-const RELEASE_AFTER_CONNECTIONS: u64 = 1000;
-/// Least time between two such releases.
-const RELEASE_EVERY: Duration = Duration::from_secs(5);
-
 /// The bounds of recovery, from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct RecoveryLimits {
@@ -248,9 +242,6 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
     // Pressure can last: say so once a minute, with what happened meanwhile.
     let mut warned: Option<Instant> = None;
     let (mut evicted, mut trimmed) = (0, 0);
-    // What the buffers and connections held when memory was last given back.
-    let mut peak = (0u64, 0u64);
-    let mut released_at = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -261,22 +252,6 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
         let metrics = node.metrics();
         metrics.recovery_expired.fetch_add(swept.expired, Relaxed);
         metrics.recovery_evicted.fetch_add(swept.evicted, Relaxed);
-        // After large frees, give the memory back (at most every few seconds: it walks the
-        // allocator's arenas).
-        let now_held = (
-            metrics.recovery_bytes.load(Relaxed),
-            node.hub().connections(),
-        );
-        peak = (peak.0.max(now_held.0), peak.1.max(now_held.1));
-        let freed_bytes = peak.0.saturating_sub(now_held.0);
-        let freed_conns = peak.1.saturating_sub(now_held.1);
-        if (freed_bytes >= RELEASE_AFTER_BYTES || freed_conns >= RELEASE_AFTER_CONNECTIONS)
-            && released_at.elapsed() >= RELEASE_EVERY
-        {
-            let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
-            peak = now_held;
-            released_at = Instant::now();
-        }
         evicted += swept.evicted;
         trimmed += swept.trimmed;
         if (evicted > 0 || trimmed > 0) && warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
