@@ -17,7 +17,7 @@
 #   3. Redis killed (kill -9) and started again on the same port after REDIS_DOWN_SECS:
 #      client disconnects, and how long after Redis is back deliveries resume. Redis runs with
 #      an append-only file (fsync every second), as a production Redis would, so channel
-#      memberships survive the restart.
+#      memberships survive the restart (REDIS_PERSIST=0: without it, to see what is lost).
 #   4. one Redis Cluster master stopped: skipped, there is no Redis Cluster support yet.
 #
 # How the timing works: imbench connects every client, prints `drill: ready` on stderr and
@@ -35,7 +35,7 @@
 # Settings (environment): DRILLS ("1 2 3 4"), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
 # set), DURATION (15 s of sending per drill), ACT_AFTER (3 s of traffic before the action),
-# REDIS_DOWN_SECS (2). IMSERVER and IMBENCH name other binaries (then nothing is built).
+# REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file). IMSERVER and IMBENCH name other binaries (then nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -49,6 +49,7 @@ lease_ms="${LEASE_MS:-1500}"
 duration="${DURATION:-15}"
 act_after="${ACT_AFTER:-3}"
 redis_down="${REDIS_DOWN_SECS:-2}"
+if [ "${REDIS_PERSIST:-1}" = 1 ]; then aof=yes; else aof=no; fi
 
 ensure_redis_server
 command -v jq >/dev/null 2>&1 || apt_install jq
@@ -80,7 +81,7 @@ join() { local IFS=,; echo "$*"; }
 # Starts redis-server on port $1 (data in $run/redis-$d, appended to its log); sets rpid.
 start_redis() {
   mkdir -p "$run/redis-$d"
-  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync everysec \
+  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly "$aof" --appendfsync everysec \
     --dir "$run/redis-$d" >>"$out/drill$d-redis.log" 2>&1 &
   rpid=$!
   pids+=("$rpid")
@@ -142,6 +143,11 @@ verdict() { # drill title, failures...
     results+=("drill $d ($title): FAIL: $(IFS=';'; echo "$*")"); fi
   echo "${results[-1]}"
 }
+base_checks() { # sets fails: what every drill needs to mean anything
+  fails=()
+  jq -e '.placed == .clients and .clients_unfinished == 0' "$1" >/dev/null ||
+    fails+=("not every client connected before the action, or finished")
+}
 common_lines() { # what every drill reports
   jq -r '"  clients \(.clients) (\(.placed) connected in \(.connect_ms) ms: \(.start_nodes | to_entries | map("\(.value)") | join("/")) per node), \(.sent_private + .sent_chan) messages sent (\(.send_errors) send errors, \(.sends_not_taken) taken by no node), \(.deliveries) deliveries",
     "  max pause between deliveries before the action: \(.max_gap_before_action_ms) ms",
@@ -167,7 +173,7 @@ for d in $drills; do
       "  their welcome: recovered:false \(.victims_recovered_false) \(.victims_reasons), recovered:true \(.victims_recovered_true)",
       "  other nodes: \(.others) clients, \(.others_disconnected) disconnected \(.others_close_codes), longest pause between deliveries to them \(.others_max_gap_ms) ms after the kill (\(.others_max_gap_before_ms) ms before)"' "$j"
     limit=$((lease_ms + 5000))
-    fails=()
+    base_checks "$j"
     jq -e --argjson l "$limit" '.action | .victims > 0 and .victims_back == .victims and .back_ms_max <= $l' "$j" >/dev/null ||
       fails+=("not every client of the killed node back within lease + 5 s ($limit ms)")
     jq -e '.action.others_disconnected == 0' "$j" >/dev/null || fails+=("clients of the other nodes were disconnected")
@@ -187,7 +193,7 @@ for d in $drills; do
       "  moved clients resumed: recovered:true \(.moved_recovered_true), recovered:false \(.moved_recovered_false) \(.moved_reasons), without recovered \(.moved_without_recovered), not back \(.moved_not_back)",
       "  all welcomes after the start: recovered:true \(.welcomes_after.recovered_true), recovered:false \(.welcomes_after.recovered_false) \(.welcomes_after.reasons)",
       "  longest pause between deliveries (all clients) after the start: \(.all_max_gap_ms) ms"' "$j"
-    fails=()
+    base_checks "$j"
     jq -e '.seq.gaps == 0 and .seq.duplicates == 0 and .seq.epoch_mismatch == 0' "$j" >/dev/null ||
       fails+=("seq gaps or duplicates")
     jq -e '.action | .moved > 0 and .moved_recovered_true == .moved' "$j" >/dev/null ||
@@ -211,9 +217,10 @@ for d in $drills; do
     finish_bench
     j="$out/drill3.json"
     common_lines "$j"
-    jq -r '"  Redis down at \(.resume.down_at_ms) ms, back at \(.resume.up_at_ms) ms after ready; after it was back: first delivery \(.resume.first_delivery_ms) ms, first private \(.resume.first_private_ms) ms, first channel \(.resume.first_channel_ms) ms, first send a node took \(.first_send_taken_after_up_ms) ms, last send no node took \(.last_send_not_taken_after_up_ms) ms",
+    jq -r 'def ms: if . == null then "never" else "\(.) ms" end;
+      "  Redis down at \(.resume.down_at_ms) ms, back at \(.resume.up_at_ms) ms after ready; after it was back: first delivery \(.resume.first_delivery_ms | ms), first private \(.resume.first_private_ms | ms), first channel \(.resume.first_channel_ms | ms), first send a node took \(.first_send_taken_after_up_ms | ms), last send no node took \(.last_send_not_taken_after_up_ms | ms)",
       "  longest pause between deliveries from the kill on: \(.resume.max_gap_ms) ms; welcomes recovered:false \(.welcomes.recovered_false)"' "$j"
-    fails=()
+    base_checks "$j"
     jq -e '.disconnects.total == 0' "$j" >/dev/null || fails+=("client disconnects")
     jq -e '.resume | .first_private_ms != null and .first_channel_ms != null and .first_private_ms <= 5000 and .first_channel_ms <= 5000' "$j" >/dev/null ||
       fails+=("private and channel deliveries not both back within 5 s of Redis")
