@@ -4,7 +4,9 @@
 //! prints one JSON line per run. With `--pusher-addr` it drives a Pusher-protocol peer
 //! (Sockudo) through the same workloads instead, for side-by-side figures (`pusher.rs`).
 //! `--workload churn` (imserver only) has clients come and go at random for the whole run
-//! instead, for soak tests (`churn.rs`, `scripts/soak.sh`).
+//! instead, for soak tests (`churn.rs`, `scripts/soak.sh`). `--workload drill` holds every
+//! client connected, reconnecting as a browser should, while `scripts/chaos.sh` kills nodes
+//! or Redis, and reports what the clients saw (`drill.rs`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
@@ -21,6 +23,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
 mod churn;
+mod drill;
 mod pusher;
 mod wire;
 
@@ -36,6 +39,10 @@ enum Workload {
     /// Clients connect, stay a random time, disconnect and come back, for the whole run,
     /// while messages go to random clients and to `--chans` channels (a soak test).
     Churn,
+    /// Every client stays connected and reconnects (with `since`) whenever its connection
+    /// ends, while messages go to random clients and to `--chans` channels; reports what the
+    /// clients saw around the `--drill-marks` (`scripts/chaos.sh`).
+    Drill,
 }
 
 #[derive(Debug, Parser)]
@@ -103,6 +110,14 @@ struct Args {
     /// Churn: percentage of the messages that go to a channel (the rest to one client each).
     #[arg(long, default_value_t = 10)]
     chan_percent: u64,
+    /// Drill: the file the script appends `<name> <unix ms>` lines to as it breaks things;
+    /// read at the end, the figures are relative to the first line.
+    #[arg(long)]
+    drill_marks: Option<std::path::PathBuf>,
+    /// Drill: the node the action is aimed at (e.g. the one killed): its clients at the first
+    /// mark are followed to their new node.
+    #[arg(long)]
+    drill_node: Option<String>,
 }
 
 /// A connection (with its handshake and subscriptions) that takes longer than this is counted
@@ -297,7 +312,7 @@ async fn send(
         Target::Im(im) => {
             for (to, _, payload) in messages {
                 match workload {
-                    Workload::Private | Workload::Churn => {
+                    Workload::Private | Workload::Churn | Workload::Drill => {
                         im.send_message("bench", [format!("c{to}")], &payload, false)
                             .await?;
                     }
@@ -313,7 +328,7 @@ async fn send(
                 .into_iter()
                 .map(|(to, _, payload)| {
                     let channel = match workload {
-                        Workload::Private | Workload::Churn => private_chan(to),
+                        Workload::Private | Workload::Churn | Workload::Drill => private_chan(to),
                         _ => chan_name(to as usize),
                     };
                     (channel, payload.to_string())
@@ -351,6 +366,12 @@ async fn main() -> Result<()> {
         };
         return churn::run(&args, im).await;
     }
+    if let Workload::Drill = args.workload {
+        let Target::Im(im) = target else {
+            bail!("the drill workload runs against imserver only");
+        };
+        return drill::run(&args, im).await;
+    }
     let target = Arc::new(target);
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
@@ -362,7 +383,7 @@ async fn main() -> Result<()> {
 
     // Memberships are durable: set them up before anyone connects.
     let groups = match args.workload {
-        Workload::Private | Workload::Churn => 0,
+        Workload::Private | Workload::Churn | Workload::Drill => 0,
         Workload::Channel => 1,
         Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
     };
@@ -385,7 +406,7 @@ async fn main() -> Result<()> {
         let (target, stats, gate) = (target.clone(), stats.clone(), gate.clone());
         // A peer subscribes each socket to the channels it belongs to.
         let channels = match args.workload {
-            Workload::Private | Workload::Churn => vec![private_chan(i as u64)],
+            Workload::Private | Workload::Churn | Workload::Drill => vec![private_chan(i as u64)],
             Workload::Channel => vec![chan_name(0)],
             Workload::SmallChannels => vec![chan_name(i / args.chan_size.max(1))],
         };
@@ -441,7 +462,7 @@ async fn main() -> Result<()> {
     // Deliveries are expected only to connected clients: a client that failed to connect is a
     // connect error in the report, not a loss. Connected members per channel:
     let members_online: Vec<u64> = match args.workload {
-        Workload::Private | Workload::Churn => Vec::new(),
+        Workload::Private | Workload::Churn | Workload::Drill => Vec::new(),
         Workload::Channel => vec![connected as u64],
         Workload::SmallChannels => online
             .chunks(args.chan_size.max(1))
@@ -492,7 +513,7 @@ async fn main() -> Result<()> {
                     rng ^= rng << 17;
                     // Receiver: a client id (private) or a channel; and how many get it.
                     let (to, receivers) = match args.workload {
-                        Workload::Private | Workload::Churn => {
+                        Workload::Private | Workload::Churn | Workload::Drill => {
                             let to = rng % args.clients as u64;
                             (to, u64::from(online[to as usize]))
                         }
