@@ -607,6 +607,7 @@ function connect() {
   const conn = new ImConnection({ getUrl: async () => (await api('/prev-connect-imserver')).url, ...tuned });
   state.conn = conn;
   conn.addEventListener('recovery', (ev) => { state.recovery = ev.detail; });
+  conn.addEventListener('missed', () => reloadAll());
   conn.addEventListener('state', (ev) => {
     showState(ev.detail.state, ev.detail.reason);
     if (ev.detail.state === 'connected') {

@@ -42,8 +42,11 @@
  *   the missing ones (if the node cannot, "recovery" says recovered: false). On top of that,
  *   envelopes are de-duplicated by message id (the last `dedupSize` ids, kept across
  *   reconnects and epochs).
+ * - "missed" ({ reason }): the node says pushes meant for this client may never have reached
+ *   it (it lost its Redis subscription for a while); the page reloads, as after
+ *   recovered: false. The connection stays up.
  * - Events for the page: "message", "channel", "broadcast", "receipt", "presence" (a broadcast
- *   whose payload.kind is "presence"), "event", "welcome", "recovery", "state". For envelope
+ *   whose payload.kind is "presence"), "event", "welcome", "recovery", "missed", "state". For envelope
  *   events `event.detail` is the envelope (see docs/PROTOCOL.md); for "welcome" the welcome
  *   payload.
  */
@@ -284,6 +287,8 @@
       if (env.type === 'system') {
         const p = env.payload || {};
         if (p.event === 'welcome') this._welcome(p);
+        // The node lost its Redis subscription for a while: pushes may have gone to no one.
+        if (p.event === 'missed') this.dispatchEvent(new CustomEvent('missed', { detail: { reason: String(p.reason || 'unknown') } }));
         return;
       }
       if (!this.welcomed) return;

@@ -316,6 +316,14 @@ pub enum SystemEvent {
     },
     /// Answer to a client's [`ClientFrame::Ping`].
     Pong,
+    /// Envelopes meant for this client may never have reached the node (`reason`): the app
+    /// must reload what it shows, as after a welcome with `recovered: false`. Sent to every
+    /// connection when the node's Redis subscription comes back after it was lost, since what
+    /// was published meanwhile went to no one.
+    Missed {
+        /// Why.
+        reason: RecoveryRefusal,
+    },
 }
 
 /// Why a resume could not be served: the app must reload what it shows from its backend.
@@ -329,14 +337,18 @@ pub enum RecoveryRefusal {
     TooOld,
     /// `since` is malformed, or names a position the node never reached.
     Unknown,
+    /// The node lost its Redis subscription since: what was published meanwhile never
+    /// reached it.
+    RedisOutage,
 }
 
 impl RecoveryRefusal {
     /// Every refusal, for metrics and tests.
-    pub const ALL: [RecoveryRefusal; 3] = [
+    pub const ALL: [RecoveryRefusal; 4] = [
         RecoveryRefusal::EpochChanged,
         RecoveryRefusal::TooOld,
         RecoveryRefusal::Unknown,
+        RecoveryRefusal::RedisOutage,
     ];
 
     /// The name on the wire.
@@ -345,6 +357,7 @@ impl RecoveryRefusal {
             RecoveryRefusal::EpochChanged => "epoch_changed",
             RecoveryRefusal::TooOld => "too_old",
             RecoveryRefusal::Unknown => "unknown",
+            RecoveryRefusal::RedisOutage => "redis_outage",
         }
     }
 }

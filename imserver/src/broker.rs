@@ -12,7 +12,7 @@ use deadpool_redis::Pool;
 use futures_util::StreamExt as _;
 use imclient::contract::{
     CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
-    ReceiptStatus, Receipts, envelope_body,
+    ReceiptStatus, Receipts, RecoveryRefusal, SystemEvent, envelope_body, system_frame,
 };
 use imclient::{ChanName, ClientId, new_message_id, now_ms};
 use serde_json::value::to_raw_value;
@@ -71,10 +71,22 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
             node.hub().resync_memberships();
         }
         node.work().topics.mark_all(node.hub().chans());
+        let reconnected = connected_before;
+        // After an outage, every topic is subscribed again before clients are told what they
+        // may have missed: from then on nothing more can go missing.
+        if reconnected && let Err(e) = reconcile(&node, &mut sink, &mut chans).await {
+            tracing::warn!(node = %node.id(), error = %e, "cannot subscribe to channel topics again");
+            continue;
+        }
         connected_before = true;
         backoff = MIN_BACKOFF;
         node.set_redis_up(true);
         node.hub().set_base_subscribed(true);
+        if reconnected {
+            node.hub().mark_missed(&system_frame(&SystemEvent::Missed {
+                reason: RecoveryRefusal::RedisOutage,
+            }));
+        }
         tracing::info!(node = %node.id(), %topic, "subscribed");
         // A connection that dies without a reset (a partition) never ends the stream by
         // itself; an unanswered ping tells.

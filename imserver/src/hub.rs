@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use imclient::contract::{
-    self, CloseCode, Forward, Handover, NodeCommand, PresenceRecord, RecoveryRefusal,
+    self, CloseCode, Forward, Handover, NodeCommand, PresenceRecord, RecoveryRefusal, ResumeFrom,
 };
 use imclient::token::ConnectClaims;
 use imclient::{ChanName, ClientId, now_ms};
@@ -126,6 +126,9 @@ struct ClientInner {
     gone: bool,
     /// Moving to another node, or just arrived from one.
     moving: Move,
+    /// The last `seq` given out before the node lost its Redis subscription: a resume from
+    /// there or earlier cannot be whole, whatever the buffer holds.
+    lost_after: Option<u64>,
 }
 
 impl ClientEntry {
@@ -446,6 +449,7 @@ impl Hub {
                 kicked: false,
                 gone: false,
                 moving: Move::Settled,
+                lost_after: None,
             }),
         })
     }
@@ -723,6 +727,12 @@ impl Hub {
                     &inner.buffer,
                 )
             });
+            let resume = match (resume, since.and_then(ResumeFrom::parse), inner.lost_after) {
+                (Some(Resume::Replay(_)), Some(from), Some(lost)) if from.seq <= lost => {
+                    Some(Resume::Refused(RecoveryRefusal::RedisOutage))
+                }
+                (resume, _, _) => resume,
+            };
             let (replay, recovered, reason) = match resume {
                 None => (Vec::new(), None, None),
                 Some(Resume::Replay(frames)) => (frames, Some(true), None),
@@ -1368,6 +1378,24 @@ impl Hub {
         drop(inner);
         self.end_window(&entry);
         n
+    }
+
+    /// Tells every client that envelopes for it may never have reached the node (`frame`, a
+    /// `missed` system frame, goes to each connection) and marks every stream, so that a resume
+    /// from before now is refused: the node's Redis subscription was lost, and what was
+    /// published meanwhile went to no one.
+    pub fn mark_missed(&self, frame: &str) {
+        let frame = Bytes::from(frame.to_owned());
+        for shard in self.clients.iter() {
+            let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
+            for entry in entries {
+                let mut inner = entry.lock();
+                inner.lost_after = Some(inner.seq);
+                for conn in &inner.conns {
+                    self.send(conn, Frame::text(frame.clone()));
+                }
+            }
+        }
     }
 
     /// Asks every connection to close with `code`.

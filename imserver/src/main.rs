@@ -33,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
     }
     config.validate()?;
     if !imserver::memory::return_freed_memory_in_background() {
-        tracing::warn!("cannot start the allocator's purging threads: freed memory comes back only under load");
+        tracing::warn!(
+            "cannot start the allocator's purging threads: freed memory comes back only under load"
+        );
     }
     if config.dev {
         tracing::warn!(

@@ -84,7 +84,7 @@ pub struct Metrics {
     /// Resumes served.
     pub resumes_recovered: AtomicU64,
     /// Resumes refused, by reason (in [`RecoveryRefusal::ALL`] order).
-    resumes_refused: [AtomicU64; 3],
+    resumes_refused: [AtomicU64; 4],
 }
 
 impl Metrics {

@@ -734,13 +734,25 @@ async fn connections_per_client_are_limited() -> Result<()> {
 #[tokio::test]
 async fn redis_restart_keeps_sockets_open_and_pushes_resume() -> Result<()> {
     let mut c = Cluster::start(2, NodeOpts::default()).await?;
-    let (a, b) = (c.client_on(0, "a"), c.client_on(1, "b"));
+    let (a, b, away) = (
+        c.client_on(0, "a"),
+        c.client_on(1, "b"),
+        c.client_on(0, "away"),
+    );
     let mut wa = c.connect(&a).await?;
     let mut wb = c.connect(&b).await?;
     wait_for("presence written", WAIT, || async {
         c.im.has_online(&a).await.ok()?.then_some(())
     })
     .await?;
+    // A client inside its recovery window during the outage.
+    let url = c.im.prev_connect_server(&away, json!(null))?;
+    let mut w = Ws::connect(&url).await?;
+    c.im.send_message("x", [&away], &"before", false).await?;
+    let seen = w.next_message().await?.seq.unwrap();
+    let epoch = w.epoch();
+    drop(w);
+    c.nodes[0].wait_metric("im_recovery_windows", 1).await?;
 
     c.redis.kill();
     wait_for("healthz reports Redis down", WAIT, || async {
@@ -759,6 +771,21 @@ async fn redis_restart_keeps_sockets_open_and_pushes_resume() -> Result<()> {
         })
         .await?;
     }
+    // Whatever was published while the nodes were not subscribed went to no one: every
+    // connected client is told, and a resume from before the outage is refused.
+    for ws in [&mut wa, &mut wb] {
+        match ws.read(WAIT).await? {
+            Frame::Envelope(env) => {
+                assert_eq!(env.payload["event"], "missed", "{env:?}");
+                assert_eq!(env.payload["reason"], "redis_outage", "{env:?}");
+            }
+            other => panic!("expected the missed event, got {other:?}"),
+        }
+    }
+    let url = c.im.prev_connect_server(&away, json!(null))?;
+    let w = Ws::connect(&fixture::with_since(&url, &epoch, seen)).await?;
+    assert_eq!(w.recovered(), Some(false));
+    assert_eq!(w.reason().as_deref(), Some("redis_outage"));
     c.im.send_message("x", [&a, &b], &"after", false).await?;
     assert_eq!(wa.next_message().await?.payload, json!("after"));
     assert_eq!(wb.next_message().await?.payload, json!("after"));
