@@ -194,6 +194,10 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
         .admit(&query.token)
         .map_err(|e| Refused::new(e.http_status(), e.code(), e.to_string()))?;
     if !node.nodes().owns(node.id(), &claims.sub) {
+        // The backend that issued the token may have seen a change this node has not yet
+        // (a peer that died, whose lease just ran out): read the set again now, so that the
+        // client's next attempt finds it current.
+        node.work().nodeset.notify_one();
         return Err(Refused::new(
             421,
             "client_moved",
