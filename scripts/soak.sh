@@ -18,9 +18,8 @@
 # "--stay-secs 0.5,10 --away-secs 0.05,2 --clean-close-percent 50 --chans 8 --chan-percent 10").
 # ROUNDS (1) runs the churn that many times against the same nodes, each run followed by the
 # wait, and prints the RSS after each (growth from round to round is a leak; a plateau is memory
-# the allocator keeps). TRIM_CHECK=1 asks glibc to give freed memory back after each round
-# (through gdb) and prints the RSS after it, as a diagnosis; the final RSS is then read after
-# it. IMSERVER and IMBENCH name other binaries (then nothing is built).
+# the allocator keeps; the summary's allocator line tells live allocations from what the
+# allocator holds). IMSERVER and IMBENCH name other binaries (then nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -116,6 +115,7 @@ value_of() { awk -v n="$2" '$1 == n { print $2 }' "$out/$1.metrics"; }
 mib() { [ "$1" = "?" ] && echo "?" || awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 rss_base=$(snapshot baseline)
+metrics_all >"$out/baseline.prom" 2>/dev/null || true
 echo "== soak: $nodes_n node(s) $(join "${nodes[@]}"), $clients clients, ${duration} s, $rate msg/s," \
   "recovery window $recovery_ms ms; baseline RSS $(mib "$rss_base") MiB; logs in $out/" >&2
 
@@ -161,26 +161,16 @@ for r in $(seq 1 "$rounds"); do
   settle_took=$((SECONDS - settle_start))
   [ "$settled" = 1 ] || all_settled=0
   rss_settled=$(rss_kib)
-  trim_text=""
-  # Diagnosis, with TRIM_CHECK=1 (needs gdb): how much of the RSS glibc gives back when asked
-  # (malloc_trim), i.e. memory freed but kept by the allocator. The final RSS is then the
-  # trimmed one, and the rule line says so.
-  if [ "${TRIM_CHECK:-0}" = 1 ] && command -v gdb >/dev/null 2>&1; then
-    for p in "${npids[@]}"; do
-      gdb -p "$p" -batch -ex 'call (int) malloc_trim(0)' >"$out/trim.log" 2>&1 || true
-    done
-    trim_text=", after malloc_trim(0) $(mib "$(rss_kib)") MiB (TRIM_CHECK)"
-  fi
   if [ "$settled" = 1 ]; then settle_text="gauges back to 0 after ${settle_took} s"; else
     settle_text="gauges NOT back to 0 within ${settle_secs} s"; fi
-  round_lines+=("round $r: RSS at the end of the run $(mib "$rss_end_of_run") MiB, $settle_text, RSS then $(mib "$rss_settled") MiB$trim_text")
+  round_lines+=("round $r: RSS at the end of the run $(mib "$rss_end_of_run") MiB, $settle_text, RSS then $(mib "$rss_settled") MiB")
 done
-# Final RSS (after the trim, with TRIM_CHECK): once the gauges are 0, give it up to 10 s to
-# come under the limit (freed buffers may be returned a little later), reading every second.
+# Final RSS: once the gauges are 0, give it up to 30 s to come under the limit, reading every
+# second: the allocator returns freed pages gradually over its decay time (10 s).
 rss_limit=$(awk -v b="$rss_base" -v f="$rss_factor" -v s="$rss_slack_mib" -v n="$nodes_n" \
   'BEGIN { printf "%d", b * f + s * 1024 * n }')
 rss_final=$(snapshot final)
-for _ in $(seq 1 10); do
+for _ in $(seq 1 30); do
   [ "$rss_final" != "?" ] && [ "$rss_final" -le "$rss_limit" ] && break
   sleep 1
   rss_final=$(snapshot final)
@@ -221,6 +211,13 @@ awk '/^#/ { next }
         line = "node counters:"
         for (i = 1; i <= n; i++) if (want[i] in sum) line = line " " want[i] "=" sum[want[i]]
         print line }' "$out/final.prom"
+allocator() { # file: live allocations and resident, in MiB
+  awk '/^#/ { next }
+    { name = $1; sub(/\{node="[^"]*"\}$/, "", name); sum[name] += $2 }
+    END { printf "%.1f MiB in live allocations, %.1f MiB resident",
+            sum["im_allocator_allocated_bytes"] / 1048576, sum["im_allocator_resident_bytes"] / 1048576 }' "$1"
+}
+echo "allocator: at the start $(allocator "$out/baseline.prom"); at the end $(allocator "$out/final.prom")"
 echo "after the run: $settle_text"
 
 fails=()
@@ -232,7 +229,7 @@ fi
 order=$(cat "$out"/imbench*.json 2>/dev/null | jq -s 'map(.duplicates + .out_of_order + .gaps + .no_seq) | add // 0')
 [ "$order" = 0 ] || fails+=("$order envelopes out of sequence on their connection")
 echo "rule: PASS when ${gauges[*]} are all 0 within ${settle_secs} s of each run's end," \
-  "final RSS$([ "${TRIM_CHECK:-0}" = 1 ] && echo " (after malloc_trim, TRIM_CHECK)") <= ${rss_factor} x baseline + ${rss_slack_mib} MiB per node ($(mib "$rss_limit") MiB)," \
+  "final RSS <= ${rss_factor} x baseline + ${rss_slack_mib} MiB per node ($(mib "$rss_limit") MiB)," \
   "imbench succeeded and every envelope followed its connection's seq by one"
 if [ ${#fails[@]} -eq 0 ]; then
   echo "RESULT: PASS"

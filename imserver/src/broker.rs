@@ -214,6 +214,14 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
         }
         NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
         NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
+        // Only what a node writes: envelopes that start with their id, frames with their seq (a
+        // frame is built by splicing `seq` in at the start of an envelope).
+        NodeCommand::Handover(h) if !h.frames.iter().all(|f| f.get().starts_with("{\"seq\":")) => {
+            node.metrics().dropped(DropReason::Malformed, 1);
+        }
+        NodeCommand::Forward(f) if imclient::contract::envelope_id(f.envelope.get()).is_none() => {
+            node.metrics().dropped(DropReason::Malformed, 1);
+        }
         NodeCommand::Handover(h) => {
             tracing::debug!(node = %node.id(), client = %h.client, seq = h.seq, frames = h.frames.len(), "taking over a client's stream");
             node.hub().take_over(h);

@@ -43,6 +43,15 @@ const SHARDS: usize = 64;
 /// the handover.
 pub const FORWARD_FOR: Duration = Duration::from_secs(10);
 
+/// Gives back most of a map's room once it holds far fewer entries than it has room for: maps
+/// keep their peak size otherwise, and a node's peak (every client of a busy hour) is far above
+/// its usual load.
+pub fn shrink_if_sparse<K: Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to_fit();
+    }
+}
+
 /// A frame's text (frames are built from strings).
 fn frame_text(frame: &Bytes) -> &str {
     std::str::from_utf8(frame).unwrap_or_default()
@@ -277,7 +286,7 @@ impl Outgoing {
 
     /// Takes everything queued, oldest first.
     pub fn take(&self) -> Vec<redis::Cmd> {
-        lock(&self.queue).drain(..).collect()
+        std::mem::take(&mut *lock(&self.queue)).into()
     }
 
     /// Waits until something is queued.
@@ -908,8 +917,15 @@ impl Hub {
         let mut windows = Vec::new();
         let mut online = Vec::new();
         let mut forwarded = Vec::new();
+        for shard in self.chans.iter() {
+            shrink_if_sparse(&mut lock(shard));
+        }
         for shard in self.clients.iter() {
-            let entries: Vec<Arc<ClientEntry>> = lock(shard).values().cloned().collect();
+            let entries: Vec<Arc<ClientEntry>> = {
+                let mut shard = lock(shard);
+                shrink_if_sparse(&mut shard);
+                shard.values().cloned().collect()
+            };
             for entry in entries {
                 let mut inner = entry.lock();
                 match &inner.moving {

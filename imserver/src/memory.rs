@@ -11,3 +11,14 @@
 pub fn return_freed_memory_in_background() -> bool {
     tikv_jemalloc_ctl::background_thread::write(true).is_ok()
 }
+
+/// What the allocator says, in bytes: held by live allocations, and resident (live plus what it
+/// keeps for reuse and its own bookkeeping). Zeros where jemalloc is not the allocator.
+pub fn allocator_bytes() -> (u64, u64) {
+    if tikv_jemalloc_ctl::epoch::advance().is_err() {
+        return (0, 0);
+    }
+    let allocated = tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0);
+    let resident = tikv_jemalloc_ctl::stats::resident::read().unwrap_or(0);
+    (allocated as u64, resident as u64)
+}

@@ -133,6 +133,19 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
             );
         };
+        let (allocated, resident) = crate::memory::allocator_bytes();
+        metric(
+            "im_allocator_allocated_bytes",
+            "gauge",
+            "Bytes in live allocations, as the allocator counts them.",
+            allocated,
+        );
+        metric(
+            "im_allocator_resident_bytes",
+            "gauge",
+            "Bytes the allocator holds resident: live allocations, freed memory kept for reuse, bookkeeping.",
+            resident,
+        );
         metric(
             "im_connections",
             "gauge",

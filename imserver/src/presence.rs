@@ -357,6 +357,7 @@ impl Writer {
                     None => self.written.remove(&client),
                 };
             }
+            crate::hub::shrink_if_sparse(&mut self.written);
             self.node
                 .metrics()
                 .presence_entries

@@ -167,6 +167,10 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
         r#"{"deliver":{"id":1}}"#,
         r#"{"explode":{}}"#,
         "",
+        // Envelopes passed on between nodes: only what a node writes is pushed.
+        r#"{"forward":{"client":"bob","envelope":{}}}"#,
+        r#"{"forward":{"client":"bob","envelope":[1,2]}}"#,
+        r#"{"handover":{"client":"bob","stream":"x-1","seq":1,"first":1,"frames":[{"a":1}]}}"#,
     ] {
         let _: i64 = redis.publish(&topic, garbage).await?;
     }
@@ -175,11 +179,14 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
         "im_drops_total{{node=\"{}\",reason=\"malformed\"}}",
         c.nodes[0].id
     );
-    c.nodes[0].wait_metric(&malformed, 4).await?;
+    c.nodes[0].wait_metric(&malformed, 7).await?;
 
     c.im.send_message("alice", ["bob"], &"still works", false)
         .await?;
-    assert_eq!(bob.next_message().await?.payload, json!("still works"));
+    // The first frame bob gets is the real message, numbered right after his welcome.
+    let env = bob.next_message().await?;
+    assert_eq!(env.payload, json!("still works"));
+    assert_eq!(env.seq, Some(bob.welcome_seq() + 1));
     Ok(())
 }
 
