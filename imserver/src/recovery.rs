@@ -249,6 +249,9 @@ pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let swept = node.hub().sweep(Instant::now());
+        // Also the token ids of a burst of connects that has passed: not recovery, but the
+        // same once-a-second sweep over memory that outlives its use.
+        node.admission().prune();
         let metrics = node.metrics();
         metrics.recovery_expired.fetch_add(swept.expired, Relaxed);
         metrics.recovery_evicted.fetch_add(swept.evicted, Relaxed);
