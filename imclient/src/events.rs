@@ -83,8 +83,10 @@ enum Mode {
     Group {
         group: String,
         consumer: String,
-        /// Whether this consumer's own unacknowledged entries have been read again.
-        pending_done: bool,
+        /// While this consumer's own unacknowledged entries are read again: the id after which
+        /// to go on reading them (each read picks up after the last one, never from the start
+        /// again, since the caller may not have acknowledged them yet). `None` once done.
+        pending_from: Option<String>,
     },
 }
 
@@ -201,7 +203,7 @@ impl ImClient {
         let mode = Mode::Group {
             group: group.to_owned(),
             consumer: consumer.to_owned(),
-            pending_done: false,
+            pending_from: Some("0".to_owned()),
         };
         Ok(EventStream::new(self.pool().clone(), key, mode))
     }
@@ -315,7 +317,7 @@ impl Reader {
             Mode::Group {
                 group,
                 consumer,
-                pending_done,
+                pending_from,
             } => {
                 if let Some(acks) = &self.acks {
                     let done: Vec<String> = std::mem::take(&mut *lock(acks));
@@ -329,21 +331,21 @@ impl Reader {
                     }
                 }
                 // First the entries this consumer was given before and never acknowledged.
-                let id = if *pending_done { ">" } else { "0" };
+                let id = pending_from.clone().unwrap_or_else(|| ">".to_owned());
                 let mut opts = StreamReadOptions::default()
                     .group(group.as_str(), consumer.as_str())
                     .count(BATCH);
-                if *pending_done {
+                if pending_from.is_none() {
                     opts = opts.block(BLOCK_MS);
                 }
-                let reply: Option<StreamReadReply> =
-                    conn.xread_options(&[&self.key], &[id], &opts).await?;
-                if !*pending_done
-                    && reply
+                let reply: Option<StreamReadReply> = conn
+                    .xread_options(&[&self.key], &[id.as_str()], &opts)
+                    .await?;
+                if pending_from.is_some() {
+                    *pending_from = reply
                         .as_ref()
-                        .is_none_or(|r| r.keys.iter().all(|k| k.ids.is_empty()))
-                {
-                    *pending_done = true;
+                        .and_then(|r| r.keys.iter().flat_map(|k| k.ids.last()).last())
+                        .map(|last| last.id.clone());
                 }
                 reply
             }
