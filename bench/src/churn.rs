@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::{
     Args, CONNECT_TIMEOUT, LATENCY_SHARDS, MAX_IN_FLIGHT, chan_name, cpu_secs, lock, nodes_sum,
-    now_ns, open_tcp, rss_kib, wire,
+    now_ns, open_ws, rss_kib, wire,
 };
 
 /// How long a clean close waits for the server's close frame.
@@ -182,15 +182,8 @@ fn range(name: &str, v: &[f64]) -> Result<(f64, f64)> {
 /// welcome's `seq`.
 async fn connect(im: &ImClient, i: usize, n: usize) -> Result<(wire::Socket, u64)> {
     let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
-    let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
-    let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
-    let target = tokio::net::lookup_host(host)
-        .await?
-        .next()
-        .context("no address")?;
     // Spread over source addresses by connection too, so reconnects do not pile on one.
-    let tcp = open_tcp(target, i.wrapping_add(n.wrapping_mul(7))).await?;
-    let mut ws = wire::Socket::upgrade(tcp, host, &format!("/{path}")).await?;
+    let mut ws = open_ws(&url, i.wrapping_add(n.wrapping_mul(7))).await?;
     let mut welcome = None;
     ws.read(|text| {
         if wire::find_str(text, "welcome") {

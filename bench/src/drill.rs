@@ -26,7 +26,7 @@ use imclient::ImClient;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Args, MAX_IN_FLIGHT, chan_name, lock, now_ns, open_tcp, wire};
+use super::{Args, MAX_IN_FLIGHT, chan_name, lock, now_ns, open_ws, wire};
 
 /// Resolution of the delivery timeline: a pause shorter than this is not seen.
 const BUCKET_MS: u64 = 10;
@@ -280,15 +280,8 @@ impl Drill {
             url.push_str("&since=");
             url.push_str(&encode(&format!("{epoch}:{seq}")));
         }
-        let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
-        let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
-        let target = tokio::net::lookup_host(host)
-            .await?
-            .next()
-            .context("no address")?;
         // Spread over source addresses by attempt too, so reconnects do not pile on one.
-        let tcp = open_tcp(target, i.wrapping_add(n.wrapping_mul(7))).await?;
-        let mut ws = wire::Socket::upgrade(tcp, host, &format!("/{path}")).await?;
+        let mut ws = open_ws(&url, i.wrapping_add(n.wrapping_mul(7))).await?;
         let mut first = None;
         ws.read(|text| {
             first = serde_json::from_slice::<Value>(text).ok();

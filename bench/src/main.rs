@@ -242,17 +242,21 @@ async fn open_tcp(target: std::net::SocketAddr, i: usize) -> Result<tokio::net::
     Ok(tcp)
 }
 
-/// Connects client `i` to its home node and starts reading.
-async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
-    let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
+/// Opens a WebSocket to a `ws://` connect URL, from the source address `spread` picks.
+async fn open_ws(url: &str, spread: usize) -> Result<wire::Socket> {
     let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
     let (host, path) = rest.split_once('/').context("no path in the connect URL")?;
     let target = tokio::net::lookup_host(host)
         .await?
         .next()
         .context("no address")?;
-    let mut ws =
-        wire::Socket::upgrade(open_tcp(target, i).await?, host, &format!("/{path}")).await?;
+    wire::Socket::upgrade(open_tcp(target, spread).await?, host, &format!("/{path}")).await
+}
+
+/// Connects client `i` to its home node and starts reading.
+async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
+    let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
+    let mut ws = open_ws(&url, i).await?;
     let mut welcomed = false;
     ws.read(|text| {
         welcomed = wire::find_str(text, "welcome");
