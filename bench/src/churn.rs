@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{
-    Args, CONNECT_TIMEOUT, LATENCY_SHARDS, MAX_IN_FLIGHT, chan_name, cpu_secs, lock, nodes_sum,
-    now_ns, open_ws, rss_kib, wire,
+    Args, CONNECT_TIMEOUT, LATENCY_SHARDS, MAX_IN_FLIGHT, chan_name, cpu_secs, join_round_robin,
+    lock, nodes_sum, now_ns, open_ws, rss_kib, wire,
 };
 
 /// How long a clean close waits for the server's close frame.
@@ -307,15 +307,8 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
     let me = std::process::id().to_string();
     let rss = || nodes_sum(&args.node_pid, |p| rss_kib(p).map(|v| v as f64));
 
-    // Memberships are durable: set them up before anyone connects. Client i is in channel
-    // i % chans.
-    for g in 0..chans {
-        let members: Vec<String> = (g..args.clients)
-            .step_by(chans)
-            .map(|i| format!("c{i}"))
-            .collect();
-        im.join_chan_many(&members, &chan_name(g)).await?;
-    }
+    // Memberships are durable: set them up before anyone connects.
+    join_round_robin(&im, args.clients, chans).await?;
 
     let rss_start = rss();
     let node_cpu_before = nodes_sum(&args.node_pid, cpu_secs);

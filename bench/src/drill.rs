@@ -26,7 +26,7 @@ use imclient::ImClient;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
-use super::{Args, MAX_IN_FLIGHT, chan_name, lock, now_ns, open_ws, wire};
+use super::{Args, MAX_IN_FLIGHT, chan_name, join_round_robin, lock, now_ns, open_ws, wire};
 
 /// Resolution of the delivery timeline: a pause shorter than this is not seen.
 const BUCKET_MS: u64 = 10;
@@ -465,15 +465,8 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
         None => None,
     };
 
-    // Memberships are durable: set them up before anyone connects. Client i is in channel
-    // i % chans.
-    for g in 0..chans {
-        let members: Vec<String> = (g..args.clients)
-            .step_by(chans)
-            .map(|i| format!("c{i}"))
-            .collect();
-        im.join_chan_many(&members, &chan_name(g)).await?;
-    }
+    // Memberships are durable: set them up before anyone connects.
+    join_round_robin(&im, args.clients, chans).await?;
 
     let origin_ms = now_ms();
     let run_for = Duration::from_secs_f64(args.duration.max(0.0));

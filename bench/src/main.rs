@@ -242,6 +242,18 @@ async fn open_tcp(target: std::net::SocketAddr, i: usize) -> Result<tokio::net::
     Ok(tcp)
 }
 
+/// Makes client `i` (of `clients`) a member of channel `i % chans`.
+async fn join_round_robin(im: &ImClient, clients: usize, chans: usize) -> Result<()> {
+    for g in 0..chans {
+        let members: Vec<String> = (g..clients)
+            .step_by(chans)
+            .map(|i| format!("c{i}"))
+            .collect();
+        im.join_chan_many(&members, &chan_name(g)).await?;
+    }
+    Ok(())
+}
+
 /// Opens a WebSocket to a `ws://` connect URL, from the source address `spread` picks.
 async fn open_ws(url: &str, spread: usize) -> Result<wire::Socket> {
     let rest = url.strip_prefix("ws://").context("only ws:// URLs")?;
