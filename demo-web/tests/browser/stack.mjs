@@ -152,10 +152,9 @@ export function nodeHasFlag(flag) {
  */
 export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {}) {
   const stack = { nodes: [], nodeArgs };
-  const redisPort = await freePort();
-  run('redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', artifacts]);
-  await waitPort(redisPort);
-  stack.redisUrl = `redis://127.0.0.1:${redisPort}`;
+  stack.redisPort = await freePort();
+  await startRedis(stack);
+  stack.redisUrl = `redis://127.0.0.1:${stack.redisPort}`;
   for (let i = 0; i < nodes; i++) {
     const port = await freePort();
     let p = null;
@@ -174,6 +173,12 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
   await waitPort(stack.webPort);
   stack.web = `http://127.0.0.1:${stack.webPort}`;
   return stack;
+}
+
+/** Starts (or starts again, on the same port) the stack's redis-server. */
+export async function startRedis(stack) {
+  stack.redis = run('redis', 'redis-server', ['--port', String(stack.redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', artifacts]);
+  await waitPort(stack.redisPort);
 }
 
 /** Starts (or starts again, on the same port and id) the node `node` of `stack`. */
