@@ -539,7 +539,15 @@ impl Hub {
             self.work.memberships.mark(&client);
         }
         let mut inner = entry.lock();
+        // A client this node was itself handing away (its home moved here and back): it comes
+        // back as a window, with the stream it is handed.
+        let returning = matches!(inner.moving, Move::Forwarding { .. }) && inner.conns.is_empty();
+        if returning && inner.detached.is_none() && !inner.gone {
+            inner.detached = Some(now);
+            self.metrics.recovery_windows.fetch_add(1, Relaxed);
+        }
         let awaiting = created
+            || returning
             || matches!(inner.moving, Move::TakingOver { awaiting: true, .. })
                 && inner.conns.is_empty();
         let mut seen: HashSet<Box<str>> = match std::mem::take(&mut inner.moving) {
@@ -720,6 +728,11 @@ impl Hub {
                 })
                 .clone();
             let mut inner = entry.lock();
+            if matches!(inner.moving, Move::Forwarding { .. }) {
+                // Handed away, and back before the forwarding ended (its new home went away
+                // again): it is this node's again, and what arrives for it is pushed here.
+                inner.moving = Move::Settled;
+            }
             if inner.conns.len() >= self.max_per_client {
                 drop(inner);
                 if new_client {

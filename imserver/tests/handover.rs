@@ -321,3 +321,41 @@ async fn a_client_away_during_a_move_resumes_at_its_new_home() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A node added and stopped again at once: the clients it took come back to the node that
+/// handed them over, which pushes to them again instead of passing their messages on to the
+/// node that is gone.
+#[tokio::test]
+async fn a_client_handed_away_and_back_at_once_gets_its_messages() -> Result<()> {
+    let redis = Redis::start()?;
+    let listed = Listed::new(2);
+    let _a = listed.start(&redis, 0).await?;
+    let im = listed.client(&redis).await?;
+    let client = (0..)
+        .map(|i| format!("boomerang{i}"))
+        .find(|c| listed.home_among_all(c) == listed.ids[1])
+        .unwrap();
+    let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
+
+    let b = listed.start(&redis, 1).await?;
+    assert!(
+        matches!(ws.read(WAIT).await?, Frame::Closed(Some(code)) if code == CloseCode::Moved.code())
+    );
+    wait_for("imclient routes to the new node", WAIT, || async {
+        (im.home_node(&client).ok()?.as_str() == listed.ids[1]).then_some(())
+    })
+    .await?;
+    let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
+
+    b.signal("TERM");
+    assert!(matches!(ws.read(WAIT).await?, Frame::Closed(_)));
+    wait_for("imclient routes back to the first node", WAIT, || async {
+        (im.home_node(&client).ok()?.as_str() == listed.ids[0]).then_some(())
+    })
+    .await?;
+    let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
+    im.send_message("backend", [&client], &"welcome back", false)
+        .await?;
+    assert_eq!(ws.next_message().await?.payload, json!("welcome back"));
+    Ok(())
+}
