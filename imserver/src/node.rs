@@ -50,6 +50,8 @@ struct Shared {
     ip_limits: Arc<IpLimits>,
     /// True while the Redis subscriber is connected and subscribed.
     redis_up: AtomicBool,
+    /// True once the node holds its lease: backends route clients to it from then on.
+    leased: AtomicBool,
     /// True once shutdown began: new sockets are refused.
     shutting_down: AtomicBool,
 }
@@ -116,6 +118,7 @@ impl Node {
                 config.max_connects_per_ip_per_sec,
             )),
             redis_up: AtomicBool::new(false),
+            leased: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         })))
     }
@@ -196,6 +199,15 @@ impl Node {
     /// Whether the Redis subscriber is up.
     pub fn redis_up(&self) -> bool {
         self.0.redis_up.load(Relaxed)
+    }
+
+    /// Whether the node has taken its lease (and announced itself) since it started.
+    pub fn leased(&self) -> bool {
+        self.0.leased.load(Relaxed)
+    }
+
+    pub(crate) fn set_leased(&self) {
+        self.0.leased.store(true, Relaxed);
     }
 
     pub(crate) fn set_redis_up(&self, up: bool) {

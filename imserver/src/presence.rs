@@ -135,6 +135,7 @@ impl Writer {
             self.renew_lease(&mut conn).await?;
             announce(&mut conn, self.keys(), self.node.id(), true).await?;
             self.started = true;
+            self.node.set_leased();
             self.node
                 .work()
                 .presence

@@ -28,6 +28,9 @@ async fn healthz(node: web::Data<Node>) -> HttpResponse {
         "shutting_down"
     } else if !up {
         "degraded"
+    } else if !node.leased() {
+        // Backends do not send clients here before the lease: not ready for a proxy either.
+        "starting"
     } else if node.hub().full() {
         // New clients would be refused with 503 node_full.
         "full"

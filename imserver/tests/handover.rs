@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use fixture::{Frame, Listed, Redis, WAIT, Ws, wait_for, with_since};
 use imclient::ImClient;
 use imclient::contract::CloseCode;
@@ -79,7 +79,9 @@ async fn read_client(
                 })
                 .await?;
                 let url = im.prev_connect_server(&client, json!(null))?;
-                ws = Ws::connect(&with_since(&url, &epoch, last_seq)).await?;
+                ws = Ws::connect(&with_since(&url, &epoch, last_seq))
+                    .await
+                    .with_context(|| format!("{client} reconnecting to {url}"))?;
                 log.lock()
                     .unwrap()
                     .entry(client.clone())
@@ -145,7 +147,8 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
             while sending.load(std::sync::atomic::Ordering::Relaxed) {
                 for client in &clients {
                     im.send_message("backend", [client], &json!({ "n": round }), false)
-                        .await?;
+                        .await
+                        .context("sending")?;
                     sent.entry(client.clone()).or_default().push(round);
                 }
                 im.send_chan_message("backend", "room", &json!({ "k": round }), false)
