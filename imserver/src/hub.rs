@@ -52,11 +52,6 @@ pub fn shrink_if_sparse<K: Hash + Eq, V>(map: &mut HashMap<K, V>) {
     }
 }
 
-/// A frame's text (frames are built from strings).
-fn frame_text(frame: &Bytes) -> &str {
-    std::str::from_utf8(frame).unwrap_or_default()
-}
-
 /// Node-local connection id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u64);
@@ -569,10 +564,10 @@ impl Hub {
             inner.stream = handover.stream;
             inner.seq = handover.first.saturating_sub(1);
             for frame in handover.frames {
-                let frame = Bytes::from(frame.get().to_owned());
-                if let Some(id) = contract::envelope_id(frame_text(&frame)) {
+                if let Some(id) = contract::envelope_id(frame.get()) {
                     seen.insert(id.into());
                 }
+                let frame = Bytes::from(String::from(Box::<str>::from(frame)));
                 inner.seq += 1;
                 let seq = inner.seq;
                 let delta = inner.buffer.push(seq, frame, now, &self.recovery, false);

@@ -273,10 +273,7 @@ async fn a_client_away_during_a_move_resumes_at_its_new_home() -> Result<()> {
     let listed = Listed::new(2);
     let a = listed.start(&redis, 0).await?;
     let im = listed.client(&redis).await?;
-    let client = (0..)
-        .map(|i| format!("away{i}"))
-        .find(|c| listed.home_among_all(c) == listed.ids[1])
-        .unwrap();
+    let client = listed.client_homed_at("away", 1);
     let send = |n: u64| {
         let (im, client) = (&im, &client);
         async move {
@@ -301,10 +298,7 @@ async fn a_client_away_during_a_move_resumes_at_its_new_home() -> Result<()> {
         (b.metric("im_handovers_taken_total").await.ok()? == 1).then_some(())
     })
     .await?;
-    wait_for("imclient routes to the new node", WAIT, || async {
-        (im.home_node(&client).ok()?.as_str() == listed.ids[1]).then_some(())
-    })
-    .await?;
+    listed.wait_routed(&im, &client, 1).await?;
     send(4).await?;
 
     let url = im.prev_connect_server(&client, json!(null))?;
@@ -334,28 +328,19 @@ async fn a_client_handed_away_and_back_at_once_gets_its_messages() -> Result<()>
     let listed = Listed::new(2);
     let _a = listed.start(&redis, 0).await?;
     let im = listed.client(&redis).await?;
-    let client = (0..)
-        .map(|i| format!("boomerang{i}"))
-        .find(|c| listed.home_among_all(c) == listed.ids[1])
-        .unwrap();
+    let client = listed.client_homed_at("boomerang", 1);
     let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
 
     let b = listed.start(&redis, 1).await?;
     assert!(
         matches!(ws.read(WAIT).await?, Frame::Closed(Some(code)) if code == CloseCode::Moved.code())
     );
-    wait_for("imclient routes to the new node", WAIT, || async {
-        (im.home_node(&client).ok()?.as_str() == listed.ids[1]).then_some(())
-    })
-    .await?;
+    listed.wait_routed(&im, &client, 1).await?;
     let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
 
     b.signal("TERM");
     assert!(matches!(ws.read(WAIT).await?, Frame::Closed(_)));
-    wait_for("imclient routes back to the first node", WAIT, || async {
-        (im.home_node(&client).ok()?.as_str() == listed.ids[0]).then_some(())
-    })
-    .await?;
+    listed.wait_routed(&im, &client, 0).await?;
     let mut ws = Ws::connect(&im.prev_connect_server(&client, json!(null))?).await?;
     im.send_message("backend", [&client], &"welcome back", false)
         .await?;
