@@ -79,13 +79,10 @@ now_ms() { date +%s%3N; }
 join() { local IFS=,; echo "$*"; }
 
 # Starts redis-server on port $1 (data in $run/redis-$d, appended to its log); sets rpid.
-start_redis() {
-  mkdir -p "$run/redis-$d"
-  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly "$aof" --appendfsync everysec \
-    --dir "$run/redis-$d" >>"$out/drill$d-redis.log" 2>&1 &
-  rpid=$!
+drill_redis() {
+  start_redis "$1" "$run/redis-$d" "$out/drill$d-redis.log" --appendonly "$aof" --appendfsync everysec
+  rpid=$redis_pid
   pids+=("$rpid")
-  wait_port "$1" "$rpid" || { echo "redis-server did not start: $(tail -3 "$out/drill$d-redis.log")" >&2; exit 1; }
 }
 # Starts node $1 (0-based) of the list on its planned port and waits for its ready line.
 start_node() {
@@ -101,7 +98,7 @@ start_node() {
 # Sets up drill $d: Redis, a list of $1 nodes of which the first $2 run.
 setup() {
   rport=$(free_port)
-  start_redis "$rport"
+  drill_redis "$rport"
   export IM_REDIS_URL="redis://127.0.0.1:$rport"
   ports=()
   ids=()
@@ -212,7 +209,7 @@ for d in $drills; do
     kill -9 "$rpid"
     wait "$rpid" 2>/dev/null || true
     sleep "$redis_down"
-    start_redis "$rport"
+    drill_redis "$rport"
     mark up
     finish_bench
     j="$out/drill3.json"

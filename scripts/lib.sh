@@ -49,6 +49,18 @@ wait_port() {
   return 1
 }
 
+# Starts a private redis-server on port $1, its files in directory $2 and its output appended to
+# $3 (more redis-server arguments may follow, e.g. --appendonly yes), and waits until it
+# listens; exits the script if it does not start. Sets redis_pid.
+start_redis() {
+  local port=$1 dir=$2 log=$3
+  shift 3
+  mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" "$@" >>"$log" 2>&1 &
+  redis_pid=$!
+  wait_port "$port" "$redis_pid" || { echo "redis-server did not start: $(tail -3 "$log")" >&2; exit 1; }
+}
+
 # Installs systemd-analyze (Debian's systemd package) when it is missing: the test of the example
 # unit runs it offline, so systemd need not be the init system.
 ensure_systemd_analyze() {

@@ -37,9 +37,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" >"$run/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$rport" "$!" || { echo "redis-server did not start" >&2; exit 1; }
+start_redis "$rport" "$run" "$run/redis.log"
+pids+=("$redis_pid")
 
 # A connection is a file descriptor: let sockudo use the hard limit (no root needed).
 ulimit -n "$(ulimit -Hn)"

@@ -62,9 +62,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" >"$out/redis.log" 2>&1 &
-pids+=($!)
-wait_port "$rport" "$!" || { echo "redis-server did not start: $(tail -3 "$out/redis.log")" >&2; exit 1; }
+: >"$out/redis.log"
+start_redis "$rport" "$run" "$out/redis.log"
+pids+=("$redis_pid")
 export IM_REDIS_URL="redis://127.0.0.1:$rport"
 export IM_TOKEN_SECRET="soak-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
