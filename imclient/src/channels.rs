@@ -3,7 +3,9 @@
 //!
 //! A join or leave writes the durable sets and publishes a control message to the client's home
 //! node in one Lua script, so control messages reach a node in the same order as the durable
-//! writes happened. docs/DESIGN.md explains why that order makes connect/join races safe.
+//! writes happened. docs/DESIGN.md explains why that order makes connect/join races safe. On a
+//! Redis Cluster a script may not publish to another slot's shard channel, so the control
+//! message is published right after the script has written, from the same caller.
 
 use std::collections::BTreeMap;
 
@@ -20,13 +22,15 @@ const PAGE: usize = 1000;
 /// Longest single wait for join acknowledgements.
 const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// KEYS: members, client-chans, chans, home node topic. ARGV: client, chan, control JSON.
-/// Returns how many nodes took the control message (0 when the home node is not running).
+/// KEYS: members, client-chans, chans, and on one server the home node topic. ARGV: client,
+/// chan, control JSON. Returns how many nodes took the control message (0 when the home node
+/// is not running, or when it is left to the caller to publish).
 const JOIN_SCRIPT: &str = r"
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
-return redis.call('PUBLISH', KEYS[4], ARGV[3])
+if KEYS[4] then return redis.call('PUBLISH', KEYS[4], ARGV[3]) end
+return 0
 ";
 
 /// KEYS and ARGV as for the join script.
@@ -34,9 +38,15 @@ const LEAVE_SCRIPT: &str = r"
 redis.call('SREM', KEYS[1], ARGV[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
-redis.call('PUBLISH', KEYS[4], ARGV[3])
-return 1
+if KEYS[4] then return redis.call('PUBLISH', KEYS[4], ARGV[3]) end
+return 0
 ";
+
+/// A membership change: the script that stores it, and on a cluster the publish that follows.
+struct MembershipChange {
+    script: redis::Cmd,
+    publish: Option<redis::Cmd>,
+}
 
 /// A channel with its member and online counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +69,14 @@ pub struct FanoutReport {
 }
 
 impl ImClient {
-    fn membership_cmd(
+    fn membership_change(
         &self,
         script: &str,
         client: &ClientId,
         chan: &ChanName,
         join: bool,
         ack: Option<&str>,
-    ) -> Result<redis::Cmd> {
+    ) -> Result<MembershipChange> {
         let home = self.home_node(client.as_str())?;
         let m = Membership {
             client: client.clone(),
@@ -78,17 +88,46 @@ impl ImClient {
         } else {
             NodeCommand::Leave(m)
         };
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(script)
-            .arg(4)
+        let control = serde_json::to_string(&control)?;
+        let topic = self.keys().node_topic(&home);
+        let sharded = self.keys().is_sharded();
+        let mut script_cmd = redis::cmd("EVAL");
+        script_cmd
+            .arg(script)
+            .arg(if sharded { 3 } else { 4 })
             .arg(self.keys().members(chan))
             .arg(self.keys().client_chans(client))
-            .arg(self.keys().chans())
-            .arg(self.keys().node_topic(&home))
+            .arg(self.keys().chans());
+        if !sharded {
+            script_cmd.arg(&topic);
+        }
+        script_cmd
             .arg(client.as_str())
             .arg(chan.as_str())
-            .arg(serde_json::to_string(&control)?);
-        Ok(cmd)
+            .arg(&control);
+        Ok(MembershipChange {
+            script: script_cmd,
+            publish: sharded.then(|| self.keys().publish(&topic, &control)),
+        })
+    }
+
+    /// Stores membership changes, then (on a cluster) publishes their control messages;
+    /// returns, per change, how many nodes took its control message.
+    async fn apply(&self, changes: Vec<MembershipChange>) -> Result<Vec<i64>> {
+        let mut conn = self.conn().await?;
+        let mut scripts = redis::pipe();
+        let mut publishes = redis::pipe();
+        for change in changes {
+            scripts.add_command(change.script);
+            if let Some(publish) = change.publish {
+                publishes.add_command(publish);
+            }
+        }
+        let taken: Vec<i64> = scripts.query_async(&mut conn).await?;
+        if publishes.is_empty() {
+            return Ok(taken);
+        }
+        Ok(publishes.query_async(&mut conn).await?)
     }
 
     /// Makes `client_id` a member of `chan`, online or not. Joining twice is not an error.
@@ -104,11 +143,10 @@ impl ImClient {
     pub async fn join_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
         let ack = new_message_id();
-        let cmd = self.membership_cmd(JOIN_SCRIPT, &client, &chan, true, Some(&ack))?;
-        let mut conn = self.conn().await?;
-        let taken: i64 = cmd.query_async(&mut conn).await?;
-        drop(conn);
-        self.await_join_acks(&ack, usize::from(taken > 0)).await
+        let change = self.membership_change(JOIN_SCRIPT, &client, &chan, true, Some(&ack))?;
+        let taken = self.apply(vec![change]).await?;
+        self.await_join_acks(&ack, taken.iter().filter(|t| **t > 0).count())
+            .await
     }
 
     /// Makes many clients members of `chan`, pipelined a thousand at a time; returns once
@@ -131,22 +169,14 @@ impl ImClient {
             .collect::<Result<Vec<_>>>()?;
         let ack = new_message_id();
         let mut expected = 0;
-        let mut conn = self.conn().await?;
         for page in clients.chunks(PAGE) {
-            let mut pipe = redis::pipe();
-            for client in page {
-                pipe.add_command(self.membership_cmd(
-                    JOIN_SCRIPT,
-                    client,
-                    &chan,
-                    true,
-                    Some(&ack),
-                )?);
-            }
-            let taken: Vec<i64> = pipe.query_async(&mut conn).await?;
+            let changes = page
+                .iter()
+                .map(|client| self.membership_change(JOIN_SCRIPT, client, &chan, true, Some(&ack)))
+                .collect::<Result<Vec<_>>>()?;
+            let taken = self.apply(changes).await?;
             expected += taken.iter().filter(|t| **t > 0).count();
         }
-        drop(conn);
         self.await_join_acks(&ack, expected).await
     }
 
@@ -158,7 +188,7 @@ impl ImClient {
         }
         let key = self.keys().ack(ack);
         let deadline = tokio::time::Instant::now() + self.join_ack_timeout();
-        let mut conn = self.pool().get().await?;
+        let mut conn = self.store().get().await?;
         let mut got = 0;
         while got < expected {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -195,9 +225,8 @@ impl ImClient {
     /// ```
     pub async fn leave_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
-        let cmd = self.membership_cmd(LEAVE_SCRIPT, &client, &chan, false, None)?;
-        let mut conn = self.conn().await?;
-        let _: i64 = cmd.query_async(&mut conn).await?;
+        let change = self.membership_change(LEAVE_SCRIPT, &client, &chan, false, None)?;
+        self.apply(vec![change]).await?;
         Ok(())
     }
 
@@ -416,7 +445,11 @@ impl ImClient {
             NodeCommand::Broadcast(fanout)
         };
         let mut conn = self.conn().await?;
-        let nodes: u64 = conn.publish(topic, serde_json::to_string(&cmd)?).await?;
+        let nodes: u64 = self
+            .keys()
+            .publish(&topic, serde_json::to_string(&cmd)?)
+            .query_async(&mut conn)
+            .await?;
         Ok(FanoutReport { message_id, nodes })
     }
 
@@ -451,14 +484,13 @@ impl ImClient {
             pipe.query_async::<()>(&mut conn).await?;
         }
         let deleted = NodeCommand::ChanDeleted(ChanDeleted { chan: chan.clone() });
-        let _: () = redis::pipe()
-            .srem(self.keys().chans(), chan.as_str())
-            .ignore()
+        let _: () = conn.srem(self.keys().chans(), chan.as_str()).await?;
+        let _: i64 = self
+            .keys()
             .publish(
-                self.keys().chan_topic(&chan),
+                &self.keys().chan_topic(&chan),
                 serde_json::to_string(&deleted)?,
             )
-            .ignore()
             .query_async(&mut conn)
             .await?;
         Ok(removed)

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_redis::{Config, Pool, Runtime};
-use redis::AsyncCommands;
+use deadpool_redis::Pool;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -17,6 +16,7 @@ use crate::ids::{ClientId, NodeId};
 use crate::keys::Keys;
 use crate::link::{Link, LinkConn};
 use crate::nodeset::{self, NodeSet, Watched};
+use crate::store::Store;
 use crate::token::{ConnectClaims, TokenIssuer};
 
 /// Default lifetime of a connect token: long enough to open a socket, short enough that a
@@ -32,10 +32,13 @@ pub const DEFAULT_JOIN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Where imclient gets its Redis connections.
 #[derive(Clone)]
 pub enum RedisSource {
-    /// Build a pool from this URL, e.g. `redis://127.0.0.1:6379`.
+    /// Build a pool from this URL: one server's (`redis://127.0.0.1:6379`) or a Redis
+    /// Cluster's (`redis+cluster://10.0.0.1:7000,10.0.0.2:7000`, see [`crate::store`]).
     Url(String),
     /// Use a pool the application already has.
     Pool(Pool),
+    /// Use a Redis Cluster pool the application already has.
+    ClusterPool(deadpool_redis::cluster::Pool),
 }
 
 impl std::fmt::Debug for RedisSource {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for RedisSource {
         match self {
             RedisSource::Url(url) => f.debug_tuple("Url").field(url).finish(),
             RedisSource::Pool(_) => f.write_str("Pool(..)"),
+            RedisSource::ClusterPool(_) => f.write_str("ClusterPool(..)"),
         }
     }
 }
@@ -135,6 +139,12 @@ impl ImClientOptions {
         self
     }
 
+    /// Uses an existing deadpool-redis cluster pool instead of the URL.
+    pub fn cluster_pool(mut self, pool: deadpool_redis::cluster::Pool) -> Self {
+        self.redis = RedisSource::ClusterPool(pool);
+        self
+    }
+
     /// Sets the connect token lifetime.
     pub fn token_ttl(mut self, ttl: Duration) -> Self {
         self.token_ttl = ttl;
@@ -191,11 +201,9 @@ pub struct NodeReport {
 }
 
 struct Inner {
-    pool: Pool,
+    store: Store,
     link: Link,
     nodes: NodeSet,
-    /// For the node-set announcements, when built from a URL.
-    pubsub: Option<redis::Client>,
     /// Whether the node-set watcher runs.
     watching: AtomicBool,
     issuer: TokenIssuer,
@@ -248,23 +256,20 @@ impl ImClient {
             Some(issuer) => issuer,
             None => TokenIssuer::new(&options.token_secret)?,
         };
-        let (pool, pubsub) = match options.redis {
-            RedisSource::Pool(pool) => (pool, None),
-            RedisSource::Url(url) => (
-                Config::from_url(url.clone()).create_pool(Some(Runtime::Tokio1))?,
-                redis::Client::open(url.as_str()).ok(),
-            ),
+        let store = match options.redis {
+            RedisSource::Pool(pool) => Store::from_pool(pool),
+            RedisSource::ClusterPool(pool) => Store::from_cluster_pool(pool),
+            RedisSource::Url(url) => Store::open(&url)?,
         };
         let im = Self {
             inner: Arc::new(Inner {
-                link: Link::new(pool.clone()),
-                pool,
+                link: Link::new(store.clone()),
                 nodes: NodeSet::new(nodes),
-                pubsub,
                 watching: AtomicBool::new(false),
                 issuer,
                 token_ttl: options.token_ttl,
-                keys: Keys::new(options.key_prefix),
+                keys: Keys::new(options.key_prefix).sharded(store.is_cluster()),
+                store,
                 max_payload_bytes: options.max_payload_bytes,
                 join_ack_timeout: options.join_ack_timeout,
             }),
@@ -314,9 +319,16 @@ impl ImClient {
             .unwrap_or_else(|| self.inner.nodes.configured().to_vec())
     }
 
-    /// The Redis pool, for the application's own use.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    /// The Redis (or Redis Cluster) this client talks to, for the application's own use.
+    ///
+    /// ```
+    /// # use imclient::{ImClient, ImClientOptions};
+    /// let im = ImClient::new(ImClientOptions::new("redis://127.0.0.1",
+    ///     ["ws://a:1"], "a-long-random-secret-of-32-bytes")).unwrap();
+    /// assert!(!im.store().is_cluster());
+    /// ```
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
 
     /// The shared connection for non-blocking commands.
@@ -444,10 +456,10 @@ impl ImClient {
                 ts,
                 receipt_node: receipt_node.clone(),
             });
-            pipe.publish(
-                self.inner.keys.node_topic(&node),
+            pipe.add_command(self.inner.keys.publish(
+                &self.inner.keys.node_topic(&node),
                 serde_json::to_string(&cmd)?,
-            );
+            ));
             let NodeCommand::Deliver(d) = cmd else {
                 unreachable!("built as Deliver")
             };
@@ -480,11 +492,14 @@ impl ImClient {
                     message_id: report.message_id.clone(),
                     results,
                 });
-                let _: i64 = conn
+                let _: i64 = self
+                    .inner
+                    .keys
                     .publish(
-                        self.inner.keys.node_topic(sender_node),
+                        &self.inner.keys.node_topic(sender_node),
                         serde_json::to_string(&cmd)?,
                     )
+                    .query_async(&mut conn)
                     .await?;
             }
         }
@@ -517,11 +532,14 @@ impl ImClient {
         let node = self.home_node(client.as_str())?;
         let cmd = NodeCommand::Kick(Kick { client });
         let mut conn = self.conn().await?;
-        let subscribers: i64 = conn
+        let subscribers: i64 = self
+            .inner
+            .keys
             .publish(
-                self.inner.keys.node_topic(&node),
+                &self.inner.keys.node_topic(&node),
                 serde_json::to_string(&cmd)?,
             )
+            .query_async(&mut conn)
             .await?;
         Ok(subscribers > 0)
     }
@@ -568,7 +586,7 @@ impl Watched for Inner {
         &self.keys
     }
 
-    fn pubsub_client(&self) -> Option<&redis::Client> {
-        self.pubsub.as_ref()
+    fn store(&self) -> &Store {
+        &self.store
     }
 }

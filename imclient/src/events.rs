@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::store::Store;
 use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ impl ImClient {
             }
         };
         Ok(EventStream::new(
-            self.pool().clone(),
+            self.store().clone(),
             key,
             Mode::All { last_id },
         ))
@@ -205,12 +205,12 @@ impl ImClient {
             consumer: consumer.to_owned(),
             pending_from: Some("0".to_owned()),
         };
-        Ok(EventStream::new(self.pool().clone(), key, mode))
+        Ok(EventStream::new(self.store().clone(), key, mode))
     }
 }
 
 impl EventStream {
-    fn new(pool: Pool, key: String, mode: Mode) -> Self {
+    fn new(pool: Store, key: String, mode: Mode) -> Self {
         let (tx, rx) = mpsc::channel(PREFETCH);
         let acks = matches!(mode, Mode::Group { .. }).then(|| Arc::new(Mutex::new(Vec::new())));
         let skipped = Arc::new(AtomicU64::new(0));
@@ -263,7 +263,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The background half of an [`EventStream`].
 struct Reader {
-    pool: Pool,
+    pool: Store,
     key: String,
     mode: Mode,
     acks: Option<Arc<Mutex<Vec<String>>>>,

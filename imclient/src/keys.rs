@@ -1,22 +1,29 @@
 //! Every Redis key and pub/sub topic name, built from the app's key prefix. Nothing else in
 //! the workspace spells a Redis name; grep this file to find them all.
 //!
+//! Keys carry the prefix as a hash tag (`{prefix}:…`), so that on a Redis Cluster every key of
+//! an app lives in one slot and any script or pipeline may use any of them together. Topics do
+//! not: each topic hashes to a slot of its own, so that on a cluster the message traffic, which
+//! is what needs spreading, spreads over the shards (sharded pub/sub).
+//!
+//! `P` is the key prefix; `{P}` is the prefix in braces, the hash tag.
+//!
 //! | name | type | holds |
 //! |---|---|---|
-//! | `{prefix}:node:{node}` | pub/sub topic | [`crate::contract::NodeCommand`]s for that node |
-//! | `{prefix}:presence:{node}` | hash | client id → [`crate::contract::PresenceRecord`] JSON |
-//! | `{prefix}:lease:{node}` | string with TTL | the live instance id of that node |
-//! | `{prefix}:nodes` | set | node ids that hold, or held, presence |
-//! | `{prefix}:events` | stream | online/offline [`crate::Event`]s, field `event` |
-//! | `{prefix}:chan:{chan}` | pub/sub topic | channel messages and deletion, for nodes with members |
-//! | `{prefix}:broadcast` | pub/sub topic | messages for every online client, all nodes subscribe |
-//! | `{prefix}:members:{chan}` | set | the channel's member client ids (durable) |
-//! | `{prefix}:client-chans:{client}` | set | the client's channels (durable) |
-//! | `{prefix}:chans` | set | channels with at least one member |
-//! | `{prefix}:chan-online:{node}` | hash | channel → members online on that node |
-//! | `{prefix}:moving:{client}` | string, TTL 20 s | the node that moved the client away |
-//! | `{prefix}:nodeset` | pub/sub topic | announcements: a node started, stopped or was purged |
-//! | `{prefix}:ack:{id}` | list, short TTL | client ids whose live join took effect (one call) |
+//! | `P:node:{node}` | pub/sub topic | [`crate::contract::NodeCommand`]s for that node |
+//! | `{P}:presence:{node}` | hash | client id → [`crate::contract::PresenceRecord`] JSON |
+//! | `{P}:lease:{node}` | string with TTL | the live instance id of that node |
+//! | `{P}:nodes` | set | node ids that hold, or held, presence |
+//! | `{P}:events` | stream | online/offline [`crate::Event`]s, field `event` |
+//! | `P:chan:{chan}` | pub/sub topic | channel messages and deletion, for nodes with members |
+//! | `P:broadcast` | pub/sub topic | messages for every online client, all nodes subscribe |
+//! | `{P}:members:{chan}` | set | the channel's member client ids (durable) |
+//! | `{P}:client-chans:{client}` | set | the client's channels (durable) |
+//! | `{P}:chans` | set | channels with at least one member |
+//! | `{P}:chan-online:{node}` | hash | channel → members online on that node |
+//! | `{P}:moving:{client}` | string, TTL 20 s | the node that moved the client away |
+//! | `P:nodeset` | pub/sub topic | announcements: a node started, stopped or was purged |
+//! | `{P}:ack:{id}` | list, short TTL | client ids whose live join took effect (one call) |
 
 use crate::ids::{ChanName, ClientId, NodeId};
 
@@ -27,11 +34,13 @@ use crate::ids::{ChanName, ClientId, NodeId};
 /// let keys = Keys::new("chat");
 /// let node = NodeId::new("ws://127.0.0.1:6001").unwrap();
 /// assert_eq!(keys.node_topic(&node), "chat:node:ws://127.0.0.1:6001");
-/// assert_eq!(keys.events(), "chat:events");
+/// assert_eq!(keys.events(), "{chat}:events");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: String,
+    /// Whether topics are shard channels (a Redis Cluster).
+    sharded: bool,
 }
 
 /// Longest key prefix.
@@ -72,7 +81,31 @@ impl Keys {
     pub fn new(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            sharded: false,
         }
+    }
+
+    /// The same names for a Redis Cluster, where topics are shard channels: published with
+    /// SPUBLISH and subscribed with SSUBSCRIBE.
+    pub fn sharded(mut self, sharded: bool) -> Self {
+        self.sharded = sharded;
+        self
+    }
+
+    /// Whether topics are shard channels.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The command that publishes `payload` on `topic`: PUBLISH, or SPUBLISH when sharded.
+    ///
+    /// ```
+    /// use imclient::keys::Keys;
+    /// let cmd = Keys::new("chat").sharded(true).publish("chat:broadcast", "hi");
+    /// assert_eq!(cmd.args_iter().count(), 3);
+    /// ```
+    pub fn publish(&self, topic: &str, payload: impl redis::ToRedisArgs) -> redis::Cmd {
+        crate::store::publish(self.sharded, topic, payload)
     }
 
     /// The prefix these names are built from.
@@ -87,17 +120,17 @@ impl Keys {
 
     /// The hash of clients online on `node`.
     pub fn presence(&self, node: &NodeId) -> String {
-        format!("{}:presence:{}", self.prefix, node)
+        format!("{{{}}}:presence:{}", self.prefix, node)
     }
 
     /// The lease key that says `node` is alive.
     pub fn lease(&self, node: &NodeId) -> String {
-        format!("{}:lease:{}", self.prefix, node)
+        format!("{{{}}}:lease:{}", self.prefix, node)
     }
 
     /// The set of nodes that hold presence.
     pub fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        format!("{{{}}}:nodes", self.prefix)
     }
 
     /// The pub/sub topic of a channel's messages.
@@ -119,27 +152,27 @@ impl Keys {
 
     /// The durable member set of a channel.
     pub fn members(&self, chan: &ChanName) -> String {
-        format!("{}:members:{}", self.prefix, chan)
+        format!("{{{}}}:members:{}", self.prefix, chan)
     }
 
     /// The durable set of a client's channels.
     pub fn client_chans(&self, client: &ClientId) -> String {
-        format!("{}:client-chans:{}", self.prefix, client)
+        format!("{{{}}}:client-chans:{}", self.prefix, client)
     }
 
     /// The set of channels with at least one member.
     pub fn chans(&self) -> String {
-        format!("{}:chans", self.prefix)
+        format!("{{{}}}:chans", self.prefix)
     }
 
     /// The hash of per-channel online member counts kept by `node`.
     pub fn chan_online(&self, node: &NodeId) -> String {
-        format!("{}:chan-online:{}", self.prefix, node)
+        format!("{{{}}}:chan-online:{}", self.prefix, node)
     }
 
     /// The list a node pushes join acknowledgements to, for the call that named `id`.
     pub fn ack(&self, id: &str) -> String {
-        format!("{}:ack:{}", self.prefix, id)
+        format!("{{{}}}:ack:{}", self.prefix, id)
     }
 
     /// The pub/sub topic on which nodes announce that they started, stopped or purged a
@@ -151,11 +184,11 @@ impl Keys {
     /// The marker a node leaves when it moves `client` to its new home, which the new home
     /// takes when the client arrives: a move is not reported as offline and online.
     pub fn moving(&self, client: &ClientId) -> String {
-        format!("{}:moving:{}", self.prefix, client)
+        format!("{{{}}}:moving:{}", self.prefix, client)
     }
 
     /// The stream of online/offline events.
     pub fn events(&self) -> String {
-        format!("{}:events", self.prefix)
+        format!("{{{}}}:events", self.prefix)
     }
 }

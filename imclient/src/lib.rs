@@ -53,6 +53,7 @@ mod link;
 pub mod node;
 mod nodeset;
 mod presence;
+pub mod store;
 pub mod token;
 
 #[cfg(feature = "clap")]

@@ -6,28 +6,28 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use deadpool_redis::{Connection, Pool};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::Result;
+use crate::store::{SharedConn, Store};
 
 /// The shared connection and the pool it is replaced from.
 pub(crate) struct Link {
-    pool: Pool,
+    store: Store,
     /// The connection in use; `None` until first use and after a failure.
-    current: Mutex<Option<MultiplexedConnection>>,
+    current: Mutex<Option<SharedConn>>,
 }
 
 impl Link {
-    pub(crate) fn new(pool: Pool) -> Self {
+    pub(crate) fn new(store: Store) -> Self {
         Self {
-            pool,
+            store,
             current: Mutex::new(None),
         }
     }
 
-    fn slot(&self) -> MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn slot(&self) -> MutexGuard<'_, Option<SharedConn>> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -36,7 +36,7 @@ impl Link {
         if let Some(conn) = self.slot().clone() {
             return Ok(LinkConn { conn, link: self });
         }
-        let conn = Connection::take(self.pool.get().await?);
+        let conn = self.store.get().await?.detach();
         *self.slot() = Some(conn.clone());
         Ok(LinkConn { conn, link: self })
     }
@@ -54,7 +54,7 @@ impl Link {
 
 /// A handle on the shared connection that reports failures back to its [`Link`].
 pub(crate) struct LinkConn<'a> {
-    conn: MultiplexedConnection,
+    conn: SharedConn,
     link: &'a Link,
 }
 

@@ -9,12 +9,11 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-
 use crate::ids::NodeId;
 use crate::keys::Keys;
 use crate::link::Link;
 use crate::node::{home_node, read_live};
+use crate::store::{Messages, Store, Subscriber};
 
 /// How often the live set is read when no announcement comes.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -82,9 +81,8 @@ pub(crate) trait Watched: Send + Sync + 'static {
     fn node_set(&self) -> &NodeSet;
     fn link(&self) -> &Link;
     fn keys(&self) -> &Keys;
-    /// A client to open the announcement subscription with, when the client was built from a
-    /// URL.
-    fn pubsub_client(&self) -> Option<&redis::Client>;
+    /// Where to open the announcement subscription (when the client was built from a URL).
+    fn store(&self) -> &Store;
 }
 
 /// Keeps the live set fresh for as long as the client lives.
@@ -98,10 +96,8 @@ pub(crate) async fn watch<W: Watched>(client: Weak<W>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let Some(c) = client.upgrade() else { return };
-        if announcements.is_none()
-            && let Some(redis) = c.pubsub_client()
-        {
-            announcements = subscribe(redis, &topic).await;
+        if announcements.is_none() {
+            announcements = subscribe(c.store(), &topic).await;
         }
         if let Err(e) = c.node_set().refresh(c.link(), c.keys()).await {
             tracing::debug!(error = %e, "cannot read the live node set; using the configured list");
@@ -109,7 +105,7 @@ pub(crate) async fn watch<W: Watched>(client: Weak<W>) {
         drop(c);
         let announced = async {
             match announcements.as_mut() {
-                Some(stream) => stream.next().await.is_some(),
+                Some((_, messages)) => messages.next().await.is_some(),
                 None => std::future::pending().await,
             }
         };
@@ -124,18 +120,19 @@ pub(crate) async fn watch<W: Watched>(client: Weak<W>) {
     }
 }
 
-type Announcements = futures_util::stream::BoxStream<'static, redis::Msg>;
+/// The subscription to the node-set topic: its subscriber half is kept so that it lives on.
+type Announcements = (Subscriber, Messages);
 
-async fn subscribe(redis: &redis::Client, topic: &str) -> Option<Announcements> {
+async fn subscribe(store: &Store, topic: &str) -> Option<Announcements> {
     let subscribed = async {
-        let mut pubsub = redis.get_async_pubsub().await?;
-        pubsub.subscribe(topic).await?;
-        redis::RedisResult::Ok(pubsub.into_on_message().boxed())
+        let (mut subscriber, messages) = store.subscribe().await?.ok()?;
+        subscriber.subscribe(&[topic.to_owned()]).await.ok()?;
+        Some((subscriber, messages))
     };
-    match tokio::time::timeout(REFRESH_EVERY, subscribed).await {
-        Ok(Ok(stream)) => Some(stream),
-        _ => None,
-    }
+    tokio::time::timeout(REFRESH_EVERY, subscribed)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Starts the watcher on the current Tokio runtime, if there is one; false when not.

@@ -8,12 +8,11 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
-use futures_util::StreamExt as _;
 use imclient::contract::{
     CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
     ReceiptStatus, Receipts, RecoveryRefusal, SystemEvent, envelope_body, system_frame,
 };
+use imclient::store::{Store, Subscriber};
 use imclient::{ChanName, ClientId, new_message_id, now_ms};
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
@@ -32,7 +31,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const ACK_TTL_MS: i64 = 30_000;
 
 /// Runs the subscriber until `stop` turns true.
-pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch::Receiver<bool>) {
+pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     let topic = node.keys().node_topic(node.id());
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
@@ -44,7 +43,13 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
             nodeset.clone(),
         ];
         let attempt = async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            let Some(opened) = store.subscribe().await else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "the store has no address to subscribe at",
+                )));
+            };
+            let (mut sink, stream) = opened?;
             sink.subscribe(&fixed).await?;
             redis::RedisResult::Ok((sink, stream))
         };
@@ -96,7 +101,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
             tokio::select! {
                 msg = messages.next() => match msg {
                     Some(msg) if msg.get_channel_name() == nodeset => node.work().nodeset.notify_one(),
-                    Some(msg) => handle(&node, &pool, msg.get_payload_bytes()),
+                    Some(msg) => handle(&node, &store, msg.get_payload_bytes()),
                     None => break,
                 },
                 _ = node.work().topics.wait() => {
@@ -107,7 +112,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
                     settle_join_acks(&node);
                 }
                 _ = health.tick() => {
-                    let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping()).await;
                     if !matches!(ping, Ok(Ok(_))) {
                         tracing::warn!(node = %node.id(), "Redis subscriber did not answer a ping");
                         break;
@@ -127,7 +132,7 @@ pub async fn run(node: Node, client: redis::Client, pool: Pool, mut stop: watch:
 /// that lost their last one. On failure the channels are marked again for the next connection.
 async fn reconcile(
     node: &Node,
-    sink: &mut redis::aio::PubSubSink,
+    sink: &mut Subscriber,
     subscribed: &mut HashSet<ChanName>,
 ) -> redis::RedisResult<()> {
     let changed = node.work().topics.take();
@@ -147,7 +152,7 @@ async fn reconcile(
     };
     let result = async {
         if !add.is_empty() {
-            sink.subscribe(topics(&add)).await?;
+            sink.subscribe(&topics(&add)).await?;
             subscribed.extend(add.iter().cloned());
             // Acknowledged by Redis: a message published from now on arrives here.
             node.hub().topics_subscribed(&add);
@@ -156,7 +161,7 @@ async fn reconcile(
             // Before the command: a member that joins meanwhile must wait for the topic to be
             // subscribed again, not count on this one.
             node.hub().topics_unsubscribing(&remove);
-            sink.unsubscribe(topics(&remove)).await?;
+            sink.unsubscribe(&topics(&remove)).await?;
             for chan in &remove {
                 subscribed.remove(chan);
             }
@@ -174,7 +179,7 @@ async fn reconcile(
 }
 
 /// Handles one command from the node topic. Malformed commands are counted and dropped.
-pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
+pub fn handle(node: &Node, store: &Store, bytes: &[u8]) {
     node.metrics().commands_in.fetch_add(1, Relaxed);
     let command: NodeCommand<'_> = match serde_json::from_slice(bytes) {
         Ok(c) => c,
@@ -185,7 +190,7 @@ pub fn handle(node: &Node, pool: &Pool, bytes: &[u8]) {
         }
     };
     match command {
-        NodeCommand::Deliver(d) => deliver(node, pool, &d),
+        NodeCommand::Deliver(d) => deliver(node, store, &d),
         NodeCommand::Receipts(r) => receipts(node, &r),
         NodeCommand::Kick(k) => {
             let n = node.hub().kick(&k.client, CloseCode::Kicked);
@@ -264,7 +269,7 @@ fn settle_join_acks(node: &Node) {
 /// Sends the node's background commands (receipts for senders on other nodes, join
 /// acknowledgements), pipelined in batches on one connection, in the order they were queued,
 /// until `stop` turns true.
-pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+pub async fn run_publisher(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     const BATCH: usize = 1000;
     loop {
         tokio::select! {
@@ -277,16 +282,16 @@ pub async fn run_publisher(node: Node, pool: Pool, mut stop: watch::Receiver<boo
             for cmd in cmds.by_ref().take(BATCH) {
                 pipe.add_command(cmd).ignore();
             }
-            send(&node, &pool, &pipe).await;
+            send(&node, &store, &pipe).await;
         }
     }
 }
 
 /// Sends `pipe` on a pooled connection; a failure is logged and the batch is lost (receipts
 /// and acknowledgements are best effort).
-async fn send(node: &Node, pool: &Pool, pipe: &redis::Pipeline) {
+async fn send(node: &Node, store: &Store, pipe: &redis::Pipeline) {
     let sent = async {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = store.get().await.map_err(|e| e.to_string())?;
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| e.to_string())
@@ -307,7 +312,7 @@ fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {
     })
 }
 
-fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
+fn deliver(node: &Node, store: &Store, d: &Deliver<'_>) {
     let body = envelope_body(&EnvelopeBody {
         id: &d.id,
         kind: d.kind,
@@ -345,14 +350,14 @@ fn deliver(node: &Node, pool: &Pool, d: &Deliver<'_>) {
     };
     if receipt_node == node.id() {
         // The sender lives here too: no round trip through Redis.
-        handle(node, pool, text.as_bytes());
+        handle(node, store, text.as_bytes());
         return;
     }
     // Sent by the publisher task with the others, in order, pipelined: one task per message
     // would pile up under load, as the join acknowledgements did.
-    let mut publish = redis::cmd("PUBLISH");
-    publish.arg(node.keys().node_topic(receipt_node)).arg(text);
-    node.work().outgoing.push([publish]);
+    node.work()
+        .outgoing
+        .publish(&node.keys().node_topic(receipt_node), text);
 }
 
 fn receipts(node: &Node, r: &Receipts) {

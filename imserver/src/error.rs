@@ -20,6 +20,9 @@ pub enum Error {
     /// The Redis pool could not be built.
     #[error("cannot build the Redis pool: {0}")]
     Pool(#[from] deadpool_redis::CreatePoolError),
+    /// The Redis URL (one server's or a cluster's) cannot be used.
+    #[error("cannot use the Redis URL: {0}")]
+    Store(imclient::Error),
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

@@ -260,6 +260,8 @@ pub struct HubWork {
 pub struct Outgoing {
     queue: Mutex<std::collections::VecDeque<redis::Cmd>>,
     wake: Notify,
+    /// Publish with SPUBLISH (a Redis Cluster); set once at start.
+    sharded: AtomicBool,
 }
 
 impl Outgoing {
@@ -277,6 +279,20 @@ impl Outgoing {
         }
         drop(queue);
         self.wake.notify_one();
+    }
+
+    /// Publishes on sharded topics from now on (the node runs on a Redis Cluster).
+    pub fn set_sharded(&self, sharded: bool) {
+        self.sharded.store(sharded, Relaxed);
+    }
+
+    /// Queues a publish of `payload` on `topic`.
+    pub fn publish(&self, topic: &str, payload: String) {
+        self.push([imclient::store::publish(
+            self.sharded.load(Relaxed),
+            topic,
+            payload,
+        )]);
     }
 
     /// Takes everything queued, oldest first.
@@ -486,9 +502,7 @@ impl Hub {
                 .collect(),
         });
         if let Ok(text) = serde_json::to_string(&handover) {
-            let mut publish = redis::cmd("PUBLISH");
-            publish.arg(&topic).arg(text);
-            self.work.outgoing.push([publish]);
+            self.work.outgoing.publish(&topic, text);
         }
         let freed = inner.buffer.clear();
         self.account(-(freed as isize));
@@ -1332,9 +1346,7 @@ impl Hub {
                 })) else {
                     return Reach::Offline;
                 };
-                let mut publish = redis::cmd("PUBLISH");
-                publish.arg(topic.as_str()).arg(text);
-                self.work.outgoing.push([publish]);
+                self.work.outgoing.publish(topic, text);
                 self.metrics.forwarded.fetch_add(1, Relaxed);
                 return Reach::Buffered;
             }

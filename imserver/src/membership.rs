@@ -6,8 +6,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use imclient::ChanName;
+use imclient::store::Store;
 use tokio::sync::watch;
 
 use crate::node::Node;
@@ -17,7 +17,7 @@ const BATCH: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Runs the loader until `stop` turns true.
-pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         tokio::select! {
@@ -26,7 +26,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         }
         let due = node.work().memberships.take();
         for (i, chunk) in due.chunks(BATCH).enumerate() {
-            if let Err(e) = load(&node, &pool, chunk).await {
+            if let Err(e) = load(&node, &store, chunk).await {
                 tracing::warn!(node = %node.id(), error = %e, "cannot load channel memberships; retrying");
                 node.work()
                     .memberships
@@ -43,7 +43,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn load(node: &Node, pool: &Pool, clients: &[imclient::ClientId]) -> Result<(), String> {
+async fn load(node: &Node, store: &Store, clients: &[imclient::ClientId]) -> Result<(), String> {
     let tickets: Vec<_> = clients
         .iter()
         .filter_map(|c| node.hub().sync_ticket(c))
@@ -55,7 +55,7 @@ async fn load(node: &Node, pool: &Pool, clients: &[imclient::ClientId]) -> Resul
     for (entry, _) in &tickets {
         pipe.smembers(node.keys().client_chans(entry.id()));
     }
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = store.get().await.map_err(|e| e.to_string())?;
     let sets: Vec<Vec<String>> = pipe
         .query_async(&mut conn)
         .await

@@ -66,6 +66,8 @@ impl Node {
     pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
+        let sharded = imclient::store::cluster_seeds(&config.redis_url).is_some();
+        work.outgoing.set_sharded(sharded);
         let epoch = uuid::Uuid::new_v4().simple().to_string();
         let configured = config
             .nodes
@@ -94,7 +96,7 @@ impl Node {
             admission: Admission::new(verifier, id.clone())?,
             id,
             epoch,
-            keys: Keys::new(config.key_prefix.clone()),
+            keys: Keys::new(config.key_prefix.clone()).sharded(sharded),
             hub,
             metrics,
             work,

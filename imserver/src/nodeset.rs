@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use std::time::Instant;
 
-use deadpool_redis::Pool;
 use imclient::contract::CloseCode;
 use imclient::node::{home_node, read_live};
+use imclient::store::Store;
 use imclient::{ClientId, NodeId};
 use tokio::sync::watch;
 
@@ -101,7 +101,7 @@ impl NodeSet {
 }
 
 /// Follows the live set until `stop` turns true, moving clients this node no longer owns.
-pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     if node.nodes().configured.is_empty() {
         return;
     }
@@ -116,7 +116,7 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
         if node.shutting_down() {
             return;
         }
-        match read(&node, &pool).await {
+        match read(&node, &store).await {
             Ok(live) => {
                 if node.nodes().set_live(node.id(), live.clone()) {
                     tracing::info!(node = %node.id(), live = ?live, "live node set changed");
@@ -131,9 +131,9 @@ pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
 }
 
 /// The configured nodes holding a lease, this node always among them: it is running.
-async fn read(node: &Node, pool: &Pool) -> Result<Vec<NodeId>, String> {
+async fn read(node: &Node, store: &Store) -> Result<Vec<NodeId>, String> {
     let configured = &node.nodes().configured;
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = store.get().await.map_err(|e| e.to_string())?;
     let live = read_live(&mut conn, node.keys(), configured)
         .await
         .map_err(|e| e.to_string())?;

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use imclient::contract::PresenceRecord;
 use imclient::keys::Keys;
+use imclient::store::Store;
 use imclient::{ChanName, ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
 use redis::AsyncCommands;
 use tokio::sync::watch;
@@ -59,7 +59,7 @@ return moved and 1 or 0
 /// The writer's view of Redis.
 struct Writer {
     node: Node,
-    pool: Pool,
+    store: Store,
     /// What this node's presence hash holds, as last written or read.
     written: HashMap<ClientId, PresenceRecord>,
     /// What this node's channel count hash holds, as last written or read.
@@ -72,10 +72,10 @@ struct Writer {
 }
 
 /// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
-pub async fn run(node: Node, pool: Pool, mut stop: watch::Receiver<bool>) {
+pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     let mut writer = Writer {
         node,
-        pool,
+        store,
         written: HashMap::new(),
         written_chans: HashMap::new(),
         started: false,
@@ -118,7 +118,7 @@ impl Writer {
     }
 
     async fn step(&mut self) -> redis::RedisResult<()> {
-        let mut conn = self.pool.get().await.map_err(pool_error)?;
+        let mut conn = self.store.get().await.map_err(pool_error)?;
         if !self.started {
             // Whatever this node's hash holds is from a previous run: those clients are gone.
             let stale = purge(&mut conn, self.keys(), self.node.id(), true).await?;
@@ -158,10 +158,7 @@ impl Writer {
 
     /// Moved clients whose grace period ended: if their new home never claimed them and they
     /// are not online there, they really went offline.
-    async fn settle_moves(
-        &mut self,
-        conn: &mut deadpool_redis::Connection,
-    ) -> redis::RedisResult<()> {
+    async fn settle_moves(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
         let now = Instant::now();
         let due: Vec<ClientId> = self
             .moves
@@ -203,10 +200,7 @@ impl Writer {
     }
 
     /// Renews the lease; returns true when it had lapsed.
-    async fn renew_lease(
-        &mut self,
-        conn: &mut deadpool_redis::Connection,
-    ) -> redis::RedisResult<bool> {
+    async fn renew_lease(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<bool> {
         let lease = self.node.lease();
         let (previous, _): (Option<String>, i64) = redis::pipe()
             .cmd("SET")
@@ -227,7 +221,7 @@ impl Writer {
     }
 
     /// Re-reads this node's hash and marks every client whose entry may differ.
-    async fn resync(&mut self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+    async fn resync(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
         let stored: HashMap<String, String> =
             conn.hgetall(self.keys().presence(self.node.id())).await?;
         self.written = stored
@@ -252,7 +246,7 @@ impl Writer {
 
     async fn purge_dead_peers(
         &mut self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut imclient::store::Conn,
     ) -> redis::RedisResult<()> {
         let peers: Vec<String> = conn.smembers(self.keys().nodes()).await?;
         for peer in peers {
@@ -281,7 +275,7 @@ impl Writer {
     }
 
     /// Writes the difference between the hub and the hash for every dirty client.
-    async fn flush(&mut self, conn: &mut deadpool_redis::Connection) -> redis::RedisResult<()> {
+    async fn flush(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
         let dirty: Vec<ClientId> = self.node.work().presence.take();
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
             let mut pipe = redis::pipe();
@@ -368,10 +362,7 @@ impl Writer {
     }
 
     /// Writes the local online count of every dirty channel.
-    async fn flush_chans(
-        &mut self,
-        conn: &mut deadpool_redis::Connection,
-    ) -> redis::RedisResult<()> {
+    async fn flush_chans(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
         let dirty = self.node.work().chan_counts.take();
         let hash = self.keys().chan_online(self.node.id());
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
@@ -412,8 +403,8 @@ impl Writer {
 
 /// Removes this node's presence at shutdown, with an offline event per client, and gives up
 /// the lease so no peer purges it again.
-pub async fn clear(node: &Node, pool: &Pool) -> redis::RedisResult<usize> {
-    let mut conn = pool.get().await.map_err(pool_error)?;
+pub async fn clear(node: &Node, store: &Store) -> redis::RedisResult<usize> {
+    let mut conn = store.get().await.map_err(pool_error)?;
     let entries = purge(&mut conn, node.keys(), node.id(), true).await?;
     let n = entries.as_ref().map_or(0, Vec::len);
     emit_offline(
@@ -438,18 +429,21 @@ pub async fn clear(node: &Node, pool: &Pool) -> redis::RedisResult<usize> {
 /// Tells whoever follows the live node set (imclient, the other nodes) that `node` came or
 /// went, so they read the set again now rather than at their next refresh.
 async fn announce(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut imclient::store::Conn,
     keys: &Keys,
     node: &NodeId,
     live: bool,
 ) -> redis::RedisResult<()> {
     let message = serde_json::json!({ "node": node, "live": live }).to_string();
-    let _: i64 = conn.publish(keys.nodeset_topic(), message).await?;
+    let _: i64 = keys
+        .publish(&keys.nodeset_topic(), message)
+        .query_async(conn)
+        .await?;
     Ok(())
 }
 
 async fn purge(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut imclient::store::Conn,
     keys: &Keys,
     node: &NodeId,
     force: bool,
@@ -478,7 +472,7 @@ async fn purge(
 }
 
 async fn emit_offline(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut imclient::store::Conn,
     keys: &Keys,
     node: &NodeId,
     entries: Option<Vec<(ClientId, PresenceRecord)>>,
@@ -531,6 +525,6 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+fn pool_error(e: imclient::Error) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::other(e.to_string()))
 }

@@ -11,9 +11,9 @@ use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service,
 use actix_tls::accept::rustls_0_23::Acceptor;
 use actix_web::dev::AppConfig;
 use actix_web::{App, web};
-use deadpool_redis::{Config as PoolConfig, Runtime};
 use imclient::NodeId;
 use imclient::contract::CloseCode;
+use imclient::store::Store;
 use tokio::sync::watch;
 use tokio::time::timeout;
 
@@ -48,25 +48,23 @@ pub async fn run(
     let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
     let node = Node::new(&config, id, verifier)?;
-    let redis_client = redis::Client::open(config.redis_url.as_str())?;
-    let pool = PoolConfig::from_url(config.redis_url.clone()).create_pool(Some(Runtime::Tokio1))?;
+    let store = Store::open(&config.redis_url).map_err(crate::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let broker = tokio::spawn(broker::run(
+    let broker = tokio::spawn(broker::run(node.clone(), store.clone(), stop_rx.clone()));
+    let writer = tokio::spawn(presence::run(node.clone(), store.clone(), stop_rx.clone()));
+    let loader = tokio::spawn(membership::run(
         node.clone(),
-        redis_client,
-        pool.clone(),
+        store.clone(),
         stop_rx.clone(),
     ));
-    let writer = tokio::spawn(presence::run(node.clone(), pool.clone(), stop_rx.clone()));
-    let loader = tokio::spawn(membership::run(node.clone(), pool.clone(), stop_rx.clone()));
     let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx.clone()));
     let acker = tokio::spawn(broker::run_publisher(
         node.clone(),
-        pool.clone(),
+        store.clone(),
         stop_rx.clone(),
     ));
-    let follower = tokio::spawn(nodeset::run(node.clone(), pool.clone(), stop_rx.clone()));
+    let follower = tokio::spawn(nodeset::run(node.clone(), store.clone(), stop_rx.clone()));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -172,7 +170,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = writer.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match timeout(left, presence::clear(&node, &pool)).await {
+    match timeout(left, presence::clear(&node, &store)).await {
         Ok(Ok(n)) => tracing::info!(node = %node.id(), clients = n, "presence cleared"),
         Ok(Err(e)) => {
             tracing::warn!(node = %node.id(), error = %e, "cannot clear presence; peers will purge it when the lease expires")
