@@ -61,6 +61,165 @@ start_redis() {
   wait_port "$port" "$redis_pid" || { echo "redis-server did not start: $(tail -3 "$log")" >&2; exit 1; }
 }
 
+# Prints $1 free TCP ports on 127.0.0.1, space-separated: held open together while they are
+# picked, so they differ (two free_port calls in a row may print the same port), and one
+# python3 start instead of $1.
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# The cluster as the node on port $1 sees it: a sorted line per node (id, address, flags,
+# master id, link state, slots), without what differs between nodes (myself, ping times,
+# epochs), so that two nodes agree when their views are equal.
+cluster_view() {
+  redis-cli -p "$1" CLUSTER NODES 2>/dev/null |
+    awk 'NF >= 8 { sub(/myself,/, "", $3); v = $1 " " $2 " " $3 " " $4 " " $8
+                   for (i = 9; i <= NF; i++) v = v " " $i; print v }' | sort
+}
+
+# Prints the port of the live master that serves slot $1 in the cluster_view on stdin.
+cluster_view_owner() {
+  awk -v slot="$1" '$3 ~ /master/ && $3 !~ /fail/ {
+    for (i = 6; i <= NF; i++) {
+      if ($i ~ /^\[/) continue  # a slot being migrated, not served
+      n = split($i, r, "-"); hi = n == 2 ? r[2] : r[1]
+      if (slot >= r[1] + 0 && slot <= hi + 0) {
+        split($2, a, "@"); sub(/.*:/, "", a[1]); print a[1]; exit
+      }
+    }
+  }'
+}
+
+# Succeeds when every node on the ports given says cluster_state:ok with all 16384 slots
+# served, and all of them see the same cluster; sets cluster_seen to that view.
+cluster_agrees() {
+  local port info view
+  cluster_seen=""
+  for port in "$@"; do
+    info=$(redis-cli -p "$port" CLUSTER INFO 2>/dev/null | tr -d '\r')
+    grep -qx 'cluster_state:ok' <<<"$info" || return 1
+    grep -qx 'cluster_slots_ok:16384' <<<"$info" || return 1
+    view=$(cluster_view "$port")
+    [ -n "$cluster_seen" ] && [ "$view" != "$cluster_seen" ] && return 1
+    cluster_seen=$view
+  done
+  [ -n "$cluster_seen" ]
+}
+
+# Starts a private Redis Cluster with its files in directory $1: six cluster-enabled
+# redis-servers on free ports (bus ports too: port + 10000 may be taken or past 65535), made
+# three masters with one replica each, a node counting as failed after 1000 ms. Waits (up to
+# 20 s) until all nodes agree on a healthy cluster and every replica has synced (a replica that
+# never did refuses to fail over; a master would hold the first sync back 5 s for more
+# replicas without --repl-diskless-sync-delay 0); exits the script if it does not form. Exports
+# REDIS_CLUSTER_PORTS (masters first) and REDIS_CLUSTER_PIDS (in the same order): like
+# start_redis's redis_pid, the caller's cleanup stops them.
+start_redis_cluster() {
+  local dir=$1 i port bus free pids=() addrs=() ok=""
+  read -ra free <<<"$(free_ports 12)"
+  for i in 1 2 3 4 5 6; do
+    port=${free[2 * i - 2]} bus=${free[2 * i - 1]}
+    mkdir -p "$dir/node$i"
+    redis-server --port "$port" --cluster-port "$bus" --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 1000 --bind 127.0.0.1 --save "" \
+      --appendonly no --repl-diskless-sync-delay 0 --dir "$dir/node$i" \
+      >>"$dir/node$i/redis.log" 2>&1 &
+    pids+=("$!")
+    addrs+=("127.0.0.1:$port")
+    wait_port "$port" "$!" || {
+      echo "redis-server did not start: $(tail -3 "$dir/node$i/redis.log")" >&2
+      kill "${pids[@]}" 2>/dev/null
+      exit 1
+    }
+  done
+  # It loops until the nodes have met: bounded, so that a cluster that never forms fails.
+  if timeout 20 redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+    >"$dir/create.log" 2>&1; then
+    for _ in $(seq 1 400); do
+      if cluster_agrees "${addrs[@]##*:}" && [ "$(wc -l <<<"$cluster_seen")" -eq 6 ] &&
+        ! grep -qE 'fail|handshake|noaddr|disconnected' <<<"$cluster_seen" &&
+        [ "$(for port in "${addrs[@]##*:}"; do redis-cli -p "$port" INFO replication; done |
+          tr -d '\r' | grep -cx 'master_link_status:up')" -eq 3 ]; then
+        ok=1
+        break
+      fi
+      sleep 0.05
+    done
+  fi
+  if [ -z "$ok" ]; then
+    echo "the Redis Cluster did not form: $(tail -3 "$dir/create.log")" >&2
+    kill "${pids[@]}" 2>/dev/null
+    exit 1
+  fi
+  # Masters in the order of their slots, then replicas; pids follow their ports.
+  local order
+  order=$(awk '{ split($2, a, "@"); sub(/.*:/, "", a[1])
+                 print ($3 ~ /master/ ? 0 : 1), $6 + 0, a[1] }' <<<"$cluster_seen" |
+    sort -n -k1,1 -k2,2 | awk '{ print $3 }')
+  REDIS_CLUSTER_PORTS="" REDIS_CLUSTER_PIDS=""
+  for port in $order; do
+    for i in "${!addrs[@]}"; do
+      if [ "${addrs[$i]##*:}" = "$port" ]; then
+        REDIS_CLUSTER_PORTS="${REDIS_CLUSTER_PORTS:+$REDIS_CLUSTER_PORTS }$port"
+        REDIS_CLUSTER_PIDS="${REDIS_CLUSTER_PIDS:+$REDIS_CLUSTER_PIDS }${pids[$i]}"
+      fi
+    done
+  done
+  export REDIS_CLUSTER_PORTS REDIS_CLUSTER_PIDS
+}
+
+# SIGKILLs the master of the cluster of start_redis_cluster that serves slot $1, waits (up to
+# 20 s) until its replica has taken over and the other nodes agree on a healthy cluster again,
+# and prints the seconds that took (to stderr). Drops the killed node from REDIS_CLUSTER_PORTS
+# and REDIS_CLUSTER_PIDS and sets killed_port.
+kill_cluster_master_of_slot() {
+  local slot=$1 ports pids i victim="" victim_pid="" left=() left_pids=() view started secs
+  read -ra ports <<<"$REDIS_CLUSTER_PORTS"
+  read -ra pids <<<"$REDIS_CLUSTER_PIDS"
+  view=$(cluster_view "${ports[0]}")
+  victim=$(cluster_view_owner "$slot" <<<"$view")
+  [ -n "$victim" ] || { echo "no live master serves slot $slot" >&2; return 1; }
+  # Its replicas name its id as their master: without one the slot would stay unserved.
+  if ! awk -v m="$(awk -v p=":$victim@" 'index($2, p) { print $1 }' <<<"$view")" \
+    '$4 == m && $3 !~ /fail/ { found = 1 } END { exit !found }' <<<"$view"; then
+    echo "master $victim of slot $slot has no replica left to take over" >&2
+    return 1
+  fi
+  for i in "${!ports[@]}"; do
+    if [ "${ports[$i]}" = "$victim" ]; then
+      victim_pid=${pids[$i]}
+    else
+      left+=("${ports[$i]}")
+      left_pids+=("${pids[$i]}")
+    fi
+  done
+  started=$(date +%s.%N)
+  kill -KILL "$victim_pid"
+  wait "$victim_pid" 2>/dev/null || true
+  # Until the others have marked it failed the killed master still looks healthy to them
+  # (cluster_state:ok): only a new owner of the slot shows the failover is over.
+  for _ in $(seq 1 400); do
+    if cluster_agrees "${left[@]}" &&
+      awk -v p=":$victim@" 'index($2, p) && $3 ~ /(^|,)fail(,|$)/ { found = 1 }
+                            END { exit !found }' <<<"$cluster_seen" &&
+      [ -n "$(cluster_view_owner "$slot" <<<"$cluster_seen")" ]; then
+      secs=$(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f", e - s }')
+      echo "killed master $victim of slot $slot: cluster ok again after $secs s" >&2
+      REDIS_CLUSTER_PORTS=${left[*]}
+      REDIS_CLUSTER_PIDS=${left_pids[*]}
+      # shellcheck disable=SC2034 # for the caller
+      killed_port=$victim
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "no replica took over slot $slot from $victim within 20 s" >&2
+  return 1
+}
+
 # Installs systemd-analyze (Debian's systemd package) when it is missing: the test of the example
 # unit runs it offline, so systemd need not be the init system.
 ensure_systemd_analyze() {
