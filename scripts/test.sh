@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, every test of the workspace, the browser tests
+# Runs the whole test suite: formatting, lints, every test of the workspace (the messaging suites
+# twice: on one redis-server and on a Redis Cluster), the browser tests
 # of the demo, then each fuzz target for a few seconds (FUZZ_SECONDS, default 10; 0 skips).
 # Installs what the tests need (Debian's redis-server, nginx, systemd and chromium,
 # playwright-core from the npm lock file, cargo-fuzz) when it is missing.
@@ -17,6 +18,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace "$@"
+# The messaging suites again, each test on a Redis Cluster of its own (three masters with a
+# replica each) instead of one redis-server: delivery, channels, presence and events, recovery,
+# the live node set and handover.
+echo "== messaging suites on a Redis Cluster"
+IM_TEST_REDIS=cluster cargo test -p imserver \
+  --test delivery --test channels --test presence --test recovery \
+  --test nodeset --test handover --test backpressure --test quickstart "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

@@ -15,28 +15,19 @@ use serde_json::json;
 /// Waits until `chan` has `online` members online and its topic has `nodes` subscribers.
 async fn settled(c: &Cluster, chan: &str, online: u64, nodes: u64) -> Result<()> {
     let topic = c.im.keys().chan_topic(&imclient::ChanName::new(chan)?);
-    let mut redis = c.redis.conn().await?;
     wait_for(
         &format!("{chan}: {online} online on {nodes} nodes"),
         WAIT,
         || {
             let topic = topic.clone();
-            let mut redis = redis.clone();
             async move {
-                let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(&topic)
-                    .query_async(&mut redis)
-                    .await
-                    .ok()?;
-                let subs = counts.first().map_or(0, |(_, n)| *n);
+                let subs = c.redis.subscribers(&topic).await.ok()?;
                 let got = c.im.chan_online(chan).await.ok()?;
                 (got == online && subs == nodes).then_some(())
             }
         },
     )
     .await?;
-    let _: () = redis::cmd("PING").query_async(&mut redis).await?;
     Ok(())
 }
 
@@ -451,21 +442,30 @@ async fn a_membership_change_racing_the_connect_is_never_lost() -> Result<()> {
     Ok(())
 }
 
-/// Commands `im` sends to Redis while `f` runs, read with MONITOR: its connection is the one
-/// that sends the PINGs around `f`.
-async fn commands_sent<F, Fut>(redis_port: u16, im: &ImClient, f: F) -> Result<Vec<String>>
+/// The commands `im` sent to the server on `port` while `f` ran, bracketed by a marker:
+/// `bracket` makes `im` send it (a PING on one server; on a cluster, where a PING goes to any
+/// shard, a publish to an empty channel whose topic lives on the monitored shard), and
+/// `is_marker` recognises it in MONITOR's output.
+async fn commands_sent<F, Fut, B, BFut>(
+    port: u16,
+    bracket: B,
+    is_marker: impl Fn(&str) -> bool,
+    f: F,
+) -> Result<Vec<String>>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
+    B: Fn() -> BFut,
+    BFut: std::future::Future<Output = Result<()>>,
 {
-    let mut monitor = std::net::TcpStream::connect(("127.0.0.1", redis_port))?;
+    let mut monitor = std::net::TcpStream::connect(("127.0.0.1", port))?;
     monitor.write_all(b"MONITOR\r\n")?;
     let mut lines = BufReader::new(monitor.try_clone()?);
     let mut ok = String::new();
     lines.read_line(&mut ok)?;
-    im.ping().await?;
+    bracket().await?;
     f().await?;
-    im.ping().await?;
+    bracket().await?;
     let mut addr: Option<String> = None;
     let mut seen = Vec::new();
     loop {
@@ -479,9 +479,10 @@ where
             continue;
         };
         let cmd = rest.split('"').nth(1).unwrap_or_default().to_uppercase();
+        let marker = is_marker(rest);
         match &addr {
-            None if cmd == "PING" => addr = Some(who),
-            Some(a) if *a == who && cmd == "PING" => return Ok(seen),
+            None if marker => addr = Some(who),
+            Some(a) if *a == who && marker => return Ok(seen),
             Some(a) if *a == who => seen.push(cmd),
             _ => {}
         }
@@ -493,20 +494,34 @@ async fn a_channel_message_costs_the_same_redis_commands_for_10000_members_as_fo
 {
     let c = Cluster::start(2, NodeOpts::default()).await?;
     // The sender gets a one-connection pool so MONITOR can tell its commands apart.
-    let pool = deadpool_redis::Config::from_url(c.redis.url())
-        .builder()?
-        .max_size(1)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()?;
-    let sender = ImClient::new(
-        ImClientOptions::new(
-            c.redis.url(),
-            c.nodes.iter().map(|n| n.id.clone()),
-            fixture::SECRET,
-        )
-        .key_prefix(fixture::PREFIX)
-        .pool(pool),
-    )?;
+    let options = ImClientOptions::new(
+        c.redis.url(),
+        c.nodes.iter().map(|n| n.id.clone()),
+        fixture::SECRET,
+    )
+    .key_prefix(fixture::PREFIX);
+    let sender = ImClient::new(match &c.redis.cluster {
+        Some(cluster) => options.cluster_pool(
+            deadpool_redis::cluster::Config::from_urls(
+                cluster
+                    .addrs()
+                    .iter()
+                    .map(|a| format!("redis://{a}"))
+                    .collect::<Vec<_>>(),
+            )
+            .builder()?
+            .max_size(1)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()?,
+        ),
+        None => options.pool(
+            deadpool_redis::Config::from_url(c.redis.url())
+                .builder()?
+                .max_size(1)
+                .runtime(deadpool_redis::Runtime::Tokio1)
+                .build()?,
+        ),
+    })?;
     let (a, b) = (c.client_on(0, "a"), c.client_on(1, "b"));
     c.im.join_chan_many([&a, &b], "small").await?;
     let big: Vec<String> = (0..10_000)
@@ -520,21 +535,54 @@ async fn a_channel_message_costs_the_same_redis_commands_for_10000_members_as_fo
     settled(&c, "small", 2, 2).await?;
     settled(&c, "big", 2, 2).await?;
 
-    let small = commands_sent(c.redis.port, &sender, || async {
-        sender
-            .send_chan_message("s", "small", &"to two", false)
-            .await?;
-        Ok(())
-    })
-    .await?;
-    let large = commands_sent(c.redis.port, &sender, || async {
-        sender
-            .send_chan_message("s", "big", &"to ten thousand", false)
-            .await?;
-        Ok(())
-    })
-    .await?;
-    assert_eq!(small, ["PUBLISH"], "one PUBLISH and nothing else");
+    let sent = async |chan: &str, text: &str| -> Result<Vec<String>> {
+        let topic = sender.keys().chan_topic(&imclient::ChanName::new(chan)?);
+        let Some(cluster) = &c.redis.cluster else {
+            let ping = || async { Ok(sender.ping().await?) };
+            let is_ping = |rest: &str| rest.starts_with("\"PING\"") || rest.starts_with("\"ping\"");
+            return commands_sent(c.redis.port, ping, is_ping, || async {
+                sender.send_chan_message("s", chan, &text, false).await?;
+                Ok(())
+            })
+            .await;
+        };
+        let slot = fixture::redis_cluster::RedisCluster::slot_of(&topic);
+        let probe = (0..)
+            .map(|i| format!("probe{i}"))
+            .find(|p| {
+                let t = sender
+                    .keys()
+                    .chan_topic(&imclient::ChanName::new(p).unwrap());
+                fixture::redis_cluster::RedisCluster::slot_of(&t) == slot
+            })
+            .unwrap();
+        let probe_topic = sender.keys().chan_topic(&imclient::ChanName::new(&probe)?);
+        let publish_probe = || async {
+            sender
+                .send_chan_message("s", &probe, &"probe", false)
+                .await?;
+            Ok(())
+        };
+        let is_probe = |rest: &str| rest.contains(&format!("\"{probe_topic}\""));
+        commands_sent(
+            cluster.master_of_slot(slot)?,
+            publish_probe,
+            is_probe,
+            || async {
+                sender.send_chan_message("s", chan, &text, false).await?;
+                Ok(())
+            },
+        )
+        .await
+    };
+    let small = sent("small", "to two").await?;
+    let large = sent("big", "to ten thousand").await?;
+    let publish = if c.redis.cluster.is_some() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
+    assert_eq!(small, [publish], "one publish and nothing else");
     assert_eq!(large, small, "the same commands whatever the member count");
     for ws in [&mut wa, &mut wb] {
         assert_eq!(ws.next_message().await?.payload, json!("to two"));

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use anyhow::Result;
 use fixture::{Cluster, NodeOpts, WAIT};
 use imclient::contract::{Kind, ReceiptPayload, ReceiptStatus};
-use redis::AsyncCommands;
 use serde_json::json;
 
 #[tokio::test]
@@ -51,8 +50,7 @@ async fn one_call_reaches_clients_on_two_nodes_with_one_publish_per_node() -> Re
     for n in &names {
         sockets.push(c.connect(n).await?);
     }
-    let mut redis = c.redis.conn().await?;
-    let before = publish_calls(&mut redis).await?;
+    let before = c.redis.publish_calls().await?;
 
     let report =
         c.im.send_message("server", &names, &json!({"n": 1}), false)
@@ -65,7 +63,7 @@ async fn one_call_reaches_clients_on_two_nodes_with_one_publish_per_node() -> Re
             .all(|n| n.taken && n.receivers.len() == 2)
     );
     assert_eq!(
-        publish_calls(&mut redis).await? - before,
+        c.redis.publish_calls().await? - before,
         2,
         "one PUBLISH per node, not per receiver"
     );
@@ -76,20 +74,6 @@ async fn one_call_reaches_clients_on_two_nodes_with_one_publish_per_node() -> Re
         assert_eq!(env.id.as_deref(), Some(report.message_id.as_str()));
     }
     Ok(())
-}
-
-async fn publish_calls(redis: &mut redis::aio::MultiplexedConnection) -> Result<u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await?;
-    Ok(info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_publish:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0))
 }
 
 #[tokio::test]
@@ -161,7 +145,6 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
     let mut bob = c.connect("bob").await?;
     let topic = c.im.keys().node_topic(&c.im.home_node("bob")?);
-    let mut redis = c.redis.conn().await?;
     for garbage in [
         "not json",
         r#"{"deliver":{"id":1}}"#,
@@ -172,7 +155,7 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
         r#"{"forward":{"client":"bob","envelope":[1,2]}}"#,
         r#"{"handover":{"client":"bob","stream":"x-1","seq":1,"first":1,"frames":[{"a":1}]}}"#,
     ] {
-        let _: i64 = redis.publish(&topic, garbage).await?;
+        c.redis.publish(&topic, garbage).await?;
     }
     c.nodes[0].wait_metric("im_drops_total{node=\"", 0).await?;
     let malformed = format!(

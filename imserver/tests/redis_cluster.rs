@@ -1,0 +1,117 @@
+//! Nodes and imclient on a Redis Cluster: the message traffic spreads over the shards, and a
+//! master failing over under a node costs no socket and loses nothing silently.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
+mod fixture;
+
+use anyhow::Result;
+use fixture::redis_cluster::RedisCluster;
+use fixture::{Cluster, Frame, NodeOpts, Redis, WAIT, wait_for};
+use serde_json::json;
+
+/// SPUBLISH calls per master.
+async fn spublish_calls(redis: &Redis, ports: &[u16]) -> Result<Vec<u64>> {
+    let mut calls = Vec::new();
+    for port in ports {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await?;
+        calls.push(
+            info.lines()
+                .find(|l| l.starts_with("cmdstat_spublish:"))
+                .and_then(|l| l.split("calls=").nth(1))
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        );
+    }
+    let _ = redis;
+    Ok(calls)
+}
+
+#[tokio::test]
+async fn channel_and_node_topics_spread_over_the_shards() -> Result<()> {
+    let c = Cluster::start_on(Redis::start_cluster()?, 2, NodeOpts::default()).await?;
+    let masters = c.redis.cluster.as_ref().unwrap().master_ports()?;
+    assert_eq!(masters.len(), 3);
+    let (a, b) = (c.client_on(0, "a"), c.client_on(1, "b"));
+    let mut wa = c.connect(&a).await?;
+    let mut wb = c.connect(&b).await?;
+    let chans: Vec<String> = (0..12).map(|i| format!("room{i}")).collect();
+    for chan in &chans {
+        c.im.join_chan_many([&a, &b], chan).await?;
+    }
+    let before = spublish_calls(&c.redis, &masters).await?;
+    for chan in &chans {
+        let report = c.im.send_chan_message("s", chan, &chan, false).await?;
+        assert_eq!(report.nodes, 2, "both nodes hold {chan}'s topic");
+    }
+    c.im.send_message("s", [&a, &b], &"private", false).await?;
+    for ws in [&mut wa, &mut wb] {
+        for chan in &chans {
+            assert_eq!(ws.next_message().await?.payload, json!(chan));
+        }
+        assert_eq!(ws.next_message().await?.payload, json!("private"));
+    }
+    let after = spublish_calls(&c.redis, &masters).await?;
+    let busy = before.iter().zip(&after).filter(|(b, a)| a > b).count();
+    assert_eq!(
+        busy, 3,
+        "every master carried part of the traffic: {before:?} → {after:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_master_failover_keeps_sockets_open_and_tells_clients_what_they_may_have_missed()
+-> Result<()> {
+    let mut c = Cluster::start_on(Redis::start_cluster()?, 1, NodeOpts::default()).await?;
+    let mut wa = c.connect("alice").await?;
+    c.im.send_message("x", ["alice"], &"before", false).await?;
+    assert_eq!(wa.next_message().await?.payload, json!("before"));
+
+    // The master that serves the node's own topic fails; its replica takes over.
+    let topic = c.im.keys().node_topic(&c.im.home_node("alice")?);
+    let slot = RedisCluster::slot_of(&topic);
+    c.redis
+        .cluster
+        .as_mut()
+        .unwrap()
+        .kill_master_of_slot(slot)?;
+
+    // Sends fail loudly or are not taken until the node has subscribed again; then the message
+    // arrives, after the node has told the client that something may be missing.
+    wait_for("deliveries resume", WAIT, || async {
+        let report =
+            c.im.send_message("x", ["alice"], &"after", false)
+                .await
+                .ok()?;
+        report.nodes.iter().all(|n| n.taken).then_some(())
+    })
+    .await?;
+    let (mut missed, mut after) = (false, false);
+    while !(missed && after) {
+        match wa.read(WAIT).await? {
+            Frame::Envelope(env) if env.payload == json!("after") => after = true,
+            Frame::Envelope(env) if env.payload["event"] == "missed" => {
+                assert_eq!(env.payload["reason"], "redis_outage", "{env:?}");
+                missed = true;
+            }
+            other => panic!("expected `missed` and the message, got {other:?}"),
+        }
+    }
+    c.nodes[0]
+        .wait_metric("im_redis_reconnects_total", 1)
+        .await?;
+    // Presence still answers through the new master.
+    wait_for("presence readable", WAIT, || async {
+        c.im.has_online("alice").await.ok()?.then_some(())
+    })
+    .await?;
+    Ok(())
+}
