@@ -212,12 +212,20 @@ pub fn handle(node: &Node, store: &Store, bytes: &[u8]) {
         }
         NodeCommand::Join(m) => {
             node.hub().apply(&m.client, ChanOp::Join(m.chan.clone()));
+            if node.keys().is_sharded() {
+                node.hub().resync_client(&m.client);
+            }
             if let Some(ack) = m.ack {
                 node.work().join_acks.push(m.client, m.chan, ack);
                 settle_join_acks(node);
             }
         }
-        NodeCommand::Leave(m) => node.hub().apply(&m.client, ChanOp::Leave(m.chan)),
+        NodeCommand::Leave(m) => {
+            node.hub().apply(&m.client, ChanOp::Leave(m.chan));
+            if node.keys().is_sharded() {
+                node.hub().resync_client(&m.client);
+            }
+        }
         NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
         // Only what a node writes: envelopes that start with their id, frames with their seq (a
         // frame is built by splicing `seq` in at the start of an envelope).

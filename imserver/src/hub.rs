@@ -1216,6 +1216,25 @@ impl Hub {
         self.check_ready(entry, &mut inner);
     }
 
+    /// Starts a new load of `client`'s channels, if it is here: on a Redis Cluster a join or
+    /// leave is published after its script, so two racing changes of one client may arrive in
+    /// the other order than they were stored; a load begun after a change arrived reads every
+    /// change that arrived so far, and the last load wins.
+    pub fn resync_client(&self, client: &ClientId) {
+        let Some(entry) = self.entry(client) else {
+            return;
+        };
+        {
+            let mut inner = entry.lock();
+            if inner.gone {
+                return;
+            }
+            inner.sync_gen += 1;
+            inner.sync_log = Some(Vec::new());
+        }
+        self.work.memberships.mark(client);
+    }
+
     /// Starts a new load of every local client's channels (after a Redis outage, when
     /// membership changes may have been missed).
     pub fn resync_memberships(&self) {
