@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the whole demo locally: a private redis-server on a free port (unless IM_REDIS_URL is
-# set), two imserver nodes and demo-web. Prints the URL to open; Ctrl-C stops everything.
+# set; REDIS=cluster starts a private Redis Cluster of three masters with a replica each
+# instead), two imserver nodes and demo-web. Prints the URL to open; Ctrl-C stops everything.
 # From another terminal, `scripts/dev-node.sh stop|start|restart PORT` stops or starts one node
 # (its settings are kept in .run/).
 set -euo pipefail
@@ -39,7 +40,13 @@ wait_http() {
   return 1
 }
 
-if [ -z "${IM_REDIS_URL:-}" ]; then
+if [ -z "${IM_REDIS_URL:-}" ] && [ "${REDIS:-}" = cluster ]; then
+  start_redis_cluster "$run/cluster"
+  read -ra cluster_pids <<<"$REDIS_CLUSTER_PIDS"
+  pids+=("${cluster_pids[@]}")
+  IM_REDIS_URL="redis+cluster://$(printf '127.0.0.1:%s,' $REDIS_CLUSTER_PORTS)"
+  export IM_REDIS_URL="${IM_REDIS_URL%,}"
+elif [ -z "${IM_REDIS_URL:-}" ]; then
   rport=$(free_port)
   redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" \
     >"$run/redis.log" 2>&1 &

@@ -19,7 +19,8 @@ use crate::token::{KeyAlgorithm, TokenError, TokenIssuer, resolve_secret};
 /// ```
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImClientArgs {
-    /// Redis URL shared with the nodes.
+    /// Redis URL shared with the nodes: one server's, or a Redis Cluster's seeds
+    /// (redis+cluster://host1:7000,host2:7000).
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// The imserver nodes as browsers reach them, comma separated.

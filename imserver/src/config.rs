@@ -41,7 +41,8 @@ pub struct Config {
     #[arg(long, env = "IM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
 
-    /// Redis URL.
+    /// Redis URL: one server's (redis://, rediss://) or a Redis Cluster's seeds
+    /// (redis+cluster://host1:7000,host2:7000).
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
