@@ -98,8 +98,10 @@ async fn adding_a_fourth_node_moves_its_share_of_clients_and_nobody_else() -> Re
         .filter(|(c, _)| listed.home_among_all(c) == ids[3])
         .map(|(c, _)| c.clone())
         .collect();
+    // About a quarter; the ports are random, so the share is a sample: 20 to 80 of 200 holds
+    // in all but about one run in a million (30 to 70 failed about one in 3,000).
     assert!(
-        (30..=70).contains(&movers.len()),
+        (20..=80).contains(&movers.len()),
         "{} of 200 would move",
         movers.len()
     );
