@@ -18,7 +18,15 @@
 #      client disconnects, and how long after Redis is back deliveries resume. Redis runs with
 #      an append-only file (fsync every second), as a production Redis would, so channel
 #      memberships survive the restart (REDIS_PERSIST=0: without it, to see what is lost).
-#   4. one Redis Cluster master stopped: skipped, there is no Redis Cluster support yet.
+#   4. one Redis Cluster master stopped: the nodes run on a Redis Cluster of three masters with
+#      one replica each (IM_REDIS_URL=redis+cluster://<all six>), and the master that serves
+#      the slot of one node's topic is killed (kill -9); its replica takes over within about
+#      2 s (node timeout 1000 ms). Client disconnects, when each node told its clients
+#      `missed` (reason redis_outage), how long after the kill private and channel deliveries
+#      resumed, the longest pause, and the sends that failed or were taken by no node. The
+#      node is picked so that its topic's master is not the one that holds the app's keys (the
+#      `{prefix}` hash tag: presence, leases, memberships); CLUSTER_KILL=data kills that master
+#      instead, to see what losing the keys' shard for a moment does.
 #
 # How the timing works: imbench connects every client, prints `drill: ready` on stderr and
 # sends for DURATION seconds; the script waits for that line, lets traffic flow for ACT_AFTER
@@ -35,7 +43,9 @@
 # Settings (environment): DRILLS ("1 2 3 4"), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
 # set), DURATION (15 s of sending per drill), ACT_AFTER (3 s of traffic before the action),
-# REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file). IMSERVER and IMBENCH name other binaries (then nothing is built).
+# REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file), CLUSTER_KILL (topic:
+# drill 4 kills the master of a node's topic; data: the master of the app's keys), IM_KEY_PREFIX
+# (im). IMSERVER and IMBENCH name other binaries (then nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -50,6 +60,8 @@ duration="${DURATION:-15}"
 act_after="${ACT_AFTER:-3}"
 redis_down="${REDIS_DOWN_SECS:-2}"
 if [ "${REDIS_PERSIST:-1}" = 1 ]; then aof=yes; else aof=no; fi
+cluster_kill="${CLUSTER_KILL:-topic}"
+prefix="${IM_KEY_PREFIX:-im}"
 
 ensure_redis_server
 command -v jq >/dev/null 2>&1 || apt_install jq
@@ -58,7 +70,7 @@ if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
 fi
 out=target/chaos
 mkdir -p "$out"
-rm -f "$out"/drill*
+rm -rf "$out"/drill*
 run=$(mktemp -d)
 cp "${IMSERVER:-target/release/imserver}" "$run/imserver"
 cp "${IMBENCH:-target/release/imbench}" "$run/imbench"
@@ -100,6 +112,27 @@ setup() {
   rport=$(free_port)
   drill_redis "$rport"
   export IM_REDIS_URL="redis://127.0.0.1:$rport"
+  setup_nodes "$@"
+}
+# Sets up drill $d on a private Redis Cluster (three masters, one replica each; its files and
+# logs in $out/drill$d-cluster): a list of $1 nodes of which the first $2 run. Sets cports to
+# the cluster's ports, masters first.
+setup_cluster() {
+  start_redis_cluster "$out/drill$d-cluster"
+  read -ra cports <<<"$REDIS_CLUSTER_PORTS"
+  local cpids p seeds=()
+  read -ra cpids <<<"$REDIS_CLUSTER_PIDS"
+  pids+=("${cpids[@]}")
+  for p in "${cports[@]}"; do seeds+=("127.0.0.1:$p"); done
+  IM_REDIS_URL="redis+cluster://$(join "${seeds[@]}")"
+  export IM_REDIS_URL
+  setup_nodes "$@"
+}
+# The cluster slot of key or topic $1, and the port of the live master that serves slot $1
+# (asking a node still up: kill_cluster_master_of_slot drops the killed one from the list).
+slot_of() { redis-cli -p "${REDIS_CLUSTER_PORTS%% *}" CLUSTER KEYSLOT "$1" | tr -d '\r'; }
+master_of_slot() { cluster_view "${REDIS_CLUSTER_PORTS%% *}" | cluster_view_owner "$1"; }
+setup_nodes() {
   ports=()
   ids=()
   npids=()
@@ -130,7 +163,21 @@ start_bench() {
 finish_bench() {
   wait "$bpid" || { echo "imbench failed: $(tail -3 "$out/drill$d.log")" >&2; exit 1; }
   [ -s "$out/drill$d.json" ] || { echo "imbench printed no report" >&2; exit 1; }
+  # The running nodes' counters at the end, for the drop line and a closer look.
+  local k
+  for k in "${!npids[@]}"; do
+    if kill -0 "${npids[$k]}" 2>/dev/null; then
+      curl -s -m 5 "http://127.0.0.1:${ports[$k]}/metrics" >"$out/drill$d-node$k.metrics" || true
+    fi
+  done
   stop_all
+}
+# The nodes' drops (im_drops_total by reason) and Redis reconnects, summed over the nodes.
+drop_line() {
+  cat "$out/drill$d"-node*.metrics 2>/dev/null | awk '
+    /^im_drops_total\{/ { match($0, /reason="[^"]*"/); r = substr($0, RSTART + 8, RLENGTH - 9); d[r] += $NF }
+    /^im_redis_reconnects_total / { rc += $NF }
+    END { printf "  nodes at the end: drops"; for (r in d) printf " %s %d", r, d[r]; printf "; Redis reconnects %d\n", rc }'
 }
 results=()
 verdict() { # drill title, failures...
@@ -150,6 +197,7 @@ common_lines() { # what every drill reports
     "  max pause between deliveries before the action: \(.max_gap_before_action_ms) ms",
     "  seq over all clients: \(.seq.gaps) gaps (\(.seq.missing) missing), \(.seq.duplicates) duplicates, \(.seq.epoch_mismatch) epoch mismatches" + (if .seq.samples != [] then " e.g. \(.seq.samples[0:3])" else "" end),
     "  disconnects \(.disconnects.total) (\(.disconnects.clients) clients) by close code \(.disconnects.codes); failed attempts \(.attempts_failed.total) \(.attempts_failed.kinds)"' "$1"
+  drop_line
 }
 
 echo "== chaos drills: $clients clients, $rate msg/s ($chan_percent% to $chans channels), lease $lease_ms ms," \
@@ -216,7 +264,9 @@ for d in $drills; do
     common_lines "$j"
     jq -r 'def ms: if . == null then "never" else "\(.) ms" end;
       "  Redis down at \(.resume.down_at_ms) ms, back at \(.resume.up_at_ms) ms after ready; after it was back: first delivery \(.resume.first_delivery_ms | ms), first private \(.resume.first_private_ms | ms), first channel \(.resume.first_channel_ms | ms), first send a node took \(.first_send_taken_after_up_ms | ms), last send no node took \(.last_send_not_taken_after_up_ms | ms)",
-      "  longest pause between deliveries from the kill on: \(.resume.max_gap_ms) ms; welcomes recovered:false \(.welcomes.recovered_false)"' "$j"
+      "  longest pause between deliveries from the kill on: \(.resume.max_gap_ms) ms; welcomes recovered:false \(.welcomes.recovered_false)",
+      "  `missed` after the kill: \(.outage.missed_clients) of \(.placed) clients (\(.missed.reasons)), first \(.outage.missed_first_ms | ms), last \(.outage.missed_last_ms | ms) after it",
+      "  private messages: \(.private_taken) taken by the receiver'"'"'s node, \(.deliveries_private) delivered; taken and never delivered: \(.private_lost.count)" + (if .private_lost.count > 0 then " \(.private_lost.by_node), sent \(.private_lost.sent_first_ms) to \(.private_lost.sent_last_ms) ms after the \(.marks | keys_unsorted | .[0]) mark" else "" end)' "$j"
     base_checks "$j"
     jq -e '.disconnects.total == 0' "$j" >/dev/null || fails+=("client disconnects")
     jq -e '.resume | .first_private_ms != null and .first_channel_ms != null and .first_private_ms <= 5000 and .first_channel_ms <= 5000' "$j" >/dev/null ||
@@ -225,9 +275,79 @@ for d in $drills; do
     verdict "Redis restart" "${fails[@]}"
     ;;
   4)
-    echo "== drill 4: one Redis Cluster master stopped"
-    results+=("drill 4 (Redis Cluster master stopped): SKIPPED (no Redis Cluster support yet)")
-    echo "${results[-1]}"
+    echo "== drill 4: one Redis Cluster master stopped under load"
+    setup_cluster 3 3
+    # The app's keys share one slot (the prefix is their hash tag); each topic has its own. The
+    # target is the first node whose topic's master does not hold the keys (CLUSTER_KILL=data:
+    # does); if none fits, the last node (CLUSTER_KILL=data: the keys' master is killed anyway).
+    data_slot=$(slot_of "{$prefix}:nodes")
+    data_master=$(master_of_slot "$data_slot")
+    target="" topic_slots=() topic_masters=()
+    for k in 0 1 2; do
+      topic_slots+=("$(slot_of "$prefix:node:${ids[$k]}")")
+      topic_masters+=("$(master_of_slot "${topic_slots[$k]}")")
+    done
+    for k in 0 1 2; do
+      if { [ "$cluster_kill" = data ] && [ "${topic_masters[$k]}" = "$data_master" ]; } ||
+        { [ "$cluster_kill" != data ] && [ "${topic_masters[$k]}" != "$data_master" ]; }; then
+        target=$k
+        break
+      fi
+    done
+    [ -n "$target" ] || target=2
+    if [ "$cluster_kill" = data ]; then
+      victim_slot=$data_slot victim_master=$data_master
+    else
+      victim_slot=${topic_slots[$target]} victim_master=${topic_masters[$target]}
+    fi
+    echo "  masters ${cports[*]:0:3}; app keys {$prefix}:* in slot $data_slot on $data_master; node topics (slot on master):" \
+      "$(for k in 0 1 2; do printf '%s %s on %s; ' "${ids[$k]##*:}" "${topic_slots[$k]}" "${topic_masters[$k]}"; done)"
+    echo "  killing master $victim_master (slot $victim_slot), the shard of node ${ids[$target]}'s topic" \
+      "$([ "$victim_master" = "$data_master" ] && echo "and of the app's keys" || echo "(not of the app's keys)")"
+    start_bench
+    mark down
+    kill_cluster_master_of_slot "$victim_slot" || { echo "the cluster did not fail over" >&2; exit 1; }
+    mark up
+    # Where each node's topic is subscribed a few seconds after the takeover (SHARDNUMSUB on
+    # every live redis-server): the master of its slot should count one subscriber.
+    sleep 4
+    subs=$(for k in 0 1 2; do
+      t="$prefix:node:${ids[$k]}"
+      echo -n "    ${ids[$k]}'s topic: master $(master_of_slot "$(slot_of "$t")"); subscribers"
+      for p in $REDIS_CLUSTER_PORTS; do
+        echo -n " $p:$(redis-cli -p "$p" PUBSUB SHARDNUMSUB "$t" | tail -1 | tr -d '\r')"
+      done
+      echo
+    done)
+    finish_bench
+    for f in "$out/drill$d-cluster"/node*/redis.log; do
+      [ -f "$f" ] && cp "$f" "$out/drill$d-redis-$(basename "$(dirname "$f")").log"
+    done
+    j="$out/drill4.json"
+    common_lines "$j"
+    echo "  4 s after the takeover:"
+    echo "$subs"
+    jq -r --arg m "$victim_master" \
+      'def ms: if . == null then "never" else "\(.) ms" end;
+      "  killed master \($m) \(.resume.down_at_ms) ms after ready; its replica had taken over \(.resume.up_at_ms - .resume.down_at_ms) ms later (the other masters agreeing)",
+      "  `missed` after the kill: \(.outage.missed_clients) of \(.placed) clients, first \(.outage.missed_first_ms | ms), last \(.outage.missed_last_ms | ms) after the kill (\(.missed.reasons)); \(.outage.missed_before_down) before it",
+      "  after the kill, worst node: private deliveries resumed \(.outage.private_resumed_ms | ms), channel \(.outage.channel_resumed_ms | ms); longest pause between deliveries to one node'"'"'s clients \(.outage.max_gap_ms) ms (all clients together \(.resume.max_gap_ms) ms)",
+      (.outage.nodes[] | "    \(.node): \(.clients) clients, \(.missed_clients) told missed (at \(.missed_first_ms | ms)); private pause \(.private_max_gap_ms) ms ending \(.private_resumed_ms | ms) after the kill, channel pause \(.channel_max_gap_ms) ms ending \(.channel_resumed_ms | ms)"),
+      "  sends failed \(.send_errors) (last \(.last_send_error_after_down_ms | ms) after the kill\(if .first_send_error then ": " + (.first_send_error | .[0:80]) else "" end)), published but taken by no node \(.sends_not_taken) (last \(.last_send_not_taken_after_down_ms | ms) after the kill); channel sends by nodes that took them \(.chan_sends_taken_by_nodes)",
+      "  private messages: \(.private_taken) taken by the receiver'"'"'s node, \(.deliveries_private) delivered; taken and never delivered: \(.private_lost.count)" + (if .private_lost.count > 0 then " \(.private_lost.by_node), sent \(.private_lost.sent_first_ms) to \(.private_lost.sent_last_ms) ms after the \(.marks | keys_unsorted | .[0]) mark" else "" end)' "$j"
+    base_checks "$j"
+    jq -e '.disconnects.total == 0' "$j" >/dev/null || fails+=("client disconnects")
+    jq -e '.outage | .private_resumed_ms != null and .channel_resumed_ms != null and .private_resumed_ms <= 10000 and .channel_resumed_ms <= 10000' "$j" >/dev/null ||
+      fails+=("private and channel deliveries not both resumed within 10 s of the kill")
+    if [ "$victim_master" = "${topic_masters[$target]}" ]; then
+      jq -e --arg n "${ids[$target]}" '[.outage.nodes[] | select(.node == $n)][0] | .missed_clients == .clients' "$j" >/dev/null ||
+        fails+=("not every client of the node whose topic's master was killed got missed")
+    fi
+    jq -e '.outage.missed_before_down == 0' "$j" >/dev/null || fails+=("missed before the kill")
+    jq -e '.private_lost.count == 0' "$j" >/dev/null ||
+      fails+=("private messages taken by a node and never delivered")
+    echo "  rule: no client disconnected, private and channel deliveries both resumed within 10 s of the kill, every client of the node whose topic's shard was lost told missed, no private message taken by a node and lost"
+    verdict "Redis Cluster master stopped" "${fails[@]}"
     ;;
   *)
     echo "unknown drill $d" >&2

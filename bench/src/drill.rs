@@ -132,6 +132,30 @@ impl Timeline {
         gap as u64 * BUCKET_MS
     }
 
+    /// The longest stretch without a delivery between `from_ms` and `to_ms` (a stretch at
+    /// either end counts too) and how long after `from_ms` it ended, in ms; `None` when it
+    /// lasted to `to_ms`.
+    fn longest_gap(&self, occ: &[bool], from_ms: u64, to_ms: u64) -> (u64, Option<u64>) {
+        let (from, to) = (self.index(from_ms), self.index(to_ms).min(occ.len()));
+        let mut last = from;
+        let mut best = (0, Some(0));
+        for (i, o) in occ.iter().enumerate().take(to).skip(from) {
+            if *o {
+                if i - last > best.0 {
+                    best = (i - last, Some(i - from));
+                }
+                last = i;
+            }
+        }
+        if to.saturating_sub(last) > best.0 {
+            best = (to - last, None);
+        }
+        (
+            best.0 as u64 * BUCKET_MS,
+            best.1.map(|k| k as u64 * BUCKET_MS),
+        )
+    }
+
     /// How long after `from_ms` the last delivery came, in ms.
     fn last_after(&self, occ: &[bool], from_ms: u64) -> Option<u64> {
         let from = self.index(from_ms);
@@ -178,6 +202,12 @@ enum Event {
     Failed {
         at: u64,
     },
+    /// A `missed` system frame: the node lost its Redis subscription for a while and what was
+    /// published meanwhile may not have reached it.
+    Missed {
+        at: u64,
+        reason: Option<String>,
+    },
 }
 
 /// One client's record.
@@ -187,6 +217,10 @@ struct Log {
     start_node: Option<usize>,
     events: Vec<Event>,
     deliveries: u64,
+    /// Of the deliveries, the private messages (the rest went to channels).
+    deliveries_private: u64,
+    /// The send time (`t`, ns) of each private message delivered: it names the message.
+    private_sent: Vec<u64>,
     gaps: u64,
     missing: u64,
     duplicates: u64,
@@ -217,6 +251,14 @@ impl Log {
     fn closes_from(&self, t: u64) -> impl Iterator<Item = (u64, Option<u16>)> {
         self.events.iter().filter_map(move |e| match e {
             Event::Closed { at, code } if *at >= t => Some((*at, *code)),
+            _ => None,
+        })
+    }
+
+    /// The `missed` frames, with their time and reason.
+    fn missed(&self) -> impl Iterator<Item = (u64, Option<&str>)> {
+        self.events.iter().filter_map(|e| match e {
+            Event::Missed { at, reason } => Some((*at, reason.as_deref())),
             _ => None,
         })
     }
@@ -370,11 +412,16 @@ impl Drill {
             });
             let (timeline, samples) = (&self.timeline, &self.seq_samples);
             let mut on_text = |text: &[u8]| {
-                // System frames (pong) carry no seq; every envelope does.
+                // System frames (pong, missed) carry no seq; every envelope does.
                 if let Some(seq) = wire::seq_of(text) {
                     let at = now_ms();
-                    timeline.add(group, wire::find_str(text, "\"type\":\"channel\""), at);
+                    let channel = wire::find_str(text, "\"type\":\"channel\"");
+                    timeline.add(group, channel, at);
                     log.deliveries += 1;
+                    if !channel {
+                        log.deliveries_private += 1;
+                        log.private_sent.extend(wire::sent_at(text));
+                    }
                     if seq != last + 1 {
                         if seq > last {
                             log.gaps += 1;
@@ -388,6 +435,13 @@ impl Drill {
                         }
                     }
                     last = last.max(seq);
+                } else if wire::find_str(text, "\"event\":\"missed\"") {
+                    // Rare: parsed in full.
+                    let frame = serde_json::from_slice::<Value>(text).unwrap_or_default();
+                    log.events.push(Event::Missed {
+                        at: now_ms(),
+                        reason: frame["payload"]["reason"].as_str().map(str::to_owned),
+                    });
                 }
                 wire::Flow::Continue
             };
@@ -412,6 +466,47 @@ impl Drill {
         }
         log
     }
+}
+
+/// How a send ended.
+struct Sent {
+    /// Every receiver's node took it (a channel message: at least one node did).
+    taken: bool,
+    /// Nodes that took it.
+    nodes: u64,
+    /// Private receivers whose node took it.
+    receivers_taken: u64,
+    /// The message's send time (`t`, ns), which names it.
+    t: u64,
+    /// The node that took a private message.
+    node: Option<String>,
+}
+
+/// The private messages a node took (`taken`: send time, node) that no client received: how
+/// many, on which node, and when they were sent (ms after `t0`, the first mark, when there is
+/// one; else the unix ms). Each message is named by its send time in ns.
+fn lost_private(taken: &[(u64, String)], logs: &[Log], t0: Option<u64>) -> Value {
+    let delivered: std::collections::HashSet<u64> = logs
+        .iter()
+        .flat_map(|l| l.private_sent.iter().copied())
+        .collect();
+    let mut by_node = BTreeMap::new();
+    let mut sent_ms = Vec::new();
+    for (t, node) in taken {
+        if !delivered.contains(t) {
+            count(&mut by_node, node.clone());
+            let ms = t / 1_000_000;
+            sent_ms.push(t0.map_or(ms as i64, |t0| ms as i64 - t0 as i64));
+        }
+    }
+    sent_ms.sort_unstable();
+    json!({
+        "count": sent_ms.len(),
+        "by_node": by_node,
+        "sent_first_ms": sent_ms.first(),
+        "sent_last_ms": sent_ms.last(),
+        "sent_samples_ms": sent_ms.iter().step_by((sent_ms.len() / 10).max(1)).collect::<Vec<_>>(),
+    })
 }
 
 /// The `<name> <unix ms>` lines the script wrote, in order.
@@ -512,23 +607,36 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
     let (mut created, mut sent_private, mut sent_chan, mut send_errors) = (0u64, 0u64, 0u64, 0u64);
     let mut first_send_error: Option<String> = None;
     let mut not_taken = 0u64;
-    // When sends succeeded, on the timeline's grid: group 0 taken by a node, group 1 not.
+    // Private receivers whose home node took the message: each is owed one delivery.
+    let mut private_taken = 0u64;
+    // Channel sends by how many nodes took them.
+    let mut chan_taken_by: BTreeMap<u64, u64> = BTreeMap::new();
+    // The private messages a node took: send time (`t`, ns) and that node.
+    let mut taken_private: Vec<(u64, String)> = Vec::new();
+    // When sends ended, on the timeline's grid: group 0 taken by a node, group 1 not, group 2
+    // failed.
     let send_ok = Timeline::new(
         origin_ms,
         READY_TIMEOUT + run_for + DRAIN + Duration::from_secs(5),
-        2,
+        3,
     );
-    let mut tally = |(to_chan, done): (bool, Result<bool>)| match done {
-        Ok(taken) => {
-            send_ok.add(usize::from(!taken), false, now_ms());
-            not_taken += u64::from(!taken);
+    let mut tally = |(to_chan, done): (bool, Result<Sent>)| match done {
+        Ok(sent) => {
+            send_ok.add(usize::from(!sent.taken), false, now_ms());
+            not_taken += u64::from(!sent.taken);
             if to_chan {
                 sent_chan += 1;
+                *chan_taken_by.entry(sent.nodes).or_default() += 1;
             } else {
                 sent_private += 1;
+                private_taken += sent.receivers_taken;
+                if sent.receivers_taken > 0 {
+                    taken_private.push((sent.t, sent.node.unwrap_or_default()));
+                }
             }
         }
         Err(e) => {
+            send_ok.add(2, false, now_ms());
             send_errors += 1;
             first_send_error.get_or_insert(format!("{e:#}"));
         }
@@ -543,7 +651,8 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
             created += 1;
             let to_chan = rng.below(100) < args.chan_percent;
             let to = rng.below(if to_chan { chans } else { args.clients } as u64);
-            let payload = json!({ "t": now_ns(), "p": pad });
+            let t = now_ns();
+            let payload = json!({ "t": t, "p": pad });
             let drill = drill.clone();
             sends.push(async move {
                 // Whether a node took it: a PUBLISH nobody was subscribed to is lost silently.
@@ -552,13 +661,34 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
                         .im
                         .send_chan_message("bench", &chan_name(to as usize), &payload, false)
                         .await
-                        .map(|r| r.nodes > 0)
+                        .map(|r| Sent {
+                            taken: r.nodes > 0,
+                            nodes: r.nodes,
+                            receivers_taken: 0,
+                            t,
+                            node: None,
+                        })
                 } else {
                     drill
                         .im
                         .send_message("bench", [format!("c{to}")], &payload, false)
                         .await
-                        .map(|r| r.unreachable().next().is_none())
+                        .map(|r| Sent {
+                            taken: r.unreachable().next().is_none(),
+                            nodes: r.nodes.iter().filter(|n| n.taken).count() as u64,
+                            receivers_taken: r
+                                .nodes
+                                .iter()
+                                .filter(|n| n.taken)
+                                .map(|n| n.receivers.len() as u64)
+                                .sum(),
+                            t,
+                            node: r
+                                .nodes
+                                .iter()
+                                .find(|n| n.taken)
+                                .map(|n| n.node.as_str().to_owned()),
+                        })
                 };
                 (to_chan, done.map_err(anyhow::Error::from))
             });
@@ -607,6 +737,33 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
         r.insert("send_errors".into(), send_errors.into());
         r.insert("sends_not_taken".into(), not_taken.into());
         r.insert("first_send_error".into(), first_send_error.into());
+        // Each taken private receiver is owed one delivery: with no client disconnected, fewer
+        // private deliveries than this are messages a node took and lost.
+        r.insert("private_taken".into(), private_taken.into());
+        r.insert(
+            "chan_sends_taken_by_nodes".into(),
+            chan_taken_by
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::from(*v)))
+                .collect::<serde_json::Map<String, Value>>()
+                .into(),
+        );
+        r.insert(
+            "private_lost".into(),
+            lost_private(&taken_private, &logs, marks.first().map(|(_, t)| *t)),
+        );
+        if let Some(down) = marks.iter().find(|(n, _)| n == "down").map(|(_, t)| *t) {
+            let dropped = send_ok.occupied(|g, _| g == 1);
+            let failed = send_ok.occupied(|g, _| g == 2);
+            r.insert(
+                "last_send_error_after_down_ms".into(),
+                send_ok.last_after(&failed, down).into(),
+            );
+            r.insert(
+                "last_send_not_taken_after_down_ms".into(),
+                send_ok.last_after(&dropped, down).into(),
+            );
+        }
         if let Some(up) = marks.iter().find(|(n, _)| n == "up").map(|(_, t)| *t) {
             let taken = send_ok.occupied(|g, _| g == 0);
             let dropped = send_ok.occupied(|g, _| g == 1);
@@ -648,6 +805,9 @@ fn report(drill: &Drill, logs: &[Log], w: &Window<'_>) -> Value {
     let (mut disconnects, mut disconnected_clients, mut failed) = (0u64, 0u64, 0u64);
     let (mut deliveries, mut gaps, mut missing, mut dups, mut bad, mut mismatch) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut deliveries_private = 0u64;
+    let (mut missed, mut missed_clients) = (0u64, 0u64);
+    let mut missed_reasons = BTreeMap::new();
     for log in logs {
         if let Some(n) = log.start_node {
             count(&mut start_nodes, name(n));
@@ -677,6 +837,14 @@ fn report(drill: &Drill, logs: &[Log], w: &Window<'_>) -> Value {
             .filter(|e| matches!(e, Event::Failed { .. }))
             .count() as u64;
         deliveries += log.deliveries;
+        deliveries_private += log.deliveries_private;
+        let mut any = false;
+        for (_, reason) in log.missed() {
+            missed += 1;
+            any = true;
+            count(&mut missed_reasons, reason.unwrap_or_default());
+        }
+        missed_clients += u64::from(any);
         gaps += log.gaps;
         missing += log.missing;
         dups += log.duplicates;
@@ -693,6 +861,8 @@ fn report(drill: &Drill, logs: &[Log], w: &Window<'_>) -> Value {
         "placed": drill.placed.load(Relaxed),
         "start_nodes": start_nodes,
         "deliveries": deliveries,
+        "deliveries_private": deliveries_private,
+        "missed": { "total": missed, "clients": missed_clients, "reasons": missed_reasons },
         "welcomes": { "total": welcomes, "with_since": with_since, "recovered_true": rec_true,
                       "recovered_false": rec_false, "reasons": reasons },
         "disconnects": { "total": disconnects, "clients": disconnected_clients, "codes": codes },
@@ -728,8 +898,88 @@ fn report(drill: &Drill, logs: &[Log], w: &Window<'_>) -> Value {
                 }),
             );
         }
+        if let Some(down) = mark("down") {
+            r.insert("outage".into(), outage(drill, logs, w, down));
+        }
     }
     report
+}
+
+/// What the clients of each node (their first node) saw from the `down` mark on: when they
+/// were told `missed`, and the longest pause in their private and their channel deliveries
+/// with when it ended. In ms after `down`; `null` for a pause that lasted to the end of the
+/// sending. A Redis Cluster shard lost under a node pauses only that node's deliveries, and
+/// the pause of all clients together would hide it. The `*_resumed_ms` and `max_gap_ms` at
+/// the top are the worst over the nodes whose clients were told `missed` (over all nodes when
+/// none were).
+fn outage(drill: &Drill, logs: &[Log], w: &Window<'_>, down: u64) -> Value {
+    let tl = &drill.timeline;
+    let groups = drill.nodes.len() + 1;
+    let mut clients = vec![0u64; groups];
+    let mut told = vec![0u64; groups];
+    let mut first_told: Vec<Option<u64>> = vec![None; groups];
+    let mut last_told: Vec<Option<u64>> = vec![None; groups];
+    let mut missed_before = 0u64;
+    for log in logs {
+        let Some(g) = log.start_node else { continue };
+        clients[g] += 1;
+        missed_before += log.missed().filter(|(at, _)| *at < down).count() as u64;
+        if let Some((at, _)) = log.missed().find(|(at, _)| *at >= down) {
+            told[g] += 1;
+            let since = at - down;
+            first_told[g] = Some(first_told[g].map_or(since, |t| t.min(since)));
+            last_told[g] = Some(last_told[g].map_or(since, |t| t.max(since)));
+        }
+    }
+    let mut per_node = Vec::new();
+    // (private resumed, channel resumed, max gap) of the nodes that count; None never resumed.
+    let mut worst: (Option<Option<u64>>, Option<Option<u64>>, u64) = (None, None, 0);
+    let any_told = told.iter().any(|t| *t > 0);
+    let later = |a: Option<Option<u64>>, b: Option<u64>| match (a, b) {
+        (None, b) => Some(b),
+        (Some(None), _) | (_, None) => Some(None),
+        (Some(Some(a)), Some(b)) => Some(Some(a.max(b))),
+    };
+    for g in 0..groups {
+        if clients[g] == 0 {
+            continue;
+        }
+        let private = tl.occupied(|h, channel| h == g && !channel);
+        let channel = tl.occupied(|h, channel| h == g && channel);
+        let both = tl.occupied(|h, _| h == g);
+        let (p_gap, p_end) = tl.longest_gap(&private, down, w.end_ms);
+        let (c_gap, c_end) = tl.longest_gap(&channel, down, w.end_ms);
+        let (gap, _) = tl.longest_gap(&both, down, w.end_ms);
+        if !any_told || told[g] > 0 {
+            worst.0 = later(worst.0, p_end);
+            worst.1 = later(worst.1, c_end);
+            worst.2 = worst.2.max(gap);
+        }
+        per_node.push(json!({
+            "node": drill.nodes.get(g).cloned().unwrap_or_else(|| "other".into()),
+            "clients": clients[g],
+            "missed_clients": told[g],
+            "missed_first_ms": first_told[g],
+            "missed_last_ms": last_told[g],
+            "private_max_gap_ms": p_gap,
+            "private_resumed_ms": p_end,
+            "channel_max_gap_ms": c_gap,
+            "channel_resumed_ms": c_end,
+            "max_gap_ms": gap,
+        }));
+    }
+    json!({
+        "missed_clients": told.iter().sum::<u64>(),
+        "missed_before_down": missed_before,
+        "missed_first_ms": first_told.iter().flatten().min(),
+        "missed_last_ms": last_told.iter().flatten().max(),
+        "private_resumed_ms": worst.0.flatten(),
+        "channel_resumed_ms": worst.1.flatten(),
+        "private_never_resumed": matches!(worst.0, Some(None)),
+        "channel_never_resumed": matches!(worst.1, Some(None)),
+        "max_gap_ms": worst.2,
+        "nodes": per_node,
+    })
 }
 
 /// The figures relative to the first mark `t0`, the action.
