@@ -225,8 +225,15 @@ impl ImClient {
     /// ```
     pub async fn leave_chan(&self, client_id: &str, chan: &str) -> Result<()> {
         let (client, chan) = (ClientId::new(client_id)?, ChanName::new(chan)?);
-        let change = self.membership_change(LEAVE_SCRIPT, &client, &chan, false, None)?;
-        self.apply(vec![change]).await?;
+        // On a cluster the leave and a later channel message travel through two masters, so
+        // the message could overtake it: wait until the node has applied the leave.
+        let ack = self.keys().is_sharded().then(new_message_id);
+        let change = self.membership_change(LEAVE_SCRIPT, &client, &chan, false, ack.as_deref())?;
+        let taken = self.apply(vec![change]).await?;
+        if let Some(ack) = ack {
+            self.await_join_acks(&ack, taken.iter().filter(|t| **t > 0).count())
+                .await?;
+        }
         Ok(())
     }
 

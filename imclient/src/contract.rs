@@ -89,7 +89,9 @@ pub struct Membership {
     pub chan: ChanName,
     /// On a join: the list ([`crate::keys::Keys::ack`]) the node pushes the client id to once
     /// a channel message published from then on reaches the client (the channel's topic is
-    /// subscribed), or at once when the client is not on the node.
+    /// subscribed), or at once when the client is not on the node. On a leave (sent with one
+    /// on a Redis Cluster only): pushed once the leave is applied, so that a channel message
+    /// published from then on, through another master, cannot overtake it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
 }

@@ -19,6 +19,22 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
+/// Longest a command on a cluster may take, retries and redirections included. redis-rs
+/// retries a command to a failed master for minutes by default; a caller must rather learn
+/// within seconds that its send failed. Blocking reads here block for at most half a second.
+const CLUSTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Bounds a cluster request by [`CLUSTER_TIMEOUT`].
+async fn bounded<T>(request: impl std::future::Future<Output = RedisResult<T>>) -> RedisResult<T> {
+    match tokio::time::timeout(CLUSTER_TIMEOUT, request).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the Redis Cluster did not answer in time (a failover under way?)",
+        ))),
+    }
+}
+
 /// Where imclient and the nodes keep what they share.
 ///
 /// ```
@@ -97,7 +113,18 @@ impl Store {
                 "{url:?} names no cluster node: list seed addresses after redis+cluster://"
             ))),
             Some(seeds) => {
-                let pool = cluster::Config::from_urls(seeds.clone())
+                let mut config = cluster::Config::from_urls(seeds.clone());
+                // Taking a connection creates one (connecting to every master) or checks one
+                // with a PING: during a failover either can wait on the failed master.
+                config.pool = Some(deadpool_redis::PoolConfig {
+                    timeouts: deadpool_redis::Timeouts {
+                        wait: Some(CLUSTER_TIMEOUT),
+                        create: Some(CLUSTER_TIMEOUT),
+                        recycle: Some(CLUSTER_TIMEOUT),
+                    },
+                    ..Default::default()
+                });
+                let pool = config
                     .create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| Error::Options(format!("cannot build the cluster pool: {e}")))?;
                 Ok(Self {
@@ -160,9 +187,13 @@ impl Store {
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(tx)
                     .build();
+                let wanted = Wanted::default();
                 match client {
-                    Ok(client) => match client.get_async_connection().await {
-                        Ok(conn) => Ok((Subscriber::Cluster(conn), Messages::Cluster(rx))),
+                    Ok(client) => match bounded(client.get_async_connection()).await {
+                        Ok(conn) => Ok((
+                            Subscriber::Cluster(conn, wanted.clone()),
+                            Messages::Cluster(rx, wanted),
+                        )),
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),
@@ -227,7 +258,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => Box::pin(bounded(c.req_packed_command(cmd))),
         }
     }
 
@@ -273,7 +304,7 @@ impl ConnectionLike for SharedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             SharedConn::Single(c) => c.req_packed_command(cmd),
-            SharedConn::Cluster(c) => c.req_packed_command(cmd),
+            SharedConn::Cluster(c) => Box::pin(bounded(c.req_packed_command(cmd))),
         }
     }
 
@@ -306,7 +337,7 @@ fn cluster_pipeline<'a>(
 ) -> RedisFuture<'a, Vec<Value>> {
     let groups = by_slot(pipeline);
     if groups.len() <= 1 {
-        return conn.req_packed_commands(pipeline, offset, count);
+        return Box::pin(bounded(conn.req_packed_commands(pipeline, offset, count)));
     }
     let conn = conn.clone();
     Box::pin(async move {
@@ -319,7 +350,7 @@ fn cluster_pipeline<'a>(
             }
             async move {
                 let n = part.len();
-                let replies = conn.req_packed_commands(&part, 0, n).await?;
+                let replies = bounded(conn.req_packed_commands(&part, 0, n)).await?;
                 RedisResult::Ok(indexes.into_iter().zip(replies).collect::<Vec<_>>())
             }
         });
@@ -411,19 +442,27 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
+/// The topics a cluster subscription should hold, shared by its two halves: a shard that
+/// unsubscribes us from one of them by itself (its slot moved to another master) has lost it.
+type Wanted = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+fn lock_wanted(wanted: &Wanted) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    wanted.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The half of a subscription that changes what it receives.
 pub enum Subscriber {
     /// SUBSCRIBE on one server.
     Single(redis::aio::PubSubSink),
     /// SSUBSCRIBE on a cluster, to the shard of each topic.
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Wanted),
 }
 
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Subscriber::Single(_) => "Subscriber::Single",
-            Subscriber::Cluster(_) => "Subscriber::Cluster",
+            Subscriber::Cluster(..) => "Subscriber::Cluster",
         })
     }
 }
@@ -436,13 +475,16 @@ impl Subscriber {
         }
         match self {
             Subscriber::Single(sink) => sink.subscribe(topics).await,
-            Subscriber::Cluster(conn) => {
-                // One SSUBSCRIBE per slot: a shard refuses topics of several slots at once.
-                let sent = group_by_slot(topics).into_values().map(|group| {
-                    let mut conn = conn.clone();
-                    async move { conn.ssubscribe(group).await }
-                });
-                futures_util::future::try_join_all(sent).await.map(|_| ())
+            Subscriber::Cluster(conn, wanted) => {
+                lock_wanted(wanted).extend(topics.iter().cloned());
+                // One SSUBSCRIBE per slot (a shard refuses topics of several slots at once),
+                // one after the other: sent concurrently through clones of the connection
+                // while it was repairing itself after a failover, about one in four runs lost
+                // a subscription that Redis had confirmed.
+                for group in group_by_slot(topics).into_values() {
+                    bounded(conn.ssubscribe(group)).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -454,12 +496,37 @@ impl Subscriber {
         }
         match self {
             Subscriber::Single(sink) => sink.unsubscribe(topics).await,
-            Subscriber::Cluster(conn) => {
-                let sent = group_by_slot(topics).into_values().map(|group| {
-                    let mut conn = conn.clone();
-                    async move { conn.sunsubscribe(group).await }
-                });
-                futures_util::future::try_join_all(sent).await.map(|_| ())
+            Subscriber::Cluster(conn, wanted) => {
+                {
+                    let mut held = lock_wanted(wanted);
+                    for topic in topics {
+                        held.remove(topic);
+                    }
+                }
+                for group in group_by_slot(topics).into_values() {
+                    bounded(conn.sunsubscribe(group)).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether `topic` has a subscriber anywhere: on a cluster, where a subscription can go
+    /// missing without the connection dropping, a node checks its own topic (which only it
+    /// subscribes to) with this. Always true on one server, where the connection's health
+    /// says it all.
+    pub async fn holds(&mut self, topic: &str) -> RedisResult<bool> {
+        match self {
+            Subscriber::Single(_) => Ok(true),
+            Subscriber::Cluster(conn, _) => {
+                let counts: std::collections::HashMap<String, u64> = bounded(
+                    redis::cmd("PUBSUB")
+                        .arg("SHARDNUMSUB")
+                        .arg(topic)
+                        .query_async(conn),
+                )
+                .await?;
+                Ok(counts.get(topic).is_some_and(|n| *n > 0))
             }
         }
     }
@@ -468,7 +535,7 @@ impl Subscriber {
     pub async fn ping(&mut self) -> RedisResult<()> {
         match self {
             Subscriber::Single(sink) => sink.ping::<Value>().await.map(|_| ()),
-            Subscriber::Cluster(conn) => redis::cmd("PING")
+            Subscriber::Cluster(conn, _) => redis::cmd("PING")
                 .query_async::<Value>(conn)
                 .await
                 .map(|_| ()),
@@ -492,7 +559,7 @@ pub enum Messages {
     /// From one server.
     Single(BoxStream<'static, Msg>),
     /// Pushed by the cluster's shards.
-    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>),
+    Cluster(mpsc::UnboundedReceiver<redis::PushInfo>, Wanted),
 }
 
 impl std::fmt::Debug for Messages {
@@ -504,13 +571,24 @@ impl std::fmt::Debug for Messages {
 impl Messages {
     /// The next message; `None` once the subscription is lost. On a cluster, losing the
     /// connection to any shard counts as losing the subscription: what that shard published
-    /// meanwhile is gone, and the caller must learn that rather than carry on.
+    /// meanwhile is gone, and the caller must learn that rather than carry on. So does a shard
+    /// unsubscribing us from a topic we still want, which it does when the topic's slot moves
+    /// to another master: nothing would subscribe us at the new one.
     pub async fn next(&mut self) -> Option<Msg> {
         match self {
             Messages::Single(stream) => stream.next().await,
-            Messages::Cluster(rx) => loop {
+            Messages::Cluster(rx, wanted) => loop {
                 let push = rx.recv().await?;
                 match push.kind {
+                    PushKind::SUnsubscribe => {
+                        let topic = push.data.first().and_then(|t| match t {
+                            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                            _ => None,
+                        });
+                        if topic.is_some_and(|t| lock_wanted(wanted).contains(t)) {
+                            return None;
+                        }
+                    }
                     PushKind::SMessage | PushKind::Message => {
                         if let Some(msg) = Msg::from_push_info(push) {
                             return Some(msg);

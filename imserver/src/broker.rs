@@ -117,6 +117,11 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
                         tracing::warn!(node = %node.id(), "Redis subscriber did not answer a ping");
                         break;
                     }
+                    let held = tokio::time::timeout(PING_TIMEOUT, sink.holds(&topic)).await;
+                    if matches!(held, Ok(Ok(false))) {
+                        tracing::warn!(node = %node.id(), %topic, "Redis Cluster no longer holds this node's subscription");
+                        break;
+                    }
                 }
                 _ = stop.changed() => { node.set_redis_up(false); return }
             }
@@ -221,9 +226,14 @@ pub fn handle(node: &Node, store: &Store, bytes: &[u8]) {
             }
         }
         NodeCommand::Leave(m) => {
-            node.hub().apply(&m.client, ChanOp::Leave(m.chan));
+            node.hub().apply(&m.client, ChanOp::Leave(m.chan.clone()));
             if node.keys().is_sharded() {
                 node.hub().resync_client(&m.client);
+            }
+            // Applied: the acknowledgement goes out at once (the client is no member).
+            if let Some(ack) = m.ack {
+                node.work().join_acks.push(m.client, m.chan, ack);
+                settle_join_acks(node);
             }
         }
         NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),

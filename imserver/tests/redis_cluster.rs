@@ -52,11 +52,17 @@ async fn channel_and_node_topics_spread_over_the_shards() -> Result<()> {
         assert_eq!(report.nodes, 2, "both nodes hold {chan}'s topic");
     }
     c.im.send_message("s", [&a, &b], &"private", false).await?;
+    // Topics on different masters keep no order between them: compare as sets.
+    let mut want: Vec<serde_json::Value> = chans.iter().map(|c| json!(c)).collect();
+    want.push(json!("private"));
+    want.sort_by_key(|v| v.to_string());
     for ws in [&mut wa, &mut wb] {
-        for chan in &chans {
-            assert_eq!(ws.next_message().await?.payload, json!(chan));
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            got.push(ws.next_message().await?.payload);
         }
-        assert_eq!(ws.next_message().await?.payload, json!("private"));
+        got.sort_by_key(|v| v.to_string());
+        assert_eq!(got, want);
     }
     let after = spublish_calls(&c.redis, &masters).await?;
     let busy = before.iter().zip(&after).filter(|(b, a)| a > b).count();
@@ -87,11 +93,8 @@ async fn a_master_failover_keeps_sockets_open_and_tells_clients_what_they_may_ha
     // Sends fail loudly or are not taken until the node has subscribed again; then the message
     // arrives, after the node has told the client that something may be missing.
     wait_for("deliveries resume", WAIT, || async {
-        let report =
-            c.im.send_message("x", ["alice"], &"after", false)
-                .await
-                .ok()?;
-        report.nodes.iter().all(|n| n.taken).then_some(())
+        let report = c.im.send_message("x", ["alice"], &"after", false).await;
+        report.ok()?.nodes.iter().all(|n| n.taken).then_some(())
     })
     .await?;
     let (mut missed, mut after) = (false, false);
@@ -141,5 +144,109 @@ async fn a_join_that_arrives_after_a_newer_leave_is_undone_from_the_durable_sets
         .await?;
     c.im.send_message("s", ["alice"], &"marker", false).await?;
     assert_eq!(wa.next_message().await?.payload, json!("marker"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slot_moved_to_another_master_is_followed_and_clients_told_what_they_may_have_missed()
+-> Result<()> {
+    let c = Cluster::start_on(Redis::start_cluster()?, 1, NodeOpts::default()).await?;
+    let mut wa = c.connect("alice").await?;
+    c.im.join_chan("alice", "room").await?;
+    let report =
+        c.im.send_chan_message("s", "room", &"before", false)
+            .await?;
+    assert_eq!(report.nodes, 1);
+    assert_eq!(wa.next_message().await?.payload, json!("before"));
+
+    // The channel topic's slot moves to another master; the old one drops its subscribers.
+    let cluster = c.redis.cluster.as_ref().unwrap();
+    let topic = c.im.keys().chan_topic(&imclient::ChanName::new("room")?);
+    let slot = RedisCluster::slot_of(&topic);
+    let from = cluster.master_of_slot(slot)?;
+    let to = cluster
+        .master_ports()?
+        .into_iter()
+        .find(|p| *p != from)
+        .unwrap();
+    cluster.move_slot(slot, to)?;
+
+    wait_for("channel deliveries resume", WAIT, || async {
+        let report =
+            c.im.send_chan_message("s", "room", &"after", false)
+                .await
+                .ok()?;
+        (report.nodes == 1).then_some(())
+    })
+    .await?;
+    let (mut missed, mut after) = (false, false);
+    while !(missed && after) {
+        match wa.read(WAIT).await? {
+            Frame::Envelope(env) if env.payload == json!("after") => after = true,
+            Frame::Envelope(env) if env.payload["event"] == "missed" => missed = true,
+            other => panic!("expected `missed` and the message, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        c.redis.subscribers(&topic).await?,
+        1,
+        "subscribed on the new owner"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_channel_message_sent_after_leave_chan_returns_does_not_reach_the_client() -> Result<()> {
+    // On a cluster the leave (on the node's topic) and the channel message (on the channel's
+    // topic) travel through two masters: leave_chan waits for the node to have applied it.
+    let c = Cluster::start_on(Redis::start_cluster()?, 1, NodeOpts::default()).await?;
+    let mut wa = c.connect("alice").await?;
+    // A channel whose topic is on another master than the node's topic.
+    let node_slot = RedisCluster::slot_of(&c.im.keys().node_topic(&c.im.home_node("alice")?));
+    let cluster = c.redis.cluster.as_ref().unwrap();
+    let node_master = cluster.master_of_slot(node_slot)?;
+    let chan = (0..)
+        .map(|i| format!("room{i}"))
+        .find(|chan| {
+            let topic =
+                c.im.keys()
+                    .chan_topic(&imclient::ChanName::new(chan).unwrap());
+            cluster
+                .master_of_slot(RedisCluster::slot_of(&topic))
+                .unwrap()
+                != node_master
+        })
+        .unwrap();
+    for round in 0..20 {
+        c.im.join_chan("alice", &chan).await?;
+        c.im.leave_chan("alice", &chan).await?;
+        c.im.send_chan_message("s", &chan, &format!("late {round}"), false)
+            .await?;
+        c.im.send_message("s", ["alice"], &format!("marker {round}"), false)
+            .await?;
+        let env = wa.next_message().await?;
+        assert_eq!(
+            env.payload,
+            json!(format!("marker {round}")),
+            "round {round}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_subscription_knows_which_topics_it_holds() -> Result<()> {
+    // What a node checks its own topic with, every few seconds, on a cluster.
+    let redis = Redis::start_cluster()?;
+    let store = imclient::store::Store::open(&redis.url())?;
+    let (mut subscriber, _messages) = store.subscribe().await.unwrap()?;
+    let topics: Vec<String> = (0..5).map(|i| format!("held{i}")).collect();
+    subscriber.subscribe(&topics).await?;
+    for topic in &topics {
+        assert!(subscriber.holds(topic).await?, "{topic}");
+    }
+    assert!(!subscriber.holds("not-held").await?);
+    subscriber.unsubscribe(&topics[..1]).await?;
+    assert!(!subscriber.holds(&topics[0]).await?);
     Ok(())
 }
