@@ -8,7 +8,7 @@
 # Redis Cluster instead (three masters with one replica each, IM_REDIS_URL=redis+cluster://<all
 # six>): topics are then sharded (SPUBLISH/SSUBSCRIBE). Prints imbench's JSON line, with "redis"
 # added: per redis-server its port, role, PUBLISH + SPUBLISH calls and CPU seconds (user +
-# system), counted from its start, so connecting and channel setup are included.
+# system) from when imbench started sending to its end (connecting and channel setup left out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -59,17 +59,43 @@ for k in $(seq 1 "${NODES:-1}"); do
   nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
 done
 join() { local IFS=,; echo "$*"; }
-line=$("${IMBENCH:-target/release/imbench}" --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@")
-if ! command -v jq >/dev/null 2>&1 || ! jq -e 'type == "object"' >/dev/null 2>&1 <<<"$line"; then
-  echo "$line" # --help, or no jq
-  exit 0
+# Per redis-server: port, role, PUBLISH + SPUBLISH calls, CPU seconds (user + system).
+redis_stats() {
+  local p
+  for p in "${rports[@]}"; do
+    redis-cli -p "$p" INFO everything | tr -d '\r' | awk -v port="$p" -F'[:,=]' '
+      $1 == "role" { role = $2 }
+      $1 == "cmdstat_publish" || $1 == "cmdstat_spublish" { pub += $3 }
+      $1 == "used_cpu_sys" || $1 == "used_cpu_user" { cpu += $2 }
+      END { printf "%s %s %d %.3f\n", port, role, pub, cpu }'
+  done
+}
+# imbench says on stderr when it starts sending: the Redis figures are taken from then on, so
+# connecting and channel setup are left out.
+: >"$run/stderr"
+"${IMBENCH:-target/release/imbench}" --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@" \
+  >"$run/report" 2>"$run/stderr" &
+bpid=$!
+pids+=("$bpid")
+before=""
+while kill -0 "$bpid" 2>/dev/null; do
+  if grep -q '^imbench: sending' "$run/stderr"; then
+    before=$(redis_stats)
+    break
+  fi
+  sleep 0.05
+done
+status=0
+wait "$bpid" || status=$?
+grep -v '^imbench: sending' "$run/stderr" >&2 || true
+line=$(cat "$run/report")
+if [ "$status" != 0 ] || [ -z "$before" ] || ! command -v jq >/dev/null 2>&1 ||
+  ! jq -e 'type == "object"' >/dev/null 2>&1 <<<"$line"; then
+  [ -n "$line" ] && echo "$line" # --help, a failed run, or no jq
+  exit "$status"
 fi
-# What each redis-server did: the spread of the publishes over a cluster's shards, and its CPU.
-redis=$(for p in "${rports[@]}"; do
-  redis-cli -p "$p" INFO everything | tr -d '\r' | awk -v port="$p" -F'[:,=]' '
-    $1 == "role" { role = $2 }
-    $1 == "cmdstat_publish" || $1 == "cmdstat_spublish" { pub += $3 }
-    $1 == "used_cpu_sys" || $1 == "used_cpu_user" { cpu += $2 }
-    END { printf "{\"port\":%s,\"role\":\"%s\",\"publish\":%d,\"cpu_secs\":%.2f}\n", port, role, pub, cpu }'
-done | jq -sc .)
+after=$(redis_stats)
+redis=$(awk 'NR == FNR { pub[$1] = $3; cpu[$1] = $4; next }
+  { printf "{\"port\":%s,\"role\":\"%s\",\"publish\":%d,\"cpu_secs\":%.2f}\n", $1, $2, $3 - pub[$1], $4 - cpu[$1] }' \
+  <(echo "$before") <(echo "$after") | jq -sc .)
 jq -c --argjson r "$redis" '. + {redis: $r}' <<<"$line"

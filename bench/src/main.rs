@@ -505,6 +505,8 @@ async fn main() -> Result<()> {
         Target::Peer(_) => args.pusher_batch.max(1) as u64,
     };
     let mut sends = futures_util::stream::FuturesUnordered::new();
+    // For scripts that sample the servers around the sending alone (scripts/bench-run.sh).
+    eprintln!("imbench: sending");
     let send_start = Instant::now();
     let send_for = Duration::from_secs_f64(args.duration);
     let mut interval = tokio::time::interval(Duration::from_millis(10));
