@@ -178,7 +178,7 @@ finish_bench() {
 drop_line() {
   cat "$out/drill$d"-node*.metrics 2>/dev/null | awk -v lapsed="$(cat "$out/drill$d"-node*.log 2>/dev/null | grep -c 'lease had lapsed')" '
     /^im_drops_total\{/ { match($0, /reason="[^"]*"/); r = substr($0, RSTART + 8, RLENGTH - 9); d[r] += $NF }
-    /^im_redis_reconnects_total / { rc += $NF }
+    /^im_redis_reconnects_total[ {]/ { rc += $NF }
     END { printf "  nodes at the end: drops"; for (r in d) printf " %s %d", r, d[r]
           printf "; Redis reconnects %d; leases found lapsed %d\n", rc, lapsed }'
 }
