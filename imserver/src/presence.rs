@@ -147,6 +147,17 @@ impl Writer {
         }
         if Instant::now() >= self.next_renewal {
             if self.renew_lease(&mut conn).await? {
+                // While the lease was gone, backends sent this node's clients' messages to
+                // another node, which had no such client: say so at once, and tell the
+                // clients, as after an outage, that something may be missing.
+                announce(&mut conn, self.keys(), self.node.id(), true).await?;
+                self.node
+                    .hub()
+                    .mark_missed(&imclient::contract::system_frame(
+                        &imclient::contract::SystemEvent::Missed {
+                            reason: imclient::contract::RecoveryRefusal::RedisOutage,
+                        },
+                    ));
                 self.resync(&mut conn).await?;
             }
             self.purge_dead_peers(&mut conn).await?;

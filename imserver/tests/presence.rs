@@ -288,3 +288,33 @@ async fn malformed_entries_in_the_event_stream_are_skipped() -> Result<()> {
     assert_eq!(events.skipped(), 2);
     Ok(())
 }
+
+/// While a node's lease is gone (Redis was unreachable longer than the lease, or a peer purged
+/// it), backends route its clients' messages to other nodes, which do not have them: once the
+/// node holds its lease again, its clients are told that something may be missing.
+#[tokio::test]
+async fn a_lapsed_lease_tells_the_nodes_clients_they_may_have_missed_messages() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut ws = c.connect("alice").await?;
+    let lease = c.im.keys().lease(&c.im.home_node("alice")?);
+    let mut redis = c.redis.conn().await?;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&lease)
+        .query_async(&mut redis)
+        .await?;
+    match ws.read(WAIT).await? {
+        fixture::Frame::Envelope(env) => {
+            assert_eq!(env.payload["event"], "missed", "{env:?}");
+            assert_eq!(env.payload["reason"], "redis_outage", "{env:?}");
+        }
+        other => panic!("expected the missed event, got {other:?}"),
+    }
+    let url = c.im.prev_connect_server("alice", json!(null))?;
+    let w = fixture::Ws::connect(&fixture::with_since(&url, &ws.epoch(), ws.welcome_seq())).await?;
+    assert_eq!(
+        w.recovered(),
+        Some(false),
+        "a resume from before the lapse is refused"
+    );
+    Ok(())
+}
