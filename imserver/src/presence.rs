@@ -39,6 +39,11 @@ if ARGV[2] ~= 'force' then redis.call('SREM', KEYS[3], ARGV[1]) end
 return entries
 ";
 
+/// How long after a lapsed lease is renewed every backend has read the live set again: the
+/// announcement makes them read it at once, and they read it every second anyway. Messages
+/// they routed elsewhere until then are lost; the node's clients are told after it.
+const LAPSE_SETTLES: Duration = Duration::from_millis(1250);
+
 /// How long a moved client's presence waits for its new home to claim it before the client
 /// counts as gone.
 const MOVE_GRACE: Duration = Duration::from_secs(10);
@@ -69,6 +74,8 @@ struct Writer {
     /// Clients this node moved to another node, with their last record, until the new home
     /// claims them or the grace period ends.
     moves: HashMap<ClientId, (Instant, PresenceRecord)>,
+    /// When to tell every client `missed` after a lapsed lease (see [`LAPSE_SETTLES`]).
+    missed_due: Option<Instant>,
 }
 
 /// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
@@ -81,6 +88,7 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
         started: false,
         next_renewal: Instant::now(),
         moves: HashMap::new(),
+        missed_due: None,
     };
     // The lease makes backends route to this node: not before it can hear them.
     tokio::select! {
@@ -106,6 +114,7 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
             _ = writer.node.work().presence.wait() => {}
             _ = writer.node.work().chan_counts.wait() => {}
             _ = tokio::time::sleep_until(writer.next_renewal) => {}
+            _ = tokio::time::sleep_until(writer.missed_due.unwrap_or(writer.next_renewal)), if writer.missed_due.is_some() => {}
             _ = tokio::time::sleep(MOVE_GRACE), if !writer.moves.is_empty() => {}
             _ = stop.changed() => return,
         }
@@ -118,6 +127,16 @@ impl Writer {
     }
 
     async fn step(&mut self) -> redis::RedisResult<()> {
+        if self.missed_due.is_some_and(|due| Instant::now() >= due) {
+            self.missed_due = None;
+            self.node
+                .hub()
+                .mark_missed(&imclient::contract::system_frame(
+                    &imclient::contract::SystemEvent::Missed {
+                        reason: imclient::contract::RecoveryRefusal::RedisOutage,
+                    },
+                ));
+        }
         let mut conn = self.store.get().await.map_err(pool_error)?;
         if !self.started {
             // Whatever this node's hash holds is from a previous run: those clients are gone.
@@ -148,16 +167,10 @@ impl Writer {
         if Instant::now() >= self.next_renewal {
             if self.renew_lease(&mut conn).await? {
                 // While the lease was gone, backends sent this node's clients' messages to
-                // another node, which had no such client: say so at once, and tell the
-                // clients, as after an outage, that something may be missing.
+                // another node, which had no such client: say we are back at once, and once
+                // every backend has read that, tell the clients that something may be missing.
                 announce(&mut conn, self.keys(), self.node.id(), true).await?;
-                self.node
-                    .hub()
-                    .mark_missed(&imclient::contract::system_frame(
-                        &imclient::contract::SystemEvent::Missed {
-                            reason: imclient::contract::RecoveryRefusal::RedisOutage,
-                        },
-                    ));
+                self.missed_due = Some(Instant::now() + LAPSE_SETTLES);
                 self.resync(&mut conn).await?;
             }
             self.purge_dead_peers(&mut conn).await?;
