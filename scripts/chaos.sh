@@ -192,12 +192,16 @@ verdict() { # drill title, failures... (and the warnings in $warns)
   echo "${results[-1]}"
 }
 # Sets warns: what is wrong but outside a drill's rule. A private message that a node took
-# (the sender was told so) and no client received is lost without anyone being told (drills
-# 2-4; in drill 1 the killed node takes some before it dies, and its clients are told).
+# (the sender was told so) and no client received is lost (drills 2-4; in drill 1 the killed
+# node takes some before it dies, and its clients are told): a warning when its receiver was
+# told `missed` after it was sent, a failure (added to fails) when not, since then nobody
+# learnt of the loss.
 lost_warning() {
   warns=()
   jq -e '.private_lost.count == 0' "$1" >/dev/null ||
-    warns+=("$(jq -r '.private_lost.count' "$1") private messages taken by a node and never delivered")
+    warns+=("$(jq -r '.private_lost.count' "$1") private messages taken by a node and never delivered (their receivers told missed after: $(jq -r '.private_lost.count - .private_lost.unannounced' "$1"))")
+  jq -e '(.private_lost.unannounced // 0) == 0' "$1" >/dev/null ||
+    fails+=("$(jq -r '.private_lost.unannounced' "$1") private messages lost without their receiver being told missed")
 }
 base_checks() { # sets fails: what every drill needs to mean anything; warns is emptied
   fails=()
@@ -210,7 +214,7 @@ common_lines() { # what every drill reports
     "  max pause between deliveries before the action: \(.max_gap_before_action_ms) ms",
     "  seq over all clients: \(.seq.gaps) gaps (\(.seq.missing) missing), \(.seq.duplicates) duplicates, \(.seq.epoch_mismatch) epoch mismatches" + (if .seq.samples != [] then " e.g. \(.seq.samples[0:3])" else "" end),
     "  disconnects \(.disconnects.total) (\(.disconnects.clients) clients) by close code \(.disconnects.codes); failed attempts \(.attempts_failed.total) \(.attempts_failed.kinds)",
-    "  private messages: \(.private_taken) taken by the receiver'"'"'s node, \(.deliveries_private) delivered; taken and never delivered: \(.private_lost.count)" + (if .private_lost.count > 0 then " \(.private_lost.by_node), sent \(.private_lost.sent_first_ms) to \(.private_lost.sent_last_ms) ms after the \(.marks | keys_unsorted | .[0]) mark" else "" end)' "$1"
+    "  private messages: \(.private_taken) taken by the receiver'"'"'s node, \(.deliveries_private) delivered; taken and never delivered: \(.private_lost.count), of which receivers never told missed after: \(.private_lost.unannounced // 0)" + (if .private_lost.count > 0 then " \(.private_lost.by_node), sent \(.private_lost.sent_first_ms) to \(.private_lost.sent_last_ms) ms after the \(.marks | keys_unsorted | .[0]) mark" else "" end)' "$1"
   drop_line
 }
 

@@ -480,28 +480,43 @@ struct Sent {
     t: u64,
     /// The node that took a private message.
     node: Option<String>,
+    /// The receiver of a private message (its client number, the index of its log).
+    receiver: Option<usize>,
 }
 
-/// The private messages a node took (`taken`: send time, node) that no client received: how
-/// many, on which node, and when they were sent (ms after `t0`, the first mark, when there is
-/// one; else the unix ms). Each message is named by its send time in ns.
-fn lost_private(taken: &[(u64, String)], logs: &[Log], t0: Option<u64>) -> Value {
+/// The private messages a node took (`taken`: send time, node, receiver) that no client
+/// received: how many, on which node, and when they were sent (ms after `t0`, the first mark,
+/// when there is one; else the unix ms). Each message is named by its send time in ns.
+/// `unannounced` counts those whose receiver was not told `missed` at or after the send: the
+/// losses nobody learnt of.
+fn lost_private(
+    taken: &[(u64, String, Option<usize>)],
+    logs: &[Option<&Log>],
+    t0: Option<u64>,
+) -> Value {
     let delivered: std::collections::HashSet<u64> = logs
         .iter()
+        .flatten()
         .flat_map(|l| l.private_sent.iter().copied())
         .collect();
     let mut by_node = BTreeMap::new();
     let mut sent_ms = Vec::new();
-    for (t, node) in taken {
+    let mut unannounced = 0u64;
+    for (t, node, receiver) in taken {
         if !delivered.contains(t) {
             count(&mut by_node, node.clone());
             let ms = t / 1_000_000;
             sent_ms.push(t0.map_or(ms as i64, |t0| ms as i64 - t0 as i64));
+            let told = receiver
+                .and_then(|r| logs.get(r).copied().flatten())
+                .is_some_and(|log| log.missed().any(|(at, _)| at >= ms));
+            unannounced += u64::from(!told);
         }
     }
     sent_ms.sort_unstable();
     json!({
         "count": sent_ms.len(),
+        "unannounced": unannounced,
         "by_node": by_node,
         "sent_first_ms": sent_ms.first(),
         "sent_last_ms": sent_ms.last(),
@@ -612,7 +627,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
     // Channel sends by how many nodes took them.
     let mut chan_taken_by: BTreeMap<u64, u64> = BTreeMap::new();
     // The private messages a node took: send time (`t`, ns) and that node.
-    let mut taken_private: Vec<(u64, String)> = Vec::new();
+    let mut taken_private: Vec<(u64, String, Option<usize>)> = Vec::new();
     // When sends ended, on the timeline's grid: group 0 taken by a node, group 1 not, group 2
     // failed.
     let send_ok = Timeline::new(
@@ -631,7 +646,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
                 sent_private += 1;
                 private_taken += sent.receivers_taken;
                 if sent.receivers_taken > 0 {
-                    taken_private.push((sent.t, sent.node.unwrap_or_default()));
+                    taken_private.push((sent.t, sent.node.unwrap_or_default(), sent.receiver));
                 }
             }
         }
@@ -667,6 +682,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
                             receivers_taken: 0,
                             t,
                             node: None,
+                            receiver: None,
                         })
                 } else {
                     drill
@@ -688,6 +704,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
                                 .iter()
                                 .find(|n| n.taken)
                                 .map(|n| n.node.as_str().to_owned()),
+                            receiver: Some(to as usize),
                         })
                 };
                 (to_chan, done.map_err(anyhow::Error::from))
@@ -707,15 +724,21 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
     tokio::time::sleep_until(drain_until).await;
     let _ = stop_tx.send(true);
     let finish_by = tokio::time::Instant::now() + FINISH_TIMEOUT;
-    let mut logs = Vec::with_capacity(clients.len());
-    let mut unfinished = 0usize;
+    // By client number (`None`: its task did not finish), to find a receiver's log.
+    let mut by_client: Vec<Option<Log>> = Vec::with_capacity(clients.len());
     for c in clients {
-        match tokio::time::timeout_at(finish_by, c).await {
-            Ok(Ok(log)) => logs.push(log),
-            _ => unfinished += 1,
-        }
+        by_client.push(
+            tokio::time::timeout_at(finish_by, c)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        );
     }
+    let unfinished = by_client.iter().filter(|l| l.is_none()).count();
     let marks = read_marks(args.drill_marks.as_deref())?;
+    let receivers: Vec<Option<&Log>> = by_client.iter().map(Option::as_ref).collect();
+    let lost = lost_private(&taken_private, &receivers, marks.first().map(|(_, t)| *t));
+    let logs: Vec<Log> = by_client.into_iter().flatten().collect();
     let mut report = report(
         &drill,
         &logs,
@@ -748,10 +771,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
                 .collect::<serde_json::Map<String, Value>>()
                 .into(),
         );
-        r.insert(
-            "private_lost".into(),
-            lost_private(&taken_private, &logs, marks.first().map(|(_, t)| *t)),
-        );
+        r.insert("private_lost".into(), lost);
         if let Some(down) = marks.iter().find(|(n, _)| n == "down").map(|(_, t)| *t) {
             let dropped = send_ok.occupied(|g, _| g == 1);
             let failed = send_ok.occupied(|g, _| g == 2);
