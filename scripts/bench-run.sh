@@ -9,6 +9,11 @@
 # six>): topics are then sharded (SPUBLISH/SSUBSCRIBE). Prints imbench's JSON line, with "redis"
 # added: per redis-server its port, role, PUBLISH + SPUBLISH calls and CPU seconds (user +
 # system) from when imbench started sending to its end (connecting and channel setup left out).
+# PROCS=N runs imbench as N processes (`imbench --procs N`: each opens its share of the
+# clients, and their reports are merged, latency histograms included, into the one line, with
+# node RSS per node before and after connecting); by default one process per 15,000 clients, as
+# one process may hold only about 20,000 open files here. E.g. four nodes, 60,000 connections:
+#   NODES=4 scripts/bench-run.sh --workload broadcast --clients 60000 --rate 1 --duration 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -44,6 +49,19 @@ cluster)
   exit 2
   ;;
 esac
+# One imbench process per 15,000 clients unless PROCS says otherwise.
+if [ -z "${PROCS:-}" ]; then
+  clients=1000 # imbench's default
+  prev=""
+  for a in "$@"; do
+    case "$a" in --clients=*) clients=${a#--clients=} ;; esac
+    [ "$prev" = --clients ] && clients=$a
+    prev=$a
+  done
+  PROCS=$(((clients + 14999) / 15000))
+fi
+procs=()
+[ "$PROCS" -gt 1 ] && procs=(--procs "$PROCS")
 export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 nodes=()
@@ -73,7 +91,8 @@ redis_stats() {
 # imbench says on stderr when it starts sending: the Redis figures are taken from then on, so
 # connecting and channel setup are left out.
 : >"$run/stderr"
-"${IMBENCH:-target/release/imbench}" --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" "$@" \
+"${IMBENCH:-target/release/imbench}" --nodes "$(join "${nodes[@]}")" --node-pid "$(join "${npids[@]}")" \
+  ${procs[@]+"${procs[@]}"} "$@" \
   >"$run/report" 2>"$run/stderr" &
 bpid=$!
 pids+=("$bpid")

@@ -7,6 +7,9 @@
 //! instead, for soak tests (`churn.rs`, `scripts/soak.sh`). `--workload drill` holds every
 //! client connected, reconnecting as a browser should, while `scripts/chaos.sh` kills nodes
 //! or Redis, and reports what the clients saw (`drill.rs`).
+//! `--procs N` runs the tool as N processes (one process's open-file limit caps its
+//! connections), each opening its share of the clients, and merges their reports, latency
+//! histograms included, into one line (`shard.rs`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
@@ -25,6 +28,7 @@ use tokio::sync::Semaphore;
 mod churn;
 mod drill;
 mod pusher;
+mod shard;
 mod wire;
 
 /// What traffic to drive.
@@ -36,6 +40,9 @@ enum Workload {
     Channel,
     /// Many small channels (`--chan-size` members each); each message to a random one.
     SmallChannels,
+    /// Broadcasts to every online client of every node (imserver only): `--rate` per second
+    /// for `--duration` seconds; the latency's max is the time until the last client had one.
+    Broadcast,
     /// Clients connect, stay a random time, disconnect and come back, for the whole run,
     /// while messages go to random clients and to `--chans` channels (a soak test).
     Churn,
@@ -118,6 +125,22 @@ struct Args {
     /// mark are followed to their new node.
     #[arg(long)]
     drill_node: Option<String>,
+    /// How long to wait for the last deliveries after sending ends, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Run as this many processes of this tool, each opening its share of `--clients` (client
+    /// ids do not collide), and print one report merged from theirs (latency histograms
+    /// merged; node RSS per node before and after connecting). For more connections than one
+    /// process's open-file limit allows. Private, channel and broadcast workloads only.
+    #[arg(long, default_value_t = 1)]
+    procs: usize,
+    /// Internal (set by `--procs`): this process is shard I of N; it opens clients
+    /// [clients*I/N, clients*(I+1)/N) and takes its start and stop from stdin.
+    #[arg(long, value_parser = shard::parse_shard, hide = true)]
+    shard: Option<shard::Shard>,
+    /// Tag of this run's channel names; the shards of one run share it (default: random).
+    #[arg(long, hide = true)]
+    run_id: Option<String>,
 }
 
 /// A connection (with its handshake and subscriptions) that takes longer than this is counted
@@ -167,6 +190,8 @@ impl Tally {
 /// Shared counters and latency histograms of the readers.
 struct Stats {
     received: AtomicU64,
+    /// When the last delivery arrived, ns since the epoch.
+    last_delivery_ns: AtomicU64,
     /// Sharded so thousands of reader tasks rarely contend.
     latency: Vec<Mutex<Histogram<u64>>>,
 }
@@ -188,9 +213,10 @@ fn private_chan(client: u64) -> String {
 /// What this run's channel names start with. Only characters Pusher allows in channel names
 /// (`[A-Za-z0-9_\-=@,.;]`), so both servers get the same names.
 fn chan_prefix() -> &'static str {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PREFIX.get_or_init(|| format!("bench-{}-", now_ns() % 1_000_000_007))
 }
+
+static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -265,8 +291,8 @@ async fn open_ws(url: &str, spread: usize) -> Result<wire::Socket> {
     wire::Socket::upgrade(open_tcp(target, spread).await?, host, &format!("/{path}")).await
 }
 
-/// Connects client `i` to its home node and starts reading.
-async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
+/// Connects client `i` to its home node and starts reading; returns the connect URL.
+async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<String> {
     let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
     let mut ws = open_ws(&url, i).await?;
     let mut welcomed = false;
@@ -287,16 +313,17 @@ async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<()> {
             })
             .await;
     });
-    Ok(())
+    Ok(url)
 }
 
-/// Connects client `i` to the peer, subscribes it to its channels and starts reading.
+/// Connects client `i` to the peer, subscribes it to its channels and starts reading; returns
+/// the node's address.
 async fn connect_peer(
     peer: &pusher::Peer,
     i: usize,
     channels: Vec<String>,
     stats: Arc<Stats>,
-) -> Result<()> {
+) -> Result<String> {
     let addr = peer.node(i);
     let mut ws = pusher::subscribe(peer, addr, open_tcp(addr, i).await?, &channels).await?;
     tokio::spawn(async move {
@@ -305,14 +332,16 @@ async fn connect_peer(
             .read(|text| pusher::pong_or(text, |text| record(&stats, shard, text)))
             .await;
     });
-    Ok(())
+    Ok(addr.to_string())
 }
 
 /// Counts a delivery and records its latency, if `text` carries a send time.
 fn record(stats: &Stats, shard: &Mutex<Histogram<u64>>, text: &[u8]) {
     if let Some(t) = wire::sent_at(text) {
-        let micros = now_ns().saturating_sub(t) / 1000;
+        let now = now_ns();
+        let micros = now.saturating_sub(t) / 1000;
         stats.received.fetch_add(1, Relaxed);
+        stats.last_delivery_ns.fetch_max(now, Relaxed);
         let _ = lock(shard).record(micros.max(1));
     }
 }
@@ -331,6 +360,9 @@ async fn send(
                     Workload::Private | Workload::Churn | Workload::Drill => {
                         im.send_message("bench", [format!("c{to}")], &payload, false)
                             .await?;
+                    }
+                    Workload::Broadcast => {
+                        im.broadcast("bench", &payload).await?;
                     }
                     _ => {
                         im.send_chan_message("bench", &chan_name(to as usize), &payload, false)
@@ -364,7 +396,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if let Some(id) = &args.run_id {
+        let _ = PREFIX.set(format!("bench-{id}-"));
+    }
+    if args.procs > 1 {
+        return shard::coordinate(&args).await;
+    }
     let peer_mode = !args.pusher_addr.is_empty();
+    if args.shard.is_some()
+        && !matches!(
+            args.workload,
+            Workload::Private | Workload::Channel | Workload::Broadcast
+        )
+    {
+        bail!("several processes run the private, channel and broadcast workloads only");
+    }
+    if peer_mode && matches!(args.workload, Workload::Broadcast) {
+        bail!("the broadcast workload runs against imserver only");
+    }
     let target = if peer_mode {
         let peer = pusher::Peer {
             addrs: args.pusher_addr.clone(),
@@ -388,25 +437,41 @@ async fn main() -> Result<()> {
         };
         return drill::run(&args, im).await;
     }
+    let report = run(&args, target).await?;
+    println!("{report}");
+    Ok(())
+}
+
+/// The private, channel, small-channels and broadcast workloads: connects, sends, reports. As
+/// a shard (`--shard`), only its share of the clients, with its start and stop from stdin.
+async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
+    let peer_mode = !args.pusher_addr.is_empty();
     let target = Arc::new(target);
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
+        last_delivery_ns: AtomicU64::new(0),
         latency: (0..LATENCY_SHARDS)
             .map(|_| Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds")))
             .collect(),
     });
     let me = std::process::id().to_string();
+    // This process's clients: all, or its shard's share.
+    let (lo, hi) = match args.shard {
+        Some(s) => s.range(args.clients),
+        None => (0, args.clients),
+    };
+    let mut control = args.shard.map(|_| shard::Control::new());
 
     // Memberships are durable: set them up before anyone connects.
     let groups = match args.workload {
-        Workload::Private | Workload::Churn | Workload::Drill => 0,
+        Workload::Private | Workload::Churn | Workload::Drill | Workload::Broadcast => 0,
         Workload::Channel => 1,
         Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
     };
     if let Target::Im(im) = &*target {
         for g in 0..groups {
             let members: Vec<String> = match args.workload {
-                Workload::Channel => (0..args.clients).map(|i| format!("c{i}")).collect(),
+                Workload::Channel => (lo..hi).map(|i| format!("c{i}")).collect(),
                 _ => (g * args.chan_size..((g + 1) * args.chan_size).min(args.clients))
                     .map(|i| format!("c{i}"))
                     .collect(),
@@ -417,12 +482,14 @@ async fn main() -> Result<()> {
 
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(args.connect_concurrency));
-    let mut tasks = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    let mut tasks = Vec::with_capacity(hi - lo);
+    for i in lo..hi {
         let (target, stats, gate) = (target.clone(), stats.clone(), gate.clone());
         // A peer subscribes each socket to the channels it belongs to.
         let channels = match args.workload {
-            Workload::Private | Workload::Churn | Workload::Drill => vec![private_chan(i as u64)],
+            Workload::Private | Workload::Churn | Workload::Drill | Workload::Broadcast => {
+                vec![private_chan(i as u64)]
+            }
             Workload::Channel => vec![chan_name(0)],
             Workload::SmallChannels => vec![chan_name(i / args.chan_size.max(1))],
         };
@@ -443,12 +510,29 @@ async fn main() -> Result<()> {
     }
     let mut connected = 0usize;
     let mut first_error = None;
-    let mut online = vec![false; args.clients];
-    for (i, t) in tasks.into_iter().enumerate() {
+    let mut online = vec![false; hi - lo];
+    // Connections per node, in the order of --nodes (or --pusher-addr).
+    let node_names: Vec<String> = if peer_mode {
+        args.pusher_addr.iter().map(ToString::to_string).collect()
+    } else {
+        args.im
+            .nodes
+            .iter()
+            .map(|n| format!("{}/", n.trim_end_matches('/')))
+            .collect()
+    };
+    let mut per_node = vec![0u64; node_names.len()];
+    for (k, t) in tasks.into_iter().enumerate() {
         match t.await? {
-            Ok(()) => {
+            Ok(node) => {
                 connected += 1;
-                online[i] = true;
+                online[k] = true;
+                if let Some(n) = node_names
+                    .iter()
+                    .position(|name| node == *name || node.starts_with(name))
+                {
+                    per_node[n] += 1;
+                }
             }
             Err(e) => {
                 first_error.get_or_insert(format!("{e:#}"));
@@ -456,8 +540,20 @@ async fn main() -> Result<()> {
         }
     }
     let connect_secs = started.elapsed().as_secs_f64();
+    // A shard says it is connected and waits for the others: the coordinator says go, with
+    // how many are connected in all.
+    let all_connected = match &mut control {
+        Some(c) => c.connected(connected).await?,
+        None => connected as u64,
+    };
+    // Who sends: the one process, or with shards every shard its own clients' private messages
+    // and shard 0 the channel messages and broadcasts (each reaches every shard's clients).
+    let sender = match args.shard {
+        None => true,
+        Some(s) => s.index == 0 || matches!(args.workload, Workload::Private),
+    };
     // Channel messages reach only members whose channels the nodes have loaded: wait for it.
-    if let (Target::Im(im), true) = (&*target, groups > 0) {
+    if let (Target::Im(im), true, true) = (&*target, groups > 0, sender) {
         let ready_by = Instant::now() + Duration::from_secs(60);
         loop {
             let chans = im.chans().await?;
@@ -466,20 +562,22 @@ async fn main() -> Result<()> {
                 .filter(|c| c.chan.as_str().starts_with(chan_prefix()))
                 .map(|c| c.online)
                 .sum();
-            if online >= connected as u64 {
+            if online >= all_connected {
                 break;
             }
             if Instant::now() > ready_by {
-                bail!("only {online} of {connected} members online in their channels after 60 s");
+                bail!(
+                    "only {online} of {all_connected} members online in their channels after 60 s"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     // Deliveries are expected only to connected clients: a client that failed to connect is a
-    // connect error in the report, not a loss. Connected members per channel:
+    // connect error in the report, not a loss. Connected members per channel (of this process):
     let members_online: Vec<u64> = match args.workload {
         Workload::Private | Workload::Churn | Workload::Drill => Vec::new(),
-        Workload::Channel => vec![connected as u64],
+        Workload::Channel | Workload::Broadcast => vec![connected as u64],
         Workload::SmallChannels => online
             .chunks(args.chan_size.max(1))
             .map(|group| group.iter().filter(|&&o| o).count() as u64)
@@ -504,11 +602,19 @@ async fn main() -> Result<()> {
         Target::Im(_) => 1,
         Target::Peer(_) => args.pusher_batch.max(1) as u64,
     };
+    // A shard sending private messages sends its share of the rate, to its own clients.
+    let rate = match args.workload {
+        Workload::Private => args.rate as f64 * (hi - lo) as f64 / args.clients.max(1) as f64,
+        _ => args.rate as f64,
+    };
     let mut sends = futures_util::stream::FuturesUnordered::new();
     // For scripts that sample the servers around the sending alone (scripts/bench-run.sh).
-    eprintln!("imbench: sending");
+    if args.shard.is_none() {
+        eprintln!("imbench: sending");
+    }
+    let first_send_ns = now_ns();
     let send_start = Instant::now();
-    let send_for = Duration::from_secs_f64(args.duration);
+    let send_for = Duration::from_secs_f64(if sender { args.duration } else { 0.0 });
     let mut interval = tokio::time::interval(Duration::from_millis(10));
     let mut created = 0u64;
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
@@ -519,7 +625,7 @@ async fn main() -> Result<()> {
             break;
         }
         // Rounded up: the first message goes at once, and a 1 s run at 10/s sends 10.
-        let due = (elapsed.as_secs_f64() * args.rate as f64).ceil() as u64;
+        let due = (elapsed.as_secs_f64() * rate).ceil() as u64;
         while created < due && sends.len() < max_in_flight {
             // One message per send, or up to --pusher-batch in one batch publish to the peer.
             let k = (due - created).min(batch);
@@ -532,10 +638,10 @@ async fn main() -> Result<()> {
                     // Receiver: a client id (private) or a channel; and how many get it.
                     let (to, receivers) = match args.workload {
                         Workload::Private | Workload::Churn | Workload::Drill => {
-                            let to = rng % args.clients as u64;
-                            (to, u64::from(online[to as usize]))
+                            let k = rng % (hi - lo) as u64;
+                            (lo as u64 + k, u64::from(online[k as usize]))
                         }
-                        Workload::Channel => (0, members_online[0]),
+                        Workload::Channel | Workload::Broadcast => (0, members_online[0]),
                         Workload::SmallChannels => {
                             let g = rng % groups as u64;
                             (g, members_online[g as usize])
@@ -567,12 +673,18 @@ async fn main() -> Result<()> {
     }
     let Tally {
         sent,
-        expected,
+        mut expected,
         send_errors,
         first_send_error,
     } = tally;
     let send_secs = send_start.elapsed().as_secs_f64();
-    let drain_end = Instant::now() + Duration::from_secs(5);
+    // A shard that did not send hears from the coordinator when the sender is done, and how
+    // many messages it sent: each reaches every connected client of this shard too.
+    if let (Some(c), false) = (&mut control, sender) {
+        let sent_by_sender = c.stopped().await?;
+        expected = sent_by_sender * members_online.first().copied().unwrap_or(0);
+    }
+    let drain_end = Instant::now() + Duration::from_secs_f64(args.drain_secs);
     while stats.received.load(Relaxed) < expected && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -587,11 +699,11 @@ async fn main() -> Result<()> {
     for shard in &stats.latency {
         hist.add(&*lock(shard))?;
     }
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "server": if peer_mode { "peer" } else { "imserver" },
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "clients": connected,
-        "connect_errors": args.clients - connected,
+        "connect_errors": (hi - lo) - connected,
         "first_connect_error": first_error,
         "connect_secs": connect_secs,
         "connects_per_sec": connected as f64 / connect_secs,
@@ -616,6 +728,16 @@ async fn main() -> Result<()> {
         "tool_cpu_secs": tool_cpu,
         "tool_cpu_us_per_delivery": tool_cpu * 1e6 / received.max(1) as f64,
     });
-    println!("{report}");
-    Ok(())
+    // What the coordinator needs to merge the shards' reports.
+    if let (Some(s), Some(obj)) = (args.shard, report.as_object_mut()) {
+        obj.insert("shard".into(), s.index.into());
+        obj.insert("sender".into(), sender.into());
+        obj.insert("send_secs".into(), send_secs.into());
+        obj.insert("first_send_ns".into(), first_send_ns.into());
+        let last = stats.last_delivery_ns.load(Relaxed);
+        obj.insert("last_delivery_ns".into(), last.into());
+        obj.insert("clients_per_node".into(), per_node.into());
+        obj.insert("latency_hist".into(), shard::hist_to_json(&hist));
+    }
+    Ok(report)
 }
