@@ -22,10 +22,10 @@ runs="${RUNS:-3}"
 doc="${BENCH_DOC:-docs/BENCHMARKS.md}"
 out=target/bench
 mkdir -p "$out"
-: >"$out/results.jsonl"
-
+ours_failed=0
 scale="${SCALE:-0}"
 if [ "$scale" != only ]; then
+: >"$out/results.jsonl"
 # Build and install up front, so neither lands inside the first timed run's timeout.
 cargo build --quiet --release -p imserver -p imbench
 ensure_sockudo >/dev/null
@@ -39,7 +39,6 @@ set_=(
   "small-channels|2|--workload small-channels --clients 10000 --chan-size 10 --rate 5000 --duration 5"
 )
 declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
-ours_failed=0
 started=$SECONDS
 for entry in "${set_[@]}"; do
   IFS='|' read -r name nodes args <<<"$entry"
