@@ -165,8 +165,8 @@ impl Store {
     /// A pooled connection, given back to the pool when dropped.
     pub async fn get(&self) -> Result<Conn> {
         Ok(match &self.pool {
-            Pooled::Single(pool) => Conn::Single(pool.get().await?),
-            Pooled::Cluster(pool) => Conn::Cluster(pool.get().await?),
+            Pooled::Single(pool) => Connection::Single(pool.get().await?),
+            Pooled::Cluster(pool) => Connection::Cluster(pool.get().await?),
         })
     }
 
@@ -221,44 +221,73 @@ pub fn publish(sharded: bool, topic: &str, payload: impl redis::ToRedisArgs) -> 
     cmd
 }
 
-/// A pooled connection from a [`Store`], given back when dropped: to one server, or to the
-/// whole cluster (routed by key).
+/// A connection to one server (`S`) or to the whole cluster, routed by key (`C`): pooled as
+/// [`Conn`], or taken out of the pool and shared by clones as [`SharedConn`].
 ///
 /// On a cluster, a pipeline whose commands fall into several slots is split into one pipeline
 /// per slot, sent concurrently; the replies come back in the order of the commands. Commands of
 /// one slot keep their order; commands of different slots have none between them, as two
-/// separate servers would give.
-pub enum Conn {
+/// separate servers would give. Every request on a cluster is bounded (see `CLUSTER_TIMEOUT`).
+#[derive(Clone)]
+pub enum Connection<S, C> {
     /// One Redis server.
-    Single(deadpool_redis::Connection),
+    Single(S),
     /// A Redis Cluster.
-    Cluster(cluster::Connection),
+    Cluster(C),
 }
+
+/// A pooled connection from a [`Store`], given back to the pool when dropped.
+pub type Conn = Connection<deadpool_redis::Connection, cluster::Connection>;
+
+/// A connection taken out of the pool and shared by clones (each clone multiplexes onto it).
+pub type SharedConn = Connection<MultiplexedConnection, ClusterConnection>;
 
 impl Conn {
     /// Takes the connection out of its pool, to be shared (cloned) from now on.
     pub fn detach(self) -> SharedConn {
         match self {
-            Conn::Single(c) => SharedConn::Single(deadpool_redis::Connection::take(c)),
-            Conn::Cluster(c) => SharedConn::Cluster(cluster::Connection::take(c)),
+            Connection::Single(c) => Connection::Single(deadpool_redis::Connection::take(c)),
+            Connection::Cluster(c) => Connection::Cluster(cluster::Connection::take(c)),
         }
     }
 }
 
-impl std::fmt::Debug for Conn {
+impl<S, C> std::fmt::Debug for Connection<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Conn::Single(_) => "Conn::Single",
-            Conn::Cluster(_) => "Conn::Cluster",
+            Connection::Single(_) => "Connection::Single",
+            Connection::Cluster(_) => "Connection::Cluster",
         })
     }
 }
 
-impl ConnectionLike for Conn {
+/// A redis-rs cluster connection, pooled or not.
+pub trait ClusterLink: Send {
+    /// The connection itself.
+    fn cluster(&mut self) -> &mut ClusterConnection;
+}
+
+impl ClusterLink for ClusterConnection {
+    fn cluster(&mut self) -> &mut ClusterConnection {
+        self
+    }
+}
+
+impl ClusterLink for cluster::Connection {
+    fn cluster(&mut self) -> &mut ClusterConnection {
+        self
+    }
+}
+
+impl<S, C> ConnectionLike for Connection<S, C>
+where
+    S: ConnectionLike + Send,
+    C: ClusterLink,
+{
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => Box::pin(bounded(c.req_packed_command(cmd))),
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => Box::pin(bounded(c.cluster().req_packed_command(cmd))),
         }
     }
 
@@ -269,61 +298,16 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => cluster_pipeline(c, pipeline, offset, count),
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => cluster_pipeline(c.cluster(), pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// A connection taken out of the pool and shared by clones (each clone multiplexes onto it).
-#[derive(Clone)]
-pub enum SharedConn {
-    /// One Redis server.
-    Single(MultiplexedConnection),
-    /// A Redis Cluster.
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for SharedConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SharedConn::Single(_) => "SharedConn::Single",
-            SharedConn::Cluster(_) => "SharedConn::Cluster",
-        })
-    }
-}
-
-impl ConnectionLike for SharedConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            SharedConn::Single(c) => c.req_packed_command(cmd),
-            SharedConn::Cluster(c) => Box::pin(bounded(c.req_packed_command(cmd))),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            SharedConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            SharedConn::Cluster(c) => cluster_pipeline(c, pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            SharedConn::Single(c) => c.get_db(),
-            SharedConn::Cluster(c) => c.get_db(),
+            Connection::Single(c) => c.get_db(),
+            // A cluster has database 0 only.
+            Connection::Cluster(_) => 0,
         }
     }
 }
