@@ -11,6 +11,8 @@ apt_install() {
 
 ensure_redis_server() {
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  # redis-cli forms the test clusters (redis-cli --cluster create).
+  command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
 }
 
 # Prints a free TCP port on 127.0.0.1.
