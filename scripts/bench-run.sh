@@ -49,17 +49,7 @@ cluster)
   exit 2
   ;;
 esac
-# One imbench process per 15,000 clients unless PROCS says otherwise.
-if [ -z "${PROCS:-}" ]; then
-  clients=1000 # imbench's default
-  prev=""
-  for a in "$@"; do
-    case "$a" in --clients=*) clients=${a#--clients=} ;; esac
-    [ "$prev" = --clients ] && clients=$a
-    prev=$a
-  done
-  PROCS=$(((clients + 14999) / 15000))
-fi
+PROCS=$(imbench_procs "$@")
 procs=()
 [ "$PROCS" -gt 1 ] && procs=(--procs "$PROCS")
 export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"

@@ -8,9 +8,9 @@
 # A failed run (of either server) is recorded and the set goes on; the exit status is non-zero
 # when an imserver run failed. PEER_ARGS adds imbench arguments to the peer's runs only, e.g.
 # PEER_ARGS="--pusher-batch 10" to publish through its batch API.
-# SCALE=1 adds the scale set at the end (imserver only, about 5 minutes for 3 runs; SCALE=only
-# runs it alone): four nodes and 60,000 connections, from four imbench processes of 15,000
-# (bench-run.sh PROCS): one broadcast to everyone, and one channel of all 60,000 at 5 msg/s.
+# SCALE=1 adds the scale set at the end (imserver and Sockudo; SCALE=only runs it alone): four
+# nodes and 60,000 connections, from four imbench processes of 15,000 (PROCS of bench-run.sh
+# and peer-run.sh): one broadcast to everyone, and one channel of all 60,000 at 5 msg/s.
 # Its raw JSON lines go to target/bench/scale.jsonl, its medians to target/bench/scale.md (for
 # the "Scale" section of docs/BENCHMARKS.md). IMSERVER and IMBENCH are passed on to
 # bench-run.sh for the scale set (then nothing is built for it); SCALE_CLIENTS=2000 (and
@@ -24,6 +24,7 @@ out=target/bench
 mkdir -p "$out"
 ours_failed=0
 scale="${SCALE:-0}"
+declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
 if [ "$scale" != only ]; then
 : >"$out/results.jsonl"
 # Build and install up front, so neither lands inside the first timed run's timeout.
@@ -38,7 +39,6 @@ set_=(
   "channel-10k|2|--workload channel --clients 10000 --rate 20 --duration 10"
   "small-channels|2|--workload small-channels --clients 10000 --chan-size 10 --rate 5000 --duration 5"
 )
-declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
 started=$SECONDS
 for entry in "${set_[@]}"; do
   IFS='|' read -r name nodes args <<<"$entry"
@@ -72,35 +72,47 @@ if [ "${RECOVERY:-1}" != 0 ]; then
 fi
 fi
 
-# The scale set: imserver only (Sockudo's runs take one imbench process, capped by its open
-# files; and it has no broadcast to everyone). The broadcast run sends one broadcast: its max
-# latency is the time until the last of the 60,000 had it; its connect rate and memory per
-# connection (node RSS after connecting minus before) come without channel membership. The
-# channel run asks 300,000 deliveries/s, more than two cores give: it measures what they give
-# (deliveries/s up to the last delivery) and waits up to 30 s for the backlog.
+# The scale set, imserver and Sockudo alternately: four nodes each. The broadcast run sends one
+# broadcast: its max latency is the time until the last of the 60,000 had it; its connect rate
+# and memory per connection (node RSS after connecting minus before) come without channel
+# membership. Sockudo has no message to every connection: its run is one message on a channel
+# all 60,000 joined, which is how a Pusher application reaches everyone. The channel run asks
+# 300,000 deliveries/s, more than two cores give: it measures what they give (deliveries/s up
+# to the last delivery) and waits up to 30 s for the backlog. SCALE_PEER=0 leaves Sockudo out.
 if [ "$scale" != 0 ]; then
   if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
     cargo build --quiet --release -p imserver -p imbench
     export IMSERVER="${IMSERVER:-target/release/imserver}" IMBENCH="${IMBENCH:-target/release/imbench}"
   fi
+  servers=(imserver)
+  if [ "${SCALE_PEER:-1}" != 0 ]; then
+    ensure_sockudo >/dev/null
+    servers+=(peer)
+  fi
+  clients=${SCALE_CLIENTS:-60000}
+  # name | nodes | imbench arguments for imserver | for Sockudo
   scale_set=(
-    "scale-broadcast|4|--workload broadcast --clients ${SCALE_CLIENTS:-60000} --rate 1 --duration 1"
-    "scale-channel|4|--workload channel --clients ${SCALE_CLIENTS:-60000} --rate 5 --duration 10 --drain-secs 30"
+    "scale-broadcast|4|--workload broadcast --clients $clients --rate 1 --duration 1|--workload channel --clients $clients --rate 1 --duration 1"
+    "scale-channel|4|--workload channel --clients $clients --rate 5 --duration 10 --drain-secs 30|--workload channel --clients $clients --rate 5 --duration 10 --drain-secs 30"
   )
   : >"$out/scale.jsonl"
   started=$SECONDS
   for i in $(seq 1 "$runs"); do
     for entry in "${scale_set[@]}"; do
-      IFS='|' read -r name nodes args <<<"$entry"
-      echo "== $name run $i/$runs ($((SECONDS - started)) s)" >&2
-      # shellcheck disable=SC2086
-      if line=$(NODES=$nodes timeout -k 10 300 scripts/bench-run.sh $args 2>"$out/stderr.log") &&
-        python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
-        echo "{\"name\":\"$name\",\"run\":$i,\"report\":$line}" >>"$out/scale.jsonl"
-      else
-        echo "   failed: $(tail -3 "$out/stderr.log")" >&2
-        ours_failed=1
-      fi
+      IFS='|' read -r name nodes ours theirs <<<"$entry"
+      for server in "${servers[@]}"; do
+        echo "== $name $server run $i/$runs ($((SECONDS - started)) s)" >&2
+        args=$ours
+        [ "$server" = peer ] && args=$theirs
+        # shellcheck disable=SC2086
+        if line=$(NODES=$nodes timeout -k 10 300 "${script[$server]}" $args 2>"$out/stderr.log") &&
+          python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+          echo "{\"name\":\"$name\",\"server\":\"$server\",\"run\":$i,\"report\":$line}" >>"$out/scale.jsonl"
+        else
+          echo "   failed: $(tail -3 "$out/stderr.log")" >&2
+          [ "$server" = imserver ] && ours_failed=1
+        fi
+      done
     done
   done
   echo "== scale set done in $((SECONDS - started)) s" >&2
@@ -109,46 +121,54 @@ import json, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    runs.setdefault(r["name"], []).append(r["report"])
-def row(label, reports, f, fmt):
-    vals = [f(r) for r in reports]
-    vals = [v for v in vals if v is not None]
-    if not vals:
+    runs.setdefault(r["name"], {}).setdefault(r.get("server", "imserver"), []).append(r["report"])
+def med(reports, f):
+    vals = [v for v in (f(r) for r in reports) if v is not None]
+    return (statistics.median(vals), vals) if vals else (None, [])
+def row(label, by_server, f, fmt, lower_better=None):
+    ours, ours_runs = med(by_server.get("imserver", []), f)
+    theirs, theirs_runs = med(by_server.get("peer", []), f)
+    if ours is None and theirs is None:
         return
-    med = statistics.median(vals)
-    print(f"| {label} | {fmt(med)} | {', '.join(fmt(v) for v in vals)} |")
+    cell = lambda m, vs: f"{fmt(m)} ({', '.join(fmt(v) for v in vs)})" if m is not None else "–"
+    ratio = "–"
+    if lower_better is not None and ours and theirs:
+        ratio = f"{(theirs / ours if lower_better else ours / theirs):.2f}×"
+    print(f"| {label} | {cell(ours, ours_runs)} | {cell(theirs, theirs_runs)} | {ratio} |")
 n0 = lambda v: f"{v:,.0f}"
 ms = lambda v: f"{v / 1000:,.1f} ms"
 us = lambda v: f"{v:.2f} µs"
-for name, reports in runs.items():
-    print(f"\n### {name} ({len(reports)} runs)\n")
-    print("| figure | median | runs |\n|---|---|---|")
-    row("connections", reports, lambda r: r["clients"], n0)
-    row("connect errors", reports, lambda r: r["connect_errors"], n0)
-    row("connects/s (while connecting)", reports, lambda r: r["connects_per_sec"], n0)
-    row("node RSS per connection, after minus before connecting (all nodes)", reports,
-        lambda r: r.get("node_rss_conn_bytes"), lambda v: f"{v:,.0f} B")
+B = lambda v: f"{v:,.0f} B"
+for name, by_server in runs.items():
+    counts = ", ".join(f"{s} {len(v)}" for s, v in by_server.items())
+    print(f"\n### {name} (runs: {counts})\n")
+    print("| figure | imserver median (runs) | Sockudo median (runs) | imserver advantage |")
+    print("|---|---|---|---|")
+    row("connections", by_server, lambda r: r["clients"], n0)
+    row("connect errors", by_server, lambda r: r["connect_errors"], n0)
+    row("connects/s (while connecting)", by_server, lambda r: r["connects_per_sec"], n0, False)
+    row("node RSS per connection, after minus before connecting (all nodes)", by_server,
+        lambda r: r.get("node_rss_conn_bytes"), B, True)
     for k in range(4):
-        row(f"  node {k + 1}", reports,
-            lambda r: (r.get("node_rss_conn_bytes_per_node") or [None] * 4)[k],
-            lambda v: f"{v:,.0f} B")
-    row("node RSS before connecting (all nodes)", reports,
+        row(f"  node {k + 1}", by_server,
+            lambda r: (r.get("node_rss_conn_bytes_per_node") or [None] * 4)[k], B)
+    row("node RSS before connecting (all nodes)", by_server,
         lambda r: sum(r["node_rss_before_kib"]) / 1024, lambda v: f"{v:,.1f} MiB")
-    row("node RSS after connecting (all nodes)", reports,
+    row("node RSS after connecting (all nodes)", by_server,
         lambda r: sum(r["node_rss_connected_kib"]) / 1024, lambda v: f"{v:,.1f} MiB")
-    row("messages sent", reports, lambda r: r["sent"], n0)
-    row("deliveries expected", reports, lambda r: r["deliveries_expected"], n0)
-    row("loss", reports, lambda r: r["loss"], n0)
-    row("deliveries/s, first send to last delivery", reports,
-        lambda r: r.get("deliveries_per_sec_to_last"), n0)
-    row("p50 latency", reports, lambda r: r["latency_us"]["p50"], ms)
-    row("p99 latency", reports, lambda r: r["latency_us"]["p99"], ms)
-    row("max latency (time until the last client had it)", reports,
-        lambda r: r["latency_us"]["max"], ms)
-    row("node CPU per delivery (all nodes)", reports,
-        lambda r: r["node_cpu_us_per_delivery"], us)
-    row("tool CPU per delivery (all processes)", reports,
-        lambda r: r["tool_cpu_us_per_delivery"], us)
+    row("messages sent", by_server, lambda r: r["sent"], n0)
+    row("deliveries expected", by_server, lambda r: r["deliveries_expected"], n0)
+    row("loss", by_server, lambda r: r["loss"], n0)
+    row("deliveries/s, first send to last delivery", by_server,
+        lambda r: r.get("deliveries_per_sec_to_last"), n0, False)
+    row("p50 latency", by_server, lambda r: r["latency_us"]["p50"], ms, True)
+    row("p99 latency", by_server, lambda r: r["latency_us"]["p99"], ms, True)
+    row("max latency (time until the last client had it)", by_server,
+        lambda r: r["latency_us"]["max"], ms, True)
+    row("node CPU per delivery (all nodes)", by_server,
+        lambda r: r["node_cpu_us_per_delivery"], us, True)
+    row("tool CPU per delivery (all processes)", by_server,
+        lambda r: r["tool_cpu_us_per_delivery"], us, True)
 PY
   cat "$out/scale.md"
 fi

@@ -41,6 +41,22 @@ ensure_sockudo() {
   fi
 }
 
+# How many imbench processes a run with these imbench arguments takes: $PROCS if set, else one
+# per 15,000 clients, as one process may hold only about 20,000 open files here.
+imbench_procs() {
+  if [ -n "${PROCS:-}" ]; then
+    echo "$PROCS"
+    return
+  fi
+  local clients=1000 prev="" a # 1000: imbench's default
+  for a in "$@"; do
+    case "$a" in --clients=*) clients=${a#--clients=} ;; esac
+    [ "$prev" = --clients ] && clients=$a
+    prev=$a
+  done
+  echo $(((clients + 14999) / 15000))
+}
+
 # Waits until something listens on 127.0.0.1:$1 (up to 30 s); fails early when pid $2 exits.
 wait_port() {
   for _ in $(seq 1 600); do

@@ -5,7 +5,8 @@
 # go to imbench (see `imbench --help`), e.g.
 #   scripts/peer-run.sh --clients 10000 --rate 20000 --duration 5
 #   NODES=2 scripts/peer-run.sh --workload channel --clients 10000 --rate 20 --duration 10
-# Prints imbench's JSON line ("server":"peer"). Sockudo comes from $SOCKUDO, PATH or
+# Prints imbench's JSON line ("server":"peer"). PROCS as in bench-run.sh (one imbench process
+# per 15,000 clients by default); IMBENCH names another imbench binary. Sockudo comes from $SOCKUDO, PATH or
 # target/peer/bin (installed there when missing; see ensure_sockudo in lib.sh). PEER_CONFIG
 # adds TOML to the nodes' config (see below).
 set -euo pipefail
@@ -16,7 +17,7 @@ ensure_redis_server
 sockudo=$(readlink -f "$(ensure_sockudo)")
 # The same package set as bench-run.sh: a different one unifies features differently and
 # rebuilds imbench at every switch between the two scripts.
-cargo build --quiet --release -p imserver -p imbench
+[ -n "${IMBENCH:-}" ] || cargo build --quiet --release -p imserver -p imbench
 run=$(mktemp -d)
 pids=()
 cleanup() {
@@ -134,4 +135,8 @@ EOF
 done
 sleep "$((settle_ms / 1000))"
 join() { local IFS=,; echo "$*"; }
-target/release/imbench --pusher-addr "$(join "${addrs[@]}")" --node-pid "$(join "${npids[@]}")" "$@"
+procs=()
+PROCS=$(imbench_procs "$@")
+[ "$PROCS" -gt 1 ] && procs=(--procs "$PROCS")
+"${IMBENCH:-target/release/imbench}" --pusher-addr "$(join "${addrs[@]}")" --node-pid "$(join "${npids[@]}")" \
+  ${procs[@]+"${procs[@]}"} "$@"

@@ -174,9 +174,15 @@ pub struct Config {
     #[arg(long, env = "IM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// HTTP worker threads. Default: one per core.
+    /// HTTP worker threads: they accept connections, read requests and run WebSocket
+    /// handshakes. Default: one per core.
     #[arg(long, env = "IM_WORKERS")]
     pub workers: Option<usize>,
+
+    /// Threads of the runtime that runs the sessions of `ws://` connections together with
+    /// the Redis subscriber that feeds them. Default: one per core.
+    #[arg(long, env = "IM_SESSION_THREADS")]
+    pub session_threads: Option<usize>,
 }
 
 /// How log lines are written.

@@ -10,6 +10,7 @@ use actix_http::{HttpMessage as _, Request, h1, ws};
 use bytes::BytesMut;
 use imclient::contract::{ResumeFrom, SystemEvent, system_frame};
 use imclient::token::ConnectClaims;
+use tokio::net::TcpStream;
 
 use crate::hub::{Refusal, WelcomeInfo};
 use crate::ip_limit::{IpRefusal, IpSlot};
@@ -124,7 +125,38 @@ async fn serve<T: Into<Wire>>(
             // The session runs as a task of its own and this handshake task ends: it is sized
             // for the whole HTTP dispatcher (about 2.4 KiB), and would stay that big for as
             // long as the connection lives.
-            actix_rt::spawn(session::run(node, client, io, early, reg, ip_slot));
+            match (io, node.session_runtime().cloned()) {
+                // On the runtime that also reads Redis for it: a delivery then wakes the
+                // session without waking another runtime's thread (docs/DESIGN.md, "Where
+                // sessions run"). The socket moves by leaving this worker's poller and joining
+                // that runtime's. A TLS stream cannot be taken apart and rebuilt, so it stays.
+                (Wire::Plain(tcp), Some(sessions)) => {
+                    // Registered from here, so the task holds the session alone: a wrapper
+                    // future would keep its captures beside it, ~150 bytes per connection.
+                    let moved = tcp.into_std().and_then(|tcp| {
+                        let _runtime = sessions.enter();
+                        TcpStream::from_std(tcp)
+                    });
+                    let tcp = match moved {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            node.hub().unregister(&client, reg.id);
+                            return Err(e);
+                        }
+                    };
+                    sessions.spawn(session::run(
+                        node,
+                        client,
+                        Wire::Plain(tcp),
+                        early,
+                        reg,
+                        ip_slot,
+                    ));
+                }
+                (io, _) => {
+                    actix_rt::spawn(session::run(node, client, io, early, reg, ip_slot));
+                }
+            }
             Ok(())
         }
     }

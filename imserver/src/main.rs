@@ -19,9 +19,26 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// malformed request is the client's problem, answered with 400.
 const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    let mut config = Config::parse();
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    // The system runtime has worker threads of its own: the broker and every `ws://` session
+    // run there, so a delivery wakes a session on the thread that read it from Redis instead
+    // of on another runtime's thread (docs/DESIGN.md, "Where sessions run").
+    let threads = config
+        .session_threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("imserver-session")
+        .enable_all()
+        .build()
+        .context("cannot start the session runtime")?;
+    actix_rt::System::with_tokio_rt(|| runtime).block_on(serve(config))
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

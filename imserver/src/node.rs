@@ -54,6 +54,10 @@ struct Shared {
     leased: AtomicBool,
     /// True once shutdown began: new sockets are refused.
     shutting_down: AtomicBool,
+    /// Where `ws://` sessions run: the runtime the node was started on, when it has worker
+    /// threads of its own (the binary's). Otherwise sessions stay on the HTTP worker that
+    /// accepted them.
+    sessions: Option<tokio::runtime::Handle>,
 }
 
 /// Handle to the node's shared state.
@@ -92,7 +96,11 @@ impl Node {
             metrics.clone(),
             work.clone(),
         );
+        let sessions = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         Ok(Self(Arc::new(Shared {
+            sessions,
             admission: Admission::new(verifier, id.clone())?,
             id,
             epoch,
@@ -138,6 +146,11 @@ impl Node {
     /// Redis names.
     pub fn keys(&self) -> &Keys {
         &self.0.keys
+    }
+
+    /// The runtime `ws://` sessions run on, if not the accepting HTTP worker's.
+    pub fn session_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.sessions.as_ref()
     }
 
     /// The connection registry.

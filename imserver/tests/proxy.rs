@@ -67,7 +67,9 @@ fn nginx(port: u16, nodes: &[(String, u16)]) -> Result<Nginx> {
         .arg(&dir)
         .arg("-c")
         .arg(dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
+        // One process: a killed master would leave its worker running, holding the test's files
+        // (and whatever the test runner holds) open.
+        .args(["-g", "daemon off; master_process off;"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("stderr.log"))?)
         .spawn()?;
