@@ -104,6 +104,27 @@ function indexFor(items, key) {
   return lo;
 }
 
+// Whether the open conversation follows new messages (its view was at the end), as last seen
+// by a scroll event. Measuring the view on each message instead (scrollHeight right after an
+// insertion) forces a layout of the whole list every time: its cost grows with the
+// conversation, and at 50 messages a second a page holding a few thousand messages fell
+// behind its socket by tens of seconds on a busy machine, until a network drop cost it more
+// than the node's recovery buffer holds. `top`: where the last scroll to the end left the view.
+const follow = { on: true, top: 0, pending: false };
+
+/** Scrolls the open conversation to its end in the next frame: once a frame, however many arrived. */
+function scrollToEnd() {
+  if (follow.pending) return;
+  follow.pending = true;
+  requestAnimationFrame(() => {
+    follow.pending = false;
+    const ul = $('messages');
+    ul.scrollTop = ul.scrollHeight;
+    follow.top = ul.scrollTop;
+    follow.on = true;
+  });
+}
+
 /**
  * Adds an item in order; an item whose id is there already is ignored. Returns the item kept.
  * `live`: it just arrived (not from a history load), so it counts as unread when its
@@ -119,11 +140,10 @@ function add(key, item, live = false) {
   c.items.splice(i, 0, item);
   if (state.current === key) {
     const ul = $('messages');
-    const atBottom = ul.scrollHeight - ul.scrollTop - ul.clientHeight < 60;
     item.li = renderItem(item);
     ul.insertBefore(item.li, ul.children[i] || null);
     decorateAround(c, i);
-    if (atBottom || item.mine) ul.scrollTop = ul.scrollHeight;
+    if (follow.on || item.mine) scrollToEnd();
   } else if (live && !item.mine && !item.notice) {
     state.unread.set(key, (state.unread.get(key) || 0) + 1);
     renderUnread();
@@ -225,6 +245,8 @@ function renderMessages() {
   ul.replaceChildren(...items.map((m) => (m.li = renderItem(m))));
   items.forEach((_, i) => decorate(c, i));
   ul.scrollTop = ul.scrollHeight;
+  follow.top = ul.scrollTop;
+  follow.on = true;
 }
 
 /** A notice after the last message that is not pending. */
@@ -679,6 +701,12 @@ $('compose-text').addEventListener('keydown', (ev) => {
 });
 $('joinbar-btn').onclick = () => { const room = roomOf(state.current); if (room) joinOrLeave(room.name, true); };
 $('back').onclick = () => open(null);
+$('messages').addEventListener('scroll', () => {
+  const ul = $('messages');
+  // Still where the last scroll to the end left it (the list grew below), or back near the end:
+  // follow. Scrolled up by the user: stay put.
+  follow.on = ul.scrollTop >= follow.top - 2 || ul.scrollHeight - ul.scrollTop - ul.clientHeight < 60;
+}, { passive: true });
 $('retry').onclick = () => { if (state.conn) state.conn.retry(); };
 window.addEventListener('online', kickOutbox);
 $('signout').onclick = async () => {
