@@ -323,12 +323,12 @@ async fn send_private(
     }
     let key = retry_key_of(body.retry_key.as_deref())?;
     let payload = json!({ "kind": "chat", "text": text, "from_name": user.name, "to": to.id });
+    let (im, sender, receiver, payload) = (&state.im, &user.id, &to.id, &payload);
     let id = state
         .sends
-        .once(&user.id, key, || async {
-            let report = state
-                .im
-                .send_message(&user.id, [&to.id], &payload, true)
+        .once(&user.id, key, |id| async move {
+            let report = im
+                .send_message_with_id(&id, sender, [receiver], payload, true)
                 .await?;
             Ok::<_, ApiError>(report.message_id)
         })
@@ -406,21 +406,22 @@ async fn send_room(
     let payload = json!({
         "kind": "chat", "text": text, "from_name": user.name, "room": room, "retry_key": key,
     });
+    let (shared, sender, payload, text) = (&state, &user, &payload, &text);
     let id = state
         .sends
-        .once(&user.id, key, || async {
-            let report = state
+        .once(&user.id, key, |id| async move {
+            let report = shared
                 .im
-                .send_chan_message(&user.id, room, &payload, false)
+                .send_chan_message_with_id(&id, &sender.id, room, payload, false)
                 .await?;
             let message = RoomMessage {
                 id: report.message_id.clone(),
-                from: user.id.clone(),
-                from_name: user.name.clone(),
+                from: sender.id.clone(),
+                from_name: sender.name.clone(),
                 text: text.clone(),
                 ts: imclient::now_ms(),
             };
-            state.rooms.record(room, message);
+            shared.rooms.record(room, message);
             Ok::<_, ApiError>(report.message_id)
         })
         .await?;

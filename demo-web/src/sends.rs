@@ -1,7 +1,10 @@
 //! Sends the page may retry. A page whose send got no answer (the network dropped) cannot tell
 //! whether the message went out, so it sends again with the same `retry_key`; a key seen before
 //! gets the first send's message id back instead of sending a second message. Keys are per
-//! user; the last [`KEPT`] are remembered.
+//! user; the last [`KEPT`] are remembered. A send that failed here may have gone out all the
+//! same (Redis ran the PUBLISH and its answer was lost), so every attempt under a key uses the
+//! same message id, derived from the user and the key: a second copy is dropped by receivers,
+//! which de-duplicate on the id.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -30,17 +33,19 @@ struct Inner {
 }
 
 impl Sends {
-    /// Runs `send` (which returns the message id) at most once per `(user, key)` that
-    /// succeeds: a repeat gets the first id, a repeat arriving while the first is under way
-    /// waits for it, and a failed send may be tried again. Without a key, just sends.
+    /// Runs `send` (given the message id to send under; it returns the id sent) at most once
+    /// per `(user, key)` that succeeds: a repeat gets the first id, a repeat arriving while
+    /// the first is under way waits for it, and a failed send may be tried again, under the
+    /// same id. Without a key, just sends under a new id.
     pub async fn once<E, F, Fut>(&self, user: &str, key: Option<&str>, send: F) -> Result<String, E>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<String, E>>,
     {
         let Some(key) = key else {
-            return send().await;
+            return send(imclient::new_message_id()).await;
         };
+        let id = imclient::message_id_for(user, key);
         let cell = {
             let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             let k = (user.to_owned(), key.to_owned());
@@ -59,7 +64,7 @@ impl Sends {
                 }
             }
         };
-        cell.get_or_try_init(send).await.cloned()
+        cell.get_or_try_init(|| send(id)).await.cloned()
     }
 }
 
@@ -84,27 +89,27 @@ mod tests {
             }
         };
         assert_eq!(
-            sends.once("ann", Some("k1"), || send(false)).await,
+            sends.once("ann", Some("k1"), |_| send(false)).await,
             Err("down")
         );
         assert_eq!(
-            sends.once("ann", Some("k1"), || send(true)).await,
+            sends.once("ann", Some("k1"), |_| send(true)).await,
             Ok("id1".to_owned())
         );
         assert_eq!(
-            sends.once("ann", Some("k1"), || send(true)).await,
+            sends.once("ann", Some("k1"), |_| send(true)).await,
             Ok("id1".to_owned())
         );
         assert_eq!(
-            sends.once("ben", Some("k1"), || send(true)).await,
+            sends.once("ben", Some("k1"), |_| send(true)).await,
             Ok("id2".to_owned())
         );
         assert_eq!(
-            sends.once("ann", None, || send(true)).await,
+            sends.once("ann", None, |_| send(true)).await,
             Ok("id3".to_owned())
         );
         assert_eq!(
-            sends.once("ann", None, || send(true)).await,
+            sends.once("ann", None, |_| send(true)).await,
             Ok("id4".to_owned())
         );
         assert_eq!(calls.load(Ordering::SeqCst), 5);
@@ -120,11 +125,46 @@ mod tests {
             Ok::<_, ()>("first".to_owned())
         };
         let (a, b) = tokio::join!(
-            sends.once("ann", Some("k"), slow),
-            sends.once("ann", Some("k"), slow)
+            sends.once("ann", Some("k"), |_| slow()),
+            sends.once("ann", Some("k"), |_| slow())
         );
         assert_eq!((a, b), (Ok("first".to_owned()), Ok("first".to_owned())));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn every_attempt_under_a_key_sends_under_the_same_id() {
+        let sends = Sends::default();
+        let tried = Mutex::new(Vec::new());
+        let attempt = |ok: bool| {
+            let tried = &tried;
+            move |id: String| async move {
+                tried
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id.clone());
+                if ok { Ok(id) } else { Err("timed out") }
+            }
+        };
+        assert_eq!(
+            sends.once("ann", Some("k1"), attempt(false)).await,
+            Err("timed out")
+        );
+        let sent = sends.once("ann", Some("k1"), attempt(true)).await;
+        let tried = tried.into_inner().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(tried.len(), 2);
+        assert_eq!(
+            tried[0], tried[1],
+            "a retry after a failure must reuse the id"
+        );
+        assert_eq!(sent, Ok(tried[0].clone()));
+        assert_eq!(tried[0], imclient::message_id_for("ann", "k1"));
+        assert_ne!(
+            sends
+                .once("ben", Some("k1"), |id| async move { Ok::<_, ()>(id) })
+                .await,
+            Ok(tried[0].clone())
+        );
     }
 
     #[tokio::test]
@@ -133,17 +173,17 @@ mod tests {
         for i in 0..=KEPT {
             let key = format!("k{i}");
             let _ = sends
-                .once("ann", Some(&key), || async { Ok::<_, ()>(key.clone()) })
+                .once("ann", Some(&key), |_| async { Ok::<_, ()>(key.clone()) })
                 .await;
         }
         let kept = sends
-            .once("ann", Some("k1"), || async {
+            .once("ann", Some("k1"), |_| async {
                 Ok::<_, ()>("new".to_owned())
             })
             .await;
         assert_eq!(kept, Ok("k1".to_owned()));
         let again = sends
-            .once("ann", Some("k0"), || async {
+            .once("ann", Some("k0"), |_| async {
                 Ok::<_, ()>("new".to_owned())
             })
             .await;

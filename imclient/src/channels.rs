@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use redis::AsyncCommands;
 use serde::Serialize;
 
-use crate::client::{ImClient, new_message_id, now_ms};
+use crate::client::{ImClient, checked_message_id, new_message_id, now_ms};
 use crate::contract::{ChanDeleted, Fanout, Membership, NodeCommand};
 use crate::error::Result;
 use crate::ids::{ChanName, ClientId, NodeId};
@@ -404,10 +404,39 @@ impl ImClient {
         payload: &P,
         exclude_sender: bool,
     ) -> Result<FanoutReport> {
+        self.send_chan_message_with_id(&new_message_id(), sender, chan, payload, exclude_sender)
+            .await
+    }
+
+    /// [`ImClient::send_chan_message`] under a message id the caller chose, so that a retry of
+    /// a send whose outcome is unknown shows once (see [`ImClient::send_message_with_id`]).
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let id = imclient::message_id_for("alice", "retry-key-from-the-page");
+    /// im.send_chan_message_with_id(&id, "alice", "room:lobby", &"hi all", false).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_chan_message_with_id<P: Serialize + ?Sized>(
+        &self,
+        message_id: &str,
+        sender: &str,
+        chan: &str,
+        payload: &P,
+        exclude_sender: bool,
+    ) -> Result<FanoutReport> {
+        let message_id = checked_message_id(message_id)?;
         let chan = ChanName::new(chan)?;
         let topic = self.keys().chan_topic(&chan);
-        self.fanout(sender, Some(chan), topic, payload, exclude_sender)
-            .await
+        self.fanout(
+            message_id,
+            sender,
+            Some(chan),
+            topic,
+            payload,
+            exclude_sender,
+        )
+        .await
     }
 
     /// Pushes `payload` to every online client of every node: one PUBLISH (the original
@@ -424,11 +453,13 @@ impl ImClient {
         payload: &P,
     ) -> Result<FanoutReport> {
         let topic = self.keys().broadcast_topic();
-        self.fanout(sender, None, topic, payload, false).await
+        self.fanout(new_message_id(), sender, None, topic, payload, false)
+            .await
     }
 
     async fn fanout<P: Serialize + ?Sized>(
         &self,
+        message_id: String,
         sender: &str,
         chan: Option<ChanName>,
         topic: String,
@@ -437,7 +468,6 @@ impl ImClient {
     ) -> Result<FanoutReport> {
         let sender = ClientId::new(sender)?;
         let payload = self.encode_payload(payload)?;
-        let message_id = new_message_id();
         let fanout = Fanout {
             id: message_id.clone(),
             chan: chan.clone(),

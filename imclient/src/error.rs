@@ -59,6 +59,12 @@ pub enum Error {
     #[error("a message needs at least one receiver")]
     NoReceivers,
 
+    /// A caller-chosen message id is not usable.
+    #[error(
+        "invalid message id {0:?}: use 1 to 64 ASCII letters, digits, '-' or '_', e.g. from message_id_for"
+    )]
+    InvalidMessageId(String),
+
     /// Signing a connect token failed.
     #[error(transparent)]
     Token(#[from] TokenError),

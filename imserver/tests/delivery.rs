@@ -173,6 +173,42 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
     Ok(())
 }
 
+/// A retried send under the caller's id reaches the client with that id both times, which is
+/// what lets the client drop the second copy (its de-duplication is by id).
+#[tokio::test]
+async fn a_send_under_the_callers_id_carries_it_on_every_attempt() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let mut bob = c.connect("bob").await?;
+    let id = imclient::message_id_for("alice", "retry-1");
+    for _ in 0..2 {
+        let report =
+            c.im.send_message_with_id(&id, "alice", ["bob"], &"once", false)
+                .await?;
+        assert_eq!(report.message_id, id);
+        let env = bob.next_message().await?;
+        assert_eq!(env.id.as_deref(), Some(id.as_str()));
+    }
+    c.im.join_chan("bob", "room:ids").await?;
+    let report =
+        c.im.send_chan_message_with_id(&id, "alice", "room:ids", &"in a room", false)
+            .await?;
+    assert_eq!(report.message_id, id);
+    let env = bob.next_message().await?;
+    assert_eq!(env.id.as_deref(), Some(id.as_str()));
+    assert_eq!(env.payload, json!("in a room"));
+    for bad in ["", "has space", "quote\"", &"x".repeat(65)] {
+        let err =
+            c.im.send_message_with_id(bad, "alice", ["bob"], &1, false)
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(err, imclient::Error::InvalidMessageId(_)),
+            "{bad:?}: {err}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_sends_fail_with_clear_errors_before_touching_redis() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
