@@ -180,7 +180,9 @@ pub struct Config {
     pub workers: Option<usize>,
 
     /// Threads of the runtime that runs the sessions of `ws://` connections together with
-    /// the Redis subscriber that feeds them. Default: one per core.
+    /// the Redis subscriber that feeds them. Default: one per core. 0 keeps each session on
+    /// the HTTP worker that accepted it and the subscriber on a thread of its own: more CPU
+    /// per delivery, but a lower private-message p99 on a saturated machine.
     #[arg(long, env = "IM_SESSION_THREADS")]
     pub session_threads: Option<usize>,
 }

@@ -27,8 +27,11 @@ fn main() -> anyhow::Result<()> {
     let threads = config
         .session_threads
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-        .max(1);
+        .unwrap_or(1);
+    if threads == 0 {
+        // The earlier layout, kept selectable: sessions on the HTTP workers that accepted them.
+        return actix_rt::System::new().block_on(serve(config));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("imserver-session")

@@ -173,6 +173,25 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
     Ok(())
 }
 
+/// Both thread layouts deliver: sessions on the session runtime (the default) and, with
+/// `--session-threads 0`, on the HTTP worker that accepted them.
+#[tokio::test]
+async fn both_session_layouts_deliver_in_order() -> Result<()> {
+    for threads in [1, 0] {
+        let c = Cluster::start(1, NodeOpts::default().arg("--session-threads", threads)).await?;
+        let mut bob = c.connect("bob").await?;
+        for n in 1..=3 {
+            c.im.send_message("alice", ["bob"], &n, false).await?;
+        }
+        for n in 1..=3 {
+            let env = bob.next_message().await?;
+            assert_eq!(env.payload, json!(n), "session threads {threads}");
+            assert_eq!(env.seq, Some(n));
+        }
+    }
+    Ok(())
+}
+
 /// A retried send under the caller's id reaches the client with that id both times, which is
 /// what lets the client drop the second copy (its de-duplication is by id).
 #[tokio::test]
