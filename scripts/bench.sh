@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# The benchmark set, imserver side by side with the peer (Sockudo): for each workload, RUNS
-# runs (default 3) of each server, alternating (imserver run 1, Sockudo run 1, imserver run 2,
-# ...) so both see the same machine noise. The raw JSON lines go to target/bench/results.jsonl,
-# the medians into $BENCH_DOC (default docs/BENCHMARKS.md, between the generated markers) with
-# bench-latency.svg and bench-memory.svg next to it, then the recovery workloads
-# (scripts/bench-recovery.sh). About 14 minutes on a 2-core machine.
+# The benchmark set, imserver side by side with the peer (Sockudo), about 13 minutes on a 2-core
+# machine, in three parts:
+# - the set: for each workload, RUNS runs (default 3) of each server, alternating (imserver run
+#   1, Sockudo run 1, imserver run 2, ...) so both see the same machine noise. The raw JSON
+#   lines go to target/bench/results.jsonl, the medians into $BENCH_DOC (default
+#   docs/BENCHMARKS.md, between the generated markers) with bench-latency.svg and
+#   bench-memory.svg next to it. About 6 minutes.
+# - the scale set (SCALE=0 skips it, SCALE=only runs it alone): four nodes of each server and
+#   60,000 connections, from four imbench processes of 15,000 (PROCS of bench-run.sh and
+#   peer-run.sh): one broadcast to everyone, and one channel of all 60,000 at 5 msg/s. Raw
+#   lines in target/bench/scale.jsonl, medians in target/bench/scale.md (for the "Scale"
+#   section of docs/BENCHMARKS.md). SCALE_CLIENTS=2000 (and PROCS=2) makes it a quick check,
+#   SCALE_PEER=0 leaves Sockudo out. About 4 minutes.
+# - the latency sweep (SWEEP=0 skips it): scripts/bench-sweep.sh, p99 against rate for a
+#   channel of 10,000 at SWEEP_RATES (default "5 10 20") msg/s, both servers; its table in
+#   target/bench/sweep.md. About 3 minutes.
+# RECOVERY=1 adds the recovery workloads (scripts/bench-recovery.sh, imserver only, about 10
+# minutes; table in target/bench/recovery.md).
 # A failed run (of either server) is recorded and the set goes on; the exit status is non-zero
-# when an imserver run failed. PEER_ARGS adds imbench arguments to the peer's runs only, e.g.
-# PEER_ARGS="--pusher-batch 10" to publish through its batch API.
-# SCALE=1 adds the scale set at the end (imserver and Sockudo; SCALE=only runs it alone): four
-# nodes and 60,000 connections, from four imbench processes of 15,000 (PROCS of bench-run.sh
-# and peer-run.sh): one broadcast to everyone, and one channel of all 60,000 at 5 msg/s.
-# Its raw JSON lines go to target/bench/scale.jsonl, its medians to target/bench/scale.md (for
-# the "Scale" section of docs/BENCHMARKS.md). IMSERVER and IMBENCH are passed on to
-# bench-run.sh for the scale set (then nothing is built for it); SCALE_CLIENTS=2000 (and
-# PROCS=2) makes it a quick check.
+# when an imserver run failed. PEER_ARGS adds imbench arguments to the peer's runs of the set
+# only, e.g. PEER_ARGS="--pusher-batch 10" to publish through its batch API. IMSERVER and
+# IMBENCH are passed on to bench-run.sh for the scale set and the sweep (then nothing is built
+# for them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -23,7 +30,7 @@ doc="${BENCH_DOC:-docs/BENCHMARKS.md}"
 out=target/bench
 mkdir -p "$out"
 ours_failed=0
-scale="${SCALE:-0}"
+scale="${SCALE:-1}"
 declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
 if [ "$scale" != only ]; then
 : >"$out/results.jsonl"
@@ -64,9 +71,8 @@ for entry in "${set_[@]}"; do
 done
 echo "== set done in $((SECONDS - started)) s" >&2
 python3 scripts/bench_report.py "$out/results.jsonl" "$doc"
-# What recovery costs (imserver only: the peer has nothing like it), about 7 minutes more;
-# its table goes to target/bench/recovery.md for docs/BENCHMARKS.md. RECOVERY=0 skips it.
-if [ "${RECOVERY:-1}" != 0 ]; then
+# What recovery costs (imserver only: the peer has nothing like it), on request.
+if [ "${RECOVERY:-0}" != 0 ]; then
   RUNS="$runs" scripts/bench-recovery.sh >"$out/recovery.md" || ours_failed=1
   cat "$out/recovery.md"
 fi
@@ -171,5 +177,10 @@ for name, by_server in runs.items():
         lambda r: r["tool_cpu_us_per_delivery"], us, True)
 PY
   cat "$out/scale.md"
+fi
+
+if [ "${SWEEP:-1}" != 0 ] && [ "$scale" != only ]; then
+  RATES="${SWEEP_RATES:-5 10 20}" RUNS=1 scripts/bench-sweep.sh >"$out/sweep.md" || ours_failed=1
+  cat "$out/sweep.md"
 fi
 exit $ours_failed
