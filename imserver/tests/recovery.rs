@@ -215,6 +215,12 @@ async fn receipts_say_buffered_while_the_receiver_is_inside_its_window() -> Resu
     let mut sender = c.connect("sender").await?;
     let ws = c.connect("receiver").await?;
     let (epoch, seq) = (ws.epoch(), ws.welcome_seq());
+    // Presence is written after the welcome: seen online first, its "offline" below can only
+    // be the close having been handled, not the online record not yet written.
+    wait_for("receiver online", WAIT, || async {
+        c.im.has_online("receiver").await.ok()?.then_some(())
+    })
+    .await?;
     drop(ws);
     wait_for("receiver offline", WAIT, || async {
         (!c.im.has_online("receiver").await.ok()?).then_some(())
@@ -240,7 +246,12 @@ async fn receipts_say_buffered_while_the_receiver_is_inside_its_window() -> Resu
     );
     drop(ws);
 
-    // Once the window has run out, the receiver is offline.
+    // Once the window has run out, the receiver is offline. It opens first: right after the
+    // drop the count may still be 0 because the close has not been handled yet.
+    wait_for("the window opened", WAIT, || async {
+        (c.nodes[0].metric("im_recovery_windows").await.ok()? == 1).then_some(())
+    })
+    .await?;
     wait_for("the window ran out", WAIT, || async {
         (c.nodes[0].metric("im_recovery_windows").await.ok()? == 0).then_some(())
     })
@@ -269,6 +280,12 @@ async fn under_memory_pressure_the_oldest_windows_end_first() -> Result<()> {
                 .await?;
             ws.next_message().await?;
         }
+        // Online first (presence is written after the welcome), so that offline below means
+        // the close was handled and the window opened, in this order.
+        wait_for("online", WAIT, || async {
+            c.im.has_online(&client).await.ok()?.then_some(())
+        })
+        .await?;
         drop(ws);
         wait_for("in its window", WAIT, || async {
             (!c.im.has_online(&client).await.ok()?).then_some(())
