@@ -413,7 +413,7 @@ impl ImClient {
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// let id = imclient::message_id_for("alice", "retry-key-from-the-page");
+    /// let id = imclient::new_message_id(); // kept for every retry of this send
     /// im.send_chan_message_with_id(&id, "alice", "room:lobby", &"hi all", false).await?;
     /// # Ok(()) }
     /// ```

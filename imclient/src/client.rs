@@ -424,12 +424,13 @@ impl ImClient {
 
     /// [`ImClient::send_message`] under a message id the caller chose. A send that failed may
     /// still have gone out (Redis ran the PUBLISH, its answer was lost): sent again under the
-    /// same id, receivers drop the second copy, as clients de-duplicate on the id. Derive the
-    /// id from the request's own retry key with [`message_id_for`].
+    /// same id, receivers drop the second copy, as clients de-duplicate on the id. Take the id
+    /// from [`new_message_id`] at the first attempt and keep it with the request's retry key:
+    /// ids from it are time-ordered, and pages may sort messages by id.
     ///
     /// ```no_run
     /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// let id = imclient::message_id_for("alice", "retry-key-from-the-page");
+    /// let id = imclient::new_message_id(); // kept for every retry of this send
     /// im.send_message_with_id(&id, "alice", ["bob"], &"hello", false).await?;
     /// # Ok(()) }
     /// ```
@@ -591,30 +592,6 @@ impl ImClient {
 /// A new unique, time-ordered message id (UUIDv7, 32 hex digits).
 pub fn new_message_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
-}
-
-/// The message id for a send identified by `key` within `scope` (e.g. a user and the retry
-/// key their page sends): 32 hex digits of SHA-256, the same for every attempt, so a retry of
-/// a send whose outcome is unknown cannot show the message twice. Unlike
-/// [`new_message_id`], not time-ordered.
-///
-/// ```
-/// let a = imclient::message_id_for("alice", "k1");
-/// assert_eq!(a, imclient::message_id_for("alice", "k1"));
-/// assert_ne!(a, imclient::message_id_for("bob", "k1"));
-/// assert_eq!(a.len(), 32);
-/// ```
-pub fn message_id_for(scope: &str, key: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let mut hash = Sha256::new();
-    // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
-    hash.update((scope.len() as u64).to_be_bytes());
-    hash.update(scope.as_bytes());
-    hash.update(key.as_bytes());
-    hash.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `id` if it can serve as a message id: it goes into envelopes and clients compare it.

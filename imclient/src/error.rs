@@ -61,7 +61,7 @@ pub enum Error {
 
     /// A caller-chosen message id is not usable.
     #[error(
-        "invalid message id {0:?}: use 1 to 64 ASCII letters, digits, '-' or '_', e.g. from message_id_for"
+        "invalid message id {0:?}: use 1 to 64 ASCII letters, digits, '-' or '_', e.g. from new_message_id"
     )]
     InvalidMessageId(String),
 

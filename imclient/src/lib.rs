@@ -61,8 +61,7 @@ pub use args::ImClientArgs;
 pub use channels::{ChanInfo, FanoutReport};
 pub use client::{
     DEFAULT_JOIN_ACK_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL,
-    ImClient, ImClientOptions, NodeReport, RedisSource, SendReport, message_id_for, new_message_id,
-    now_ms,
+    ImClient, ImClientOptions, NodeReport, RedisSource, SendReport, new_message_id, now_ms,
 };
 pub use error::{Error, Result};
 pub use events::{EVENT_FIELD, Event, EventKind, EventStream, EventsFrom, GroupStart};

@@ -198,7 +198,7 @@ async fn both_session_layouts_deliver_in_order() -> Result<()> {
 async fn a_send_under_the_callers_id_carries_it_on_every_attempt() -> Result<()> {
     let c = Cluster::start(1, NodeOpts::default()).await?;
     let mut bob = c.connect("bob").await?;
-    let id = imclient::message_id_for("alice", "retry-1");
+    let id = imclient::new_message_id();
     for _ in 0..2 {
         let report =
             c.im.send_message_with_id(&id, "alice", ["bob"], &"once", false)
