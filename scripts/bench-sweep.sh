@@ -16,20 +16,15 @@ clients="${CLIENTS:-10000}"
 nodes="${NODES:-2}"
 out=target/bench
 mkdir -p "$out"
-if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
-  cargo build --quiet --release -p imserver -p imbench
-  export IMSERVER="${IMSERVER:-target/release/imserver}" IMBENCH="${IMBENCH:-target/release/imbench}"
-fi
+use_release_binaries
 ensure_sockudo >/dev/null
-declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
 : >"$out/sweep.jsonl"
 for rate in "${rates[@]}"; do
   for i in $(seq 1 "$runs"); do
     for server in imserver peer; do
       echo "== sweep $server rate $rate run $i/$runs" >&2
-      if line=$(NODES=$nodes timeout -k 10 180 "${script[$server]}" --workload channel \
-        --clients "$clients" --rate "$rate" --duration 10 2>"$out/stderr.log") &&
-        python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+      if line=$(bench_line "$server" "$nodes" 180 "$out/stderr.log" --workload channel \
+        --clients "$clients" --rate "$rate" --duration 10); then
         echo "{\"server\":\"$server\",\"rate\":$rate,\"run\":$i,\"report\":$line}" >>"$out/sweep.jsonl"
       else
         echo "   failed: $(tail -3 "$out/stderr.log")" >&2

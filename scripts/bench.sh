@@ -31,7 +31,6 @@ out=target/bench
 mkdir -p "$out"
 ours_failed=0
 scale="${SCALE:-1}"
-declare -A script=([imserver]=scripts/bench-run.sh [peer]=scripts/peer-run.sh)
 if [ "$scale" != only ]; then
 : >"$out/results.jsonl"
 # Build and install up front, so neither lands inside the first timed run's timeout.
@@ -56,8 +55,7 @@ for entry in "${set_[@]}"; do
       # shellcheck disable=SC2086
       extra=""
       [ "$server" = peer ] && extra="${PEER_ARGS:-}"
-      if line=$(NODES=$nodes timeout -k 10 180 "${script[$server]}" $args $extra 2>"$out/stderr.log") &&
-        python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+      if line=$(bench_line "$server" "$nodes" 180 "$out/stderr.log" $args $extra); then
         echo "{\"name\":\"$name\",\"server\":\"$server\",\"run\":$i,\"report\":$line}" >>"$out/results.jsonl"
       else
         echo "   failed: $(tail -3 "$out/stderr.log")" >&2
@@ -86,10 +84,7 @@ fi
 # 300,000 deliveries/s, more than two cores give: it measures what they give (deliveries/s up
 # to the last delivery) and waits up to 30 s for the backlog. SCALE_PEER=0 leaves Sockudo out.
 if [ "$scale" != 0 ]; then
-  if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
-    cargo build --quiet --release -p imserver -p imbench
-    export IMSERVER="${IMSERVER:-target/release/imserver}" IMBENCH="${IMBENCH:-target/release/imbench}"
-  fi
+  use_release_binaries
   servers=(imserver)
   if [ "${SCALE_PEER:-1}" != 0 ]; then
     ensure_sockudo >/dev/null
@@ -111,8 +106,7 @@ if [ "$scale" != 0 ]; then
         args=$ours
         [ "$server" = peer ] && args=$theirs
         # shellcheck disable=SC2086
-        if line=$(NODES=$nodes timeout -k 10 300 "${script[$server]}" $args 2>"$out/stderr.log") &&
-          python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+        if line=$(bench_line "$server" "$nodes" 300 "$out/stderr.log" $args); then
           echo "{\"name\":\"$name\",\"server\":\"$server\",\"run\":$i,\"report\":$line}" >>"$out/scale.jsonl"
         else
           echo "   failed: $(tail -3 "$out/stderr.log")" >&2

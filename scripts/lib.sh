@@ -41,6 +41,28 @@ ensure_sockudo() {
   fi
 }
 
+# Builds the release imserver and imbench and exports IMSERVER and IMBENCH for the run scripts,
+# unless both are given already (then nothing is built).
+use_release_binaries() {
+  if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
+    cargo build --quiet --release -p imserver -p imbench
+    export IMSERVER="${IMSERVER:-target/release/imserver}" IMBENCH="${IMBENCH:-target/release/imbench}"
+  fi
+}
+
+# One benchmark run: `bench_line SERVER NODES SECONDS STDERR_FILE IMBENCH_ARGS...` runs
+# scripts/bench-run.sh (SERVER imserver) or scripts/peer-run.sh (peer) on NODES nodes, killed
+# after SECONDS, its stderr to STDERR_FILE; prints its JSON line, or fails when there is none.
+bench_line() {
+  local server=$1 nodes=$2 secs=$3 err=$4 line
+  shift 4
+  local script=scripts/bench-run.sh
+  [ "$server" = peer ] && script=scripts/peer-run.sh
+  line=$(NODES=$nodes timeout -k 10 "$secs" "$script" "$@" 2>"$err") &&
+    python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null &&
+    echo "$line"
+}
+
 # How many imbench processes a run with these imbench arguments takes: $PROCS if set, else one
 # per 15,000 clients, as one process may hold only about 20,000 open files here.
 imbench_procs() {
