@@ -88,7 +88,7 @@ struct UsedTokens {
 impl UsedTokens {
     fn prune(&mut self, now: u64) {
         self.ids.retain(|_, exp| *exp >= now);
-        crate::hub::shrink_if_sparse(&mut self.ids);
+        crate::memory::shrink_if_sparse(&mut self.ids);
         self.pruned_at = now;
     }
 }

@@ -4,30 +4,54 @@
 //! socket alive and pushes whatever Redis delivers for them. It holds no business logic.
 //!
 //! `main` parses [`Config`], binds, and calls [`server::run`]; tests do the same on port 0.
-//! The parts: [`route`] (plain HTTP), [`handshake`] (the WebSocket upgrade), [`session`]
-//! (one connection's loop, on the socket it owns), [`inbound`] (what a client sends), [`hub`]
-//! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
-//! lease and events in Redis), [`recovery`] (what a client that comes back missed),
-//! [`admission`] (token checks), [`metrics`].
+//! The modules, in layers: each imports only from the layers below it.
+//!
+//! ```text
+//! server   server  route  handshake  session  inbound  early_answer  tls  wire
+//!   |
+//! tasks    tasks::{broker, presence, membership, sweeper, follower}
+//!   |
+//! node     node
+//!   |
+//! state    hub  recovery  nodeset  admission  ip_limit  outbox  work  pending
+//!          health  metrics  config  memory  error
+//! ```
+//!
+//! - State: [`hub`] (the local clients and channels), [`recovery`] (buffers and resume
+//!   decisions), [`nodeset`] (the live node set), [`admission`] (token checks), [`ip_limit`]
+//!   (per-address limits), [`outbox`] (a connection's outgoing frames), [`work`] (background
+//!   work the hub asks for), [`pending`], [`health`], [`metrics`], [`config`], [`memory`].
+//! - [`node`]: one handle to all of it.
+//! - [`tasks`]: the background tasks.
+//! - Serving: [`server`] (start and stop), [`route`] (plain HTTP), [`handshake`] (the
+//!   WebSocket upgrade), [`session`] (one connection's loop), [`inbound`] (what a client
+//!   sends), [`early_answer`], [`tls`], [`wire`].
 
+// State.
 pub mod admission;
-pub mod broker;
 pub mod config;
-pub mod early_answer;
 mod error;
-pub mod handshake;
+pub mod health;
 pub mod hub;
-pub mod inbound;
 pub mod ip_limit;
-pub mod membership;
 pub mod memory;
 pub mod metrics;
-pub mod node;
 pub mod nodeset;
 pub mod outbox;
 pub mod pending;
-pub mod presence;
 pub mod recovery;
+pub mod work;
+
+// The node.
+pub mod node;
+
+// Background tasks.
+pub mod tasks;
+
+// Serving.
+pub mod early_answer;
+pub mod handshake;
+pub mod inbound;
 pub mod route;
 pub mod server;
 pub mod session;

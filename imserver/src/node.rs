@@ -2,7 +2,6 @@
 //! metrics, Redis names and health), shared by routes, sessions and background tasks.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use imclient::NodeId;
@@ -11,10 +10,12 @@ use imclient::token::TokenVerifier;
 
 use crate::admission::Admission;
 use crate::config::{Config, ConfigError};
-use crate::hub::{Hub, HubLimits, HubWork};
+use crate::health::Health;
+use crate::hub::{Hub, HubLimits};
 use crate::ip_limit::IpLimits;
 use crate::metrics::Metrics;
 use crate::nodeset::NodeSet;
+use crate::work::HubWork;
 
 /// Settings a session needs, copied out of the config.
 #[derive(Debug, Clone)]
@@ -35,8 +36,8 @@ struct Shared {
     /// Unique per process run; tells clients and peers that the node restarted.
     epoch: String,
     keys: Keys,
-    hub: Hub,
-    admission: Admission,
+    hub: Arc<Hub>,
+    admission: Arc<Admission>,
     metrics: Arc<Metrics>,
     work: Arc<HubWork>,
     limits: SessionLimits,
@@ -45,15 +46,10 @@ struct Shared {
     /// Origins allowed to connect; empty allows all.
     allowed_origins: Vec<String>,
     /// The configured nodes and which are live.
-    nodes: NodeSet,
+    nodes: Arc<NodeSet>,
     /// Per source address limits.
     ip_limits: Arc<IpLimits>,
-    /// True while the Redis subscriber is connected and subscribed.
-    redis_up: AtomicBool,
-    /// True once the node holds its lease: backends route clients to it from then on.
-    leased: AtomicBool,
-    /// True once shutdown began: new sockets are refused.
-    shutting_down: AtomicBool,
+    health: Arc<Health>,
     /// Where `ws://` sessions run: the runtime the node was started on, when it has worker
     /// threads of its own (the binary's). Otherwise sessions stay on the HTTP worker that
     /// accepted them.
@@ -85,7 +81,7 @@ impl Node {
             ))
             .into());
         }
-        let hub = Hub::new(
+        let hub = Arc::new(Hub::new(
             HubLimits {
                 max_per_client: config.max_connections_per_client,
                 max_total: config.max_connections,
@@ -95,13 +91,13 @@ impl Node {
             epoch.clone(),
             metrics.clone(),
             work.clone(),
-        );
+        ));
         let sessions = tokio::runtime::Handle::try_current()
             .ok()
             .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         Ok(Self(Arc::new(Shared {
             sessions,
-            admission: Admission::new(verifier, id.clone())?,
+            admission: Arc::new(Admission::new(verifier, id.clone())?),
             id,
             epoch,
             keys: Keys::new(config.key_prefix.clone()).sharded(sharded),
@@ -122,14 +118,12 @@ impl Node {
                 .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
                 .filter(|o| !o.is_empty())
                 .collect(),
-            nodes: NodeSet::new(configured),
+            nodes: Arc::new(NodeSet::new(configured)),
             ip_limits: Arc::new(IpLimits::new(
                 config.max_connections_per_ip,
                 config.max_connects_per_ip_per_sec,
             )),
-            redis_up: AtomicBool::new(false),
-            leased: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
+            health: Arc::default(),
         })))
     }
 
@@ -154,23 +148,28 @@ impl Node {
     }
 
     /// The connection registry.
-    pub fn hub(&self) -> &Hub {
+    pub fn hub(&self) -> &Arc<Hub> {
         &self.0.hub
     }
 
     /// Token checks.
-    pub fn admission(&self) -> &Admission {
+    pub fn admission(&self) -> &Arc<Admission> {
         &self.0.admission
     }
 
     /// Counters.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.0.metrics
     }
 
     /// Background work the hub asks for.
-    pub fn work(&self) -> &HubWork {
+    pub fn work(&self) -> &Arc<HubWork> {
         &self.0.work
+    }
+
+    /// Health flags.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.0.health
     }
 
     /// Per-session settings.
@@ -194,7 +193,7 @@ impl Node {
     }
 
     /// The live node set.
-    pub fn nodes(&self) -> &NodeSet {
+    pub fn nodes(&self) -> &Arc<NodeSet> {
         &self.0.nodes
     }
 
@@ -213,29 +212,17 @@ impl Node {
 
     /// Whether the Redis subscriber is up.
     pub fn redis_up(&self) -> bool {
-        self.0.redis_up.load(Relaxed)
+        self.0.health.redis_up()
     }
 
     /// Whether the node has taken its lease (and announced itself) since it started.
     pub fn leased(&self) -> bool {
-        self.0.leased.load(Relaxed)
-    }
-
-    pub(crate) fn set_leased(&self) {
-        self.0.leased.store(true, Relaxed);
-    }
-
-    pub(crate) fn set_redis_up(&self, up: bool) {
-        self.0.redis_up.store(up, Relaxed);
+        self.0.health.leased()
     }
 
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
-        self.0.shutting_down.load(Relaxed)
-    }
-
-    pub(crate) fn begin_shutdown(&self) {
-        self.0.shutting_down.store(true, Relaxed);
+        self.0.health.shutting_down()
     }
 }
 

@@ -4,24 +4,16 @@
 //! new connections for it are refused. So when a node comes back or is added, the clients it
 //! wins move to it, and nobody else.
 //!
-//! Read every second and whenever a node announces a change on the node-set topic (the broker
-//! wakes this task). Without a configured node list (`--nodes`), nothing moves.
+//! This is the set itself; the task that reads it from Redis and moves clients is
+//! `tasks::follower`. Without a configured node list (`--nodes`), nothing moves.
 
 use std::sync::RwLock;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use std::time::Instant;
 
-use imclient::contract::CloseCode;
-use imclient::node::{home_node, read_live};
-use imclient::store::Store;
+use imclient::node::home_node;
 use imclient::{ClientId, NodeId};
-use tokio::sync::watch;
 
-use crate::node::Node;
-
-/// How often the set is read when no announcement comes.
-const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// How long after a change this node expects the clients it gained from a node still live to
 /// be handed over (see `Hub::take_over`): deliveries for them are kept meanwhile, and their
 /// connections wait for their stream.
@@ -85,8 +77,13 @@ impl NodeSet {
         })
     }
 
+    /// The configured nodes (empty: this node serves whoever its tokens name).
+    pub fn configured(&self) -> &[NodeId] {
+        &self.configured
+    }
+
     /// Sets the live nodes (`me` among them); returns whether they changed.
-    fn set_live(&self, me: &NodeId, live: Vec<NodeId>) -> bool {
+    pub fn set_live(&self, me: &NodeId, live: Vec<NodeId>) -> bool {
         let mut current = self.live.write().unwrap_or_else(|p| p.into_inner());
         if current.as_ref() == Some(&live) {
             return false;
@@ -97,76 +94,5 @@ impl NodeSet {
         *self.previous.write().unwrap_or_else(|p| p.into_inner()) = Some((before, Instant::now()));
         *current = Some(live);
         true
-    }
-}
-
-/// Follows the live set until `stop` turns true, moving clients this node no longer owns.
-pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
-    if node.nodes().configured.is_empty() {
-        return;
-    }
-    let mut tick = tokio::time::interval(REFRESH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = node.work().nodeset.notified() => {}
-            _ = stop.changed() => return,
-        }
-        if node.shutting_down() {
-            return;
-        }
-        match read(&node, &store).await {
-            Ok(live) => {
-                if node.nodes().set_live(node.id(), live.clone()) {
-                    tracing::info!(node = %node.id(), live = ?live, "live node set changed");
-                    move_clients(&node);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(node = %node.id(), error = %e, "cannot read the live node set");
-            }
-        }
-    }
-}
-
-/// The configured nodes holding a lease, this node always among them: it is running.
-async fn read(node: &Node, store: &Store) -> Result<Vec<NodeId>, String> {
-    let configured = &node.nodes().configured;
-    let mut conn = store.get().await.map_err(|e| e.to_string())?;
-    let live = read_live(&mut conn, node.keys(), configured)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(configured
-        .iter()
-        .filter(|peer| live.contains(peer) || *peer == node.id())
-        .cloned()
-        .collect())
-}
-
-/// Moves every client whose home is now another node: hands its stream over to the new home,
-/// then closes its connections with 4003 (see `Hub::hand_over`).
-fn move_clients(node: &Node) {
-    let mut moved = 0;
-    for client in node.hub().clients() {
-        if node.nodes().owns(node.id(), &client) {
-            continue;
-        }
-        let Some(home) = node.nodes().home_of(&client) else {
-            continue;
-        };
-        node.hub().mark_moved(&client);
-        if node.hub().recovery().enabled() {
-            if node.hub().hand_over(&client, node.keys().node_topic(&home)) {
-                moved += 1;
-            }
-        } else {
-            node.hub().kick(&client, CloseCode::Moved);
-            moved += 1;
-        }
-    }
-    if moved > 0 {
-        node.metrics().clients_moved.fetch_add(moved, Relaxed);
-        tracing::info!(node = %node.id(), clients = moved, "moved clients to their new home");
     }
 }

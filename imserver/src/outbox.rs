@@ -94,6 +94,12 @@ impl Frame {
         Self::new(Self::CLOSE, payload.into())
     }
 
+    /// The payload.
+    #[cfg(test)]
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.body
+    }
+
     fn unsent_head(&self) -> &[u8] {
         &self.head[usize::from(self.head_sent)..usize::from(self.head_len)]
     }

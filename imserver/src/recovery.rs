@@ -1,32 +1,25 @@
 //! Recovery: the recent envelopes a node pushed to each client, kept so that a client that
 //! drops off and comes back (`since=<epoch>:<seq>`) gets what it missed, in order, from memory.
 //! A client's buffer and its channel subscriptions outlive its last connection for the
-//! recovery window; the sweeper ends windows that ran out, trims envelopes past their age, and
-//! under memory pressure ends the oldest windows first.
+//! recovery window (the hub's sweep ends windows that ran out, trims envelopes past their age,
+//! and under memory pressure ends the oldest windows first). This module owns the bounds, the
+//! buffer and the decision whether a resume can be served.
 //!
 //! Redis is not on this path: a buffer only exists on the client's home node, and a node that
 //! restarts starts with none (the client is told `epoch_changed`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
 use imclient::contract::{RecoveryRefusal, ResumeFrom};
-use tokio::sync::watch;
 use tokio::time::Instant;
-
-use crate::node::Node;
 
 /// What one buffered envelope costs besides its bytes, for the memory bounds: its deque slot
 /// (56 bytes, and the deque's spare room), the shared header of its bytes and the allocator's
 /// rounding. Measured: 10,000 full buffers grew the node by 1.17 times what 64 here accounted.
 pub const ENVELOPE_OVERHEAD: usize = 128;
 
-/// How often the sweeper runs when nothing presses it.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Least time between two warnings about memory pressure.
-const WARN_EVERY: Duration = Duration::from_secs(60);
 /// The bounds of recovery, from the node's configuration.
 #[derive(Debug, Clone)]
 pub struct RecoveryLimits {
@@ -229,44 +222,6 @@ pub fn resume(
     match buffer.after(from.seq, last) {
         Some(frames) => Resume::Replay(frames),
         None => Resume::Refused(RecoveryRefusal::TooOld),
-    }
-}
-
-/// Runs the sweeper until `stop` turns true.
-pub async fn run(node: Node, mut stop: watch::Receiver<bool>) {
-    if !node.hub().recovery().enabled() {
-        return;
-    }
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Pressure can last: say so once a minute, with what happened meanwhile.
-    let mut warned: Option<Instant> = None;
-    let (mut evicted, mut trimmed) = (0, 0);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = node.hub().pressure() => {}
-            _ = stop.changed() => return,
-        }
-        let swept = node.hub().sweep(Instant::now());
-        // Also the token ids of a burst of connects that has passed: not recovery, but the
-        // same once-a-second sweep over memory that outlives its use.
-        node.admission().prune();
-        let metrics = node.metrics();
-        metrics.recovery_expired.fetch_add(swept.expired, Relaxed);
-        metrics.recovery_evicted.fetch_add(swept.evicted, Relaxed);
-        evicted += swept.evicted;
-        trimmed += swept.trimmed;
-        if (evicted > 0 || trimmed > 0) && warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            tracing::warn!(
-                node = %node.id(),
-                evicted,
-                trimmed_rounds = trimmed,
-                "recovery buffers over --recovery-max-bytes: oldest windows ended first"
-            );
-            warned = Some(Instant::now());
-            (evicted, trimmed) = (0, 0);
-        }
     }
 }
 

@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::early_answer::Answering;
 use crate::error::Result;
 use crate::node::Node;
-use crate::{broker, handshake, membership, nodeset, presence, recovery, route, tls};
+use crate::tasks::{broker, follower, membership, presence, sweeper};
+use crate::{handshake, route, tls};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use tokio::net::TcpStream;
 
@@ -51,20 +52,76 @@ pub async fn run(
     let store = Store::open(&config.redis_url).map_err(crate::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let broker = tokio::spawn(broker::run(node.clone(), store.clone(), stop_rx.clone()));
-    let writer = tokio::spawn(presence::run(node.clone(), store.clone(), stop_rx.clone()));
+    let commands = broker::Broker {
+        id: node.id().clone(),
+        keys: node.keys().clone(),
+        hub: node.hub().clone(),
+        work: node.work().clone(),
+        metrics: node.metrics().clone(),
+        nodes: node.nodes().clone(),
+        health: node.health().clone(),
+    };
+    let broker = tokio::spawn(broker::run(
+        commands.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
+    let writing = presence::Presence {
+        id: node.id().clone(),
+        epoch: node.epoch().to_owned(),
+        keys: node.keys().clone(),
+        hub: node.hub().clone(),
+        work: node.work().clone(),
+        nodes: node.nodes().clone(),
+        metrics: node.metrics().clone(),
+        health: node.health().clone(),
+        lease: node.lease(),
+        events_maxlen: node.events_maxlen(),
+    };
+    let writer = tokio::spawn(presence::run(
+        writing.clone(),
+        store.clone(),
+        stop_rx.clone(),
+    ));
     let loader = tokio::spawn(membership::run(
-        node.clone(),
+        membership::Loader {
+            node: node.id().clone(),
+            keys: node.keys().clone(),
+            hub: node.hub().clone(),
+            work: node.work().clone(),
+            metrics: node.metrics().clone(),
+            fault_delay: node.limits().fault_membership_delay,
+        },
         store.clone(),
         stop_rx.clone(),
     ));
-    let sweeper = tokio::spawn(recovery::run(node.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(sweeper::run(
+        sweeper::Sweeper {
+            node: node.id().clone(),
+            hub: node.hub().clone(),
+            admission: node.admission().clone(),
+            metrics: node.metrics().clone(),
+        },
+        stop_rx.clone(),
+    ));
     let acker = tokio::spawn(broker::run_publisher(
-        node.clone(),
+        commands,
         store.clone(),
         stop_rx.clone(),
     ));
-    let follower = tokio::spawn(nodeset::run(node.clone(), store.clone(), stop_rx.clone()));
+    let follower = tokio::spawn(follower::run(
+        follower::Follower {
+            node: node.id().clone(),
+            keys: node.keys().clone(),
+            nodes: node.nodes().clone(),
+            hub: node.hub().clone(),
+            work: node.work().clone(),
+            metrics: node.metrics().clone(),
+            health: node.health().clone(),
+        },
+        store.clone(),
+        stop_rx.clone(),
+    ));
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -158,7 +215,7 @@ pub async fn run(
 
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
     tracing::info!(node = %node.id(), connections = node.hub().connections(), "shutting down");
-    node.begin_shutdown();
+    node.health().begin_shutdown();
     handle.pause().await;
     node.hub().close_all(CloseCode::GoingAway);
     if timeout(config.shutdown_timeout() / 2, node.hub().wait_empty())
@@ -170,7 +227,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = writer.await;
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    match timeout(left, presence::clear(&node, &store)).await {
+    match timeout(left, presence::clear(&writing, &store)).await {
         Ok(Ok(n)) => tracing::info!(node = %node.id(), clients = n, "presence cleared"),
         Ok(Err(e)) => {
             tracing::warn!(node = %node.id(), error = %e, "cannot clear presence; peers will purge it when the lease expires")

@@ -5,6 +5,7 @@
 //! re-subscribed with backoff; WebSocket clients stay connected meanwhile.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -12,14 +13,17 @@ use imclient::contract::{
     CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
     ReceiptStatus, Receipts, RecoveryRefusal, SystemEvent, envelope_body, system_frame,
 };
+use imclient::keys::Keys;
 use imclient::store::{Store, Subscriber};
-use imclient::{ChanName, ClientId, new_message_id, now_ms};
+use imclient::{ChanName, ClientId, NodeId, new_message_id, now_ms};
 use serde_json::value::to_raw_value;
 use tokio::sync::watch;
 
-use crate::hub::{ChanOp, Reach};
-use crate::metrics::DropReason;
-use crate::node::Node;
+use crate::health::Health;
+use crate::hub::{ChanOp, Hub, Reach};
+use crate::metrics::{DropReason, Metrics};
+use crate::nodeset::NodeSet;
+use crate::work::HubWork;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -30,16 +34,35 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a join acknowledgement waits in Redis for the call that asked for it.
 const ACK_TTL_MS: i64 = 30_000;
 
+/// What the broker and the publisher work on.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// This node.
+    pub id: NodeId,
+    /// Redis names.
+    pub keys: Keys,
+    /// Where commands are delivered.
+    pub hub: Arc<Hub>,
+    /// Topics to change, joins to acknowledge, commands to publish.
+    pub work: Arc<HubWork>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The live node set, for deliveries that come before a handover.
+    pub nodes: Arc<NodeSet>,
+    /// Where the subscriber says whether it is up.
+    pub health: Arc<Health>,
+}
+
 /// Runs the subscriber until `stop` turns true.
-pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
-    let topic = node.keys().node_topic(node.id());
+pub async fn run(broker: Broker, store: Store, mut stop: watch::Receiver<bool>) {
+    let topic = broker.keys.node_topic(&broker.id);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     loop {
-        let nodeset = node.keys().nodeset_topic();
+        let nodeset = broker.keys.nodeset_topic();
         let fixed = [
             topic.clone(),
-            node.keys().broadcast_topic(),
+            broker.keys.broadcast_topic(),
             nodeset.clone(),
         ];
         let attempt = async {
@@ -60,7 +83,7 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
         let (mut sink, mut messages) = match subscribed {
             Ok(parts) => parts,
             Err(e) => {
-                tracing::warn!(node = %node.id(), error = %e, ?backoff, "cannot subscribe to Redis; retrying");
+                tracing::warn!(node = %broker.id, error = %e, ?backoff, "cannot subscribe to Redis; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
@@ -71,28 +94,28 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
         };
         let mut chans: HashSet<ChanName> = HashSet::new();
         if connected_before {
-            node.metrics().redis_reconnects.fetch_add(1, Relaxed);
+            broker.metrics.redis_reconnects.fetch_add(1, Relaxed);
             // Join and leave controls sent while we were away are lost: read memberships again.
-            node.hub().resync_memberships();
+            broker.hub.resync_memberships();
         }
-        node.work().topics.mark_all(node.hub().chans());
+        broker.work.topics.mark_all(broker.hub.chans());
         let reconnected = connected_before;
         // After an outage, every topic is subscribed again before clients are told what they
         // may have missed: from then on nothing more can go missing.
-        if reconnected && let Err(e) = reconcile(&node, &mut sink, &mut chans).await {
-            tracing::warn!(node = %node.id(), error = %e, "cannot subscribe to channel topics again");
+        if reconnected && let Err(e) = reconcile(&broker, &mut sink, &mut chans).await {
+            tracing::warn!(node = %broker.id, error = %e, "cannot subscribe to channel topics again");
             continue;
         }
         connected_before = true;
         backoff = MIN_BACKOFF;
-        node.set_redis_up(true);
-        node.hub().set_base_subscribed(true);
+        broker.health.set_redis_up(true);
+        broker.hub.set_base_subscribed(true);
         if reconnected {
-            node.hub().mark_missed(&system_frame(&SystemEvent::Missed {
+            broker.hub.mark_missed(&system_frame(&SystemEvent::Missed {
                 reason: RecoveryRefusal::RedisOutage,
             }));
         }
-        tracing::info!(node = %node.id(), %topic, "subscribed");
+        tracing::info!(node = %broker.id, %topic, "subscribed");
         // A connection that dies without a reset (a partition) never ends the stream by
         // itself; an unanswered ping tells.
         let mut health =
@@ -100,50 +123,50 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
-                    Some(msg) if msg.get_channel_name() == nodeset => node.work().nodeset.notify_one(),
-                    Some(msg) => handle(&node, &store, msg.get_payload_bytes()),
+                    Some(msg) if msg.get_channel_name() == nodeset => broker.work.nodeset.notify_one(),
+                    Some(msg) => handle(&broker, &store, msg.get_payload_bytes()),
                     None => break,
                 },
-                _ = node.work().topics.wait() => {
-                    if let Err(e) = reconcile(&node, &mut sink, &mut chans).await {
-                        tracing::warn!(node = %node.id(), error = %e, "cannot change channel subscriptions");
+                _ = broker.work.topics.wait() => {
+                    if let Err(e) = reconcile(&broker, &mut sink, &mut chans).await {
+                        tracing::warn!(node = %broker.id, error = %e, "cannot change channel subscriptions");
                         break;
                     }
-                    settle_join_acks(&node);
+                    settle_join_acks(&broker);
                 }
                 _ = health.tick() => {
                     let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping()).await;
                     if !matches!(ping, Ok(Ok(_))) {
-                        tracing::warn!(node = %node.id(), "Redis subscriber did not answer a ping");
+                        tracing::warn!(node = %broker.id, "Redis subscriber did not answer a ping");
                         break;
                     }
                     let held = tokio::time::timeout(PING_TIMEOUT, sink.holds(&topic)).await;
                     if matches!(held, Ok(Ok(false))) {
-                        tracing::warn!(node = %node.id(), %topic, "Redis Cluster no longer holds this node's subscription");
+                        tracing::warn!(node = %broker.id, %topic, "Redis Cluster no longer holds this broker's subscription");
                         break;
                     }
                 }
-                _ = stop.changed() => { node.set_redis_up(false); return }
+                _ = stop.changed() => { broker.health.set_redis_up(false); return }
             }
         }
-        node.set_redis_up(false);
-        node.hub().set_base_subscribed(false);
-        node.metrics().chan_topics.store(0, Relaxed);
-        tracing::warn!(node = %node.id(), "lost the Redis subscriber connection; reconnecting");
+        broker.health.set_redis_up(false);
+        broker.hub.set_base_subscribed(false);
+        broker.metrics.chan_topics.store(0, Relaxed);
+        tracing::warn!(node = %broker.id, "lost the Redis subscriber connection; reconnecting");
     }
 }
 
 /// Subscribes to the topics of channels that gained local members and unsubscribes from those
 /// that lost their last one. On failure the channels are marked again for the next connection.
 async fn reconcile(
-    node: &Node,
+    broker: &Broker,
     sink: &mut Subscriber,
     subscribed: &mut HashSet<ChanName>,
 ) -> redis::RedisResult<()> {
-    let changed = node.work().topics.take();
+    let changed = broker.work.topics.take();
     let (mut add, mut remove) = (Vec::new(), Vec::new());
     for chan in &changed {
-        match (node.hub().chan_count(chan) > 0, subscribed.contains(chan)) {
+        match (broker.hub.chan_count(chan) > 0, subscribed.contains(chan)) {
             (true, false) => add.push(chan.clone()),
             (false, true) => remove.push(chan.clone()),
             _ => {}
@@ -152,7 +175,7 @@ async fn reconcile(
     let topics = |chans: &[ChanName]| {
         chans
             .iter()
-            .map(|c| node.keys().chan_topic(c))
+            .map(|c| broker.keys.chan_topic(c))
             .collect::<Vec<_>>()
     };
     let result = async {
@@ -160,12 +183,12 @@ async fn reconcile(
             sink.subscribe(&topics(&add)).await?;
             subscribed.extend(add.iter().cloned());
             // Acknowledged by Redis: a message published from now on arrives here.
-            node.hub().topics_subscribed(&add);
+            broker.hub.topics_subscribed(&add);
         }
         if !remove.is_empty() {
             // Before the command: a member that joins meanwhile must wait for the topic to be
             // subscribed again, not count on this one.
-            node.hub().topics_unsubscribing(&remove);
+            broker.hub.topics_unsubscribing(&remove);
             sink.unsubscribe(&topics(&remove)).await?;
             for chan in &remove {
                 subscribed.remove(chan);
@@ -174,85 +197,86 @@ async fn reconcile(
         redis::RedisResult::Ok(())
     }
     .await;
-    node.metrics()
+    broker
+        .metrics
         .chan_topics
         .store(subscribed.len() as u64, Relaxed);
     if result.is_err() {
-        node.work().topics.mark_all(changed);
+        broker.work.topics.mark_all(changed);
     }
     result
 }
 
 /// Handles one command from the node topic. Malformed commands are counted and dropped.
-pub fn handle(node: &Node, store: &Store, bytes: &[u8]) {
-    node.metrics().commands_in.fetch_add(1, Relaxed);
+pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
+    broker.metrics.commands_in.fetch_add(1, Relaxed);
     let command: NodeCommand<'_> = match serde_json::from_slice(bytes) {
         Ok(c) => c,
         Err(e) => {
-            node.metrics().dropped(DropReason::Malformed, 1);
-            tracing::warn!(node = %node.id(), error = %e, len = bytes.len(), "dropping malformed command");
+            broker.metrics.dropped(DropReason::Malformed, 1);
+            tracing::warn!(node = %broker.id, error = %e, len = bytes.len(), "dropping malformed command");
             return;
         }
     };
     match command {
-        NodeCommand::Deliver(d) => deliver(node, store, &d),
-        NodeCommand::Receipts(r) => receipts(node, &r),
+        NodeCommand::Deliver(d) => deliver(broker, store, &d),
+        NodeCommand::Receipts(r) => receipts(broker, &r),
         NodeCommand::Kick(k) => {
-            let n = node.hub().kick(&k.client, CloseCode::Kicked);
-            tracing::info!(node = %node.id(), client = %k.client, connections = n, "force offline");
+            let n = broker.hub.kick(&k.client, CloseCode::Kicked);
+            tracing::info!(node = %broker.id, client = %k.client, connections = n, "force offline");
         }
         NodeCommand::Chan(f) => {
             let Some(chan) = &f.chan else {
-                node.metrics().dropped(DropReason::Malformed, 1);
+                broker.metrics.dropped(DropReason::Malformed, 1);
                 return;
             };
             let body = fanout_body(&f, Kind::Channel);
             let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
-            node.hub().fanout_chan(chan, &body, exclude);
+            broker.hub.fanout_chan(chan, &body, exclude);
         }
         NodeCommand::Broadcast(f) => {
             let body = fanout_body(&f, Kind::Broadcast);
             let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
-            node.hub().broadcast(&body, exclude);
+            broker.hub.broadcast(&body, exclude);
         }
         NodeCommand::Join(m) => {
-            node.hub().apply(&m.client, ChanOp::Join(m.chan.clone()));
-            if node.keys().is_sharded() {
-                node.hub().resync_client(&m.client);
+            broker.hub.apply(&m.client, ChanOp::Join(m.chan.clone()));
+            if broker.keys.is_sharded() {
+                broker.hub.resync_client(&m.client);
             }
             if let Some(ack) = m.ack {
-                node.work().join_acks.push(m.client, m.chan, ack);
-                settle_join_acks(node);
+                broker.work.join_acks.push(m.client, m.chan, ack);
+                settle_join_acks(broker);
             }
         }
         NodeCommand::Leave(m) => {
-            node.hub().apply(&m.client, ChanOp::Leave(m.chan.clone()));
-            if node.keys().is_sharded() {
-                node.hub().resync_client(&m.client);
+            broker.hub.apply(&m.client, ChanOp::Leave(m.chan.clone()));
+            if broker.keys.is_sharded() {
+                broker.hub.resync_client(&m.client);
             }
             // Applied: the acknowledgement goes out at once (the client is no member).
             if let Some(ack) = m.ack {
-                node.work().join_acks.push(m.client, m.chan, ack);
-                settle_join_acks(node);
+                broker.work.join_acks.push(m.client, m.chan, ack);
+                settle_join_acks(broker);
             }
         }
-        NodeCommand::ChanDeleted(d) => node.hub().chan_deleted(&d.chan),
+        NodeCommand::ChanDeleted(d) => broker.hub.chan_deleted(&d.chan),
         // Only what a node writes: envelopes that start with their id, frames with their seq (a
         // frame is built by splicing `seq` in at the start of an envelope).
         NodeCommand::Handover(h) if !h.frames.iter().all(|f| f.get().starts_with("{\"seq\":")) => {
-            node.metrics().dropped(DropReason::Malformed, 1);
+            broker.metrics.dropped(DropReason::Malformed, 1);
         }
         NodeCommand::Forward(f) if imclient::contract::envelope_id(f.envelope.get()).is_none() => {
-            node.metrics().dropped(DropReason::Malformed, 1);
+            broker.metrics.dropped(DropReason::Malformed, 1);
         }
         NodeCommand::Handover(h) => {
-            tracing::debug!(node = %node.id(), client = %h.client, seq = h.seq, frames = h.frames.len(), "taking over a client's stream");
-            node.hub().take_over(h);
+            tracing::debug!(node = %broker.id, client = %h.client, seq = h.seq, frames = h.frames.len(), "taking over a client's stream");
+            broker.hub.take_over(h);
         }
         NodeCommand::Forward(f) => {
             // Passed on by the node the client left: it is expected here whatever this node
             // has seen of the node set yet.
-            node.hub().deliver(
+            broker.hub.deliver(
                 std::slice::from_ref(&f.client),
                 f.envelope.get(),
                 |_| true,
@@ -264,18 +288,19 @@ pub fn handle(node: &Node, store: &Store, bytes: &[u8]) {
 
 /// Moves the joins that have taken effect (see [`crate::hub::Hub::join_settled`]) to the
 /// acknowledgements that [`run_join_acks`] sends.
-fn settle_join_acks(node: &Node) {
-    let settled = node
-        .work()
+fn settle_join_acks(broker: &Broker) {
+    let settled = broker
+        .work
         .join_acks
-        .take_settled(|client, chan| node.hub().join_settled(client, chan));
+        .take_settled(|client, chan| broker.hub.join_settled(client, chan));
     if settled.is_empty() {
         return;
     }
-    node.work()
+    broker
+        .work
         .outgoing
         .push(settled.into_iter().flat_map(|(client, ack)| {
-            let key = node.keys().ack(&ack);
+            let key = broker.keys.ack(&ack);
             let mut push = redis::cmd("RPUSH");
             push.arg(&key).arg(client.as_str());
             let mut expire = redis::cmd("PEXPIRE");
@@ -287,27 +312,27 @@ fn settle_join_acks(node: &Node) {
 /// Sends the node's background commands (receipts for senders on other nodes, join
 /// acknowledgements), pipelined in batches on one connection, in the order they were queued,
 /// until `stop` turns true.
-pub async fn run_publisher(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
+pub async fn run_publisher(broker: Broker, store: Store, mut stop: watch::Receiver<bool>) {
     const BATCH: usize = 1000;
     loop {
         tokio::select! {
-            _ = node.work().outgoing.wait() => {}
+            _ = broker.work.outgoing.wait() => {}
             _ = stop.changed() => return,
         }
-        let mut cmds = node.work().outgoing.take().into_iter().peekable();
+        let mut cmds = broker.work.outgoing.take().into_iter().peekable();
         while cmds.peek().is_some() {
             let mut pipe = redis::pipe();
             for cmd in cmds.by_ref().take(BATCH) {
                 pipe.add_command(cmd).ignore();
             }
-            send(&node, &store, &pipe).await;
+            send(&broker, &store, &pipe).await;
         }
     }
 }
 
 /// Sends `pipe` on a pooled connection; a failure is logged and the batch is lost (receipts
 /// and acknowledgements are best effort).
-async fn send(node: &Node, store: &Store, pipe: &redis::Pipeline) {
+async fn send(broker: &Broker, store: &Store, pipe: &redis::Pipeline) {
     let sent = async {
         let mut conn = store.get().await.map_err(|e| e.to_string())?;
         pipe.query_async::<()>(&mut conn)
@@ -315,7 +340,7 @@ async fn send(node: &Node, store: &Store, pipe: &redis::Pipeline) {
             .map_err(|e| e.to_string())
     };
     if let Err(error) = sent.await {
-        tracing::warn!(node = %node.id(), %error, "cannot send receipts or join acknowledgements");
+        tracing::warn!(node = %broker.id, %error, "cannot send receipts or join acknowledgements");
     }
 }
 
@@ -330,7 +355,7 @@ fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {
     })
 }
 
-fn deliver(node: &Node, store: &Store, d: &Deliver<'_>) {
+fn deliver(broker: &Broker, store: &Store, d: &Deliver<'_>) {
     let body = envelope_body(&EnvelopeBody {
         id: &d.id,
         kind: d.kind,
@@ -341,8 +366,8 @@ fn deliver(node: &Node, store: &Store, d: &Deliver<'_>) {
     });
     let want_receipts = d.receipt_node.is_some() && d.from.is_some();
     let mut results = Vec::new();
-    let expected = |client: &ClientId| node.nodes().expects_handover(node.id(), client);
-    node.hub().deliver(&d.to, &body, expected, |client, reach| {
+    let expected = |client: &ClientId| broker.nodes.expects_handover(&broker.id, client);
+    broker.hub.deliver(&d.to, &body, expected, |client, reach| {
         if want_receipts {
             let status = match reach {
                 Reach::Delivered => ReceiptStatus::Delivered,
@@ -366,19 +391,20 @@ fn deliver(node: &Node, store: &Store, d: &Deliver<'_>) {
     let Ok(text) = serde_json::to_string(&cmd) else {
         return;
     };
-    if receipt_node == node.id() {
+    if *receipt_node == broker.id {
         // The sender lives here too: no round trip through Redis.
-        handle(node, store, text.as_bytes());
+        handle(broker, store, text.as_bytes());
         return;
     }
     // Sent by the publisher task with the others, in order, pipelined: one task per message
     // would pile up under load, as the join acknowledgements did.
-    node.work()
+    broker
+        .work
         .outgoing
-        .publish(&node.keys().node_topic(receipt_node), text);
+        .publish(&broker.keys.node_topic(receipt_node), text);
 }
 
-fn receipts(node: &Node, r: &Receipts) {
+fn receipts(broker: &Broker, r: &Receipts) {
     for result in &r.results {
         let payload = ReceiptPayload {
             message_id: r.message_id.clone(),
@@ -397,7 +423,8 @@ fn receipts(node: &Node, r: &Receipts) {
             payload: &raw,
             ts: now_ms(),
         });
-        node.hub()
+        broker
+            .hub
             .deliver(std::slice::from_ref(&r.to), &body, |_| false, |_, _| {});
     }
 }

@@ -10,34 +10,33 @@
 //! presence of a node whose lease expired, emitting offline events for its clients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use imclient::contract::PresenceRecord;
 use imclient::keys::Keys;
 use imclient::store::Store;
-use imclient::{ChanName, ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
+use imclient::{ChanName, ClientId, EVENT_FIELD, EventKind, NodeId};
 use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::node::Node;
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::nodeset::NodeSet;
+use crate::work::HubWork;
+
+mod purge;
+
+pub use purge::clear;
+use purge::{announce, emit_offline, event, json, pool_error, purge, xadd};
 
 /// Clients written per pipeline.
 const BATCH: usize = 512;
 /// Longest wait between retries while Redis is failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// Atomically takes a node's presence hash: refuses while the node's lease is alive (unless
-/// forced), else returns its entries and deletes it and the node's channel counts.
-/// KEYS: presence, lease, nodes, chan-online. ARGV: node id, "force" or "".
-const PURGE_SCRIPT: &str = r"
-if ARGV[2] ~= 'force' and redis.call('EXISTS', KEYS[2]) == 1 then return false end
-local entries = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[4])
-if ARGV[2] ~= 'force' then redis.call('SREM', KEYS[3], ARGV[1]) end
-return entries
-";
 
 /// How long after a lapsed lease is renewed every backend has read the live set again: the
 /// announcement makes them read it at once, and they read it every second anyway. Messages
@@ -61,9 +60,44 @@ end
 return moved and 1 or 0
 ";
 
+/// What the presence writer works on.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// This node.
+    pub id: NodeId,
+    /// This process run's id, the lease's value.
+    pub epoch: String,
+    /// Redis names.
+    pub keys: Keys,
+    /// What is online here.
+    pub hub: Arc<Hub>,
+    /// Which clients and channels are dirty.
+    pub work: Arc<HubWork>,
+    /// The live node set: where a moved client went.
+    pub nodes: Arc<NodeSet>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Where taking the lease is recorded.
+    pub health: Arc<Health>,
+    /// Lease lifetime.
+    pub lease: Duration,
+    /// Event stream cap.
+    pub events_maxlen: u64,
+}
+
+impl Presence {
+    fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+}
+
 /// The writer's view of Redis.
 struct Writer {
-    node: Node,
+    presence: Presence,
     store: Store,
     /// What this node's presence hash holds, as last written or read.
     written: HashMap<ClientId, PresenceRecord>,
@@ -79,9 +113,9 @@ struct Writer {
 }
 
 /// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
-pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
+pub async fn run(presence: Presence, store: Store, mut stop: watch::Receiver<bool>) {
     let mut writer = Writer {
-        node,
+        presence,
         store,
         written: HashMap::new(),
         written_chans: HashMap::new(),
@@ -92,7 +126,7 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
     };
     // The lease makes backends route to this node: not before it can hear them.
     tokio::select! {
-        _ = writer.node.hub().base_subscribed() => {}
+        _ = writer.presence.hub.base_subscribed() => {}
         _ = stop.changed() => return,
     }
     let mut backoff = Duration::from_millis(50);
@@ -100,8 +134,12 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
         match writer.step().await {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) => {
-                writer.node.metrics().presence_errors.fetch_add(1, Relaxed);
-                tracing::warn!(node = %writer.node.id(), error = %e, "presence write failed; retrying");
+                writer
+                    .presence
+                    .metrics
+                    .presence_errors
+                    .fetch_add(1, Relaxed);
+                tracing::warn!(node = %writer.presence.id(), error = %e, "presence write failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
@@ -111,8 +149,8 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = writer.node.work().presence.wait() => {}
-            _ = writer.node.work().chan_counts.wait() => {}
+            _ = writer.presence.work.presence.wait() => {}
+            _ = writer.presence.work.chan_counts.wait() => {}
             _ = tokio::time::sleep_until(writer.next_renewal) => {}
             _ = tokio::time::sleep_until(writer.missed_due.unwrap_or(writer.next_renewal)), if writer.missed_due.is_some() => {}
             _ = tokio::time::sleep(MOVE_GRACE), if !writer.moves.is_empty() => {}
@@ -123,14 +161,14 @@ pub async fn run(node: Node, store: Store, mut stop: watch::Receiver<bool>) {
 
 impl Writer {
     fn keys(&self) -> &Keys {
-        self.node.keys()
+        &self.presence.keys
     }
 
     async fn step(&mut self) -> redis::RedisResult<()> {
         if self.missed_due.is_some_and(|due| Instant::now() >= due) {
             self.missed_due = None;
-            self.node
-                .hub()
+            self.presence
+                .hub
                 .mark_missed(&imclient::contract::system_frame(
                     &imclient::contract::SystemEvent::Missed {
                         reason: imclient::contract::RecoveryRefusal::RedisOutage,
@@ -140,36 +178,36 @@ impl Writer {
         let mut conn = self.store.get().await.map_err(pool_error)?;
         if !self.started {
             // Whatever this node's hash holds is from a previous run: those clients are gone.
-            let stale = purge(&mut conn, self.keys(), self.node.id(), true).await?;
+            let stale = purge(&mut conn, self.keys(), self.presence.id(), true).await?;
             emit_offline(
                 &mut conn,
                 self.keys(),
-                self.node.id(),
+                self.presence.id(),
                 stale,
-                self.node.events_maxlen(),
+                self.presence.events_maxlen,
             )
             .await?;
             self.written.clear();
             self.written_chans.clear();
             self.renew_lease(&mut conn).await?;
-            announce(&mut conn, self.keys(), self.node.id(), true).await?;
+            announce(&mut conn, self.keys(), self.presence.id(), true).await?;
             self.started = true;
-            self.node.set_leased();
-            self.node
-                .work()
+            self.presence.health.set_leased();
+            self.presence
+                .work
                 .presence
-                .mark_all(self.node.hub().clients());
-            self.node
-                .work()
+                .mark_all(self.presence.hub.clients());
+            self.presence
+                .work
                 .chan_counts
-                .mark_all(self.node.hub().chans());
+                .mark_all(self.presence.hub.chans());
         }
         if Instant::now() >= self.next_renewal {
             if self.renew_lease(&mut conn).await? {
                 // While the lease was gone, backends sent this node's clients' messages to
                 // another node, which had no such client: say we are back at once, and once
                 // every backend has read that, tell the clients that something may be missing.
-                announce(&mut conn, self.keys(), self.node.id(), true).await?;
+                announce(&mut conn, self.keys(), self.presence.id(), true).await?;
                 self.missed_due = Some(Instant::now() + LAPSE_SETTLES);
                 self.resync(&mut conn).await?;
             }
@@ -196,10 +234,10 @@ impl Writer {
             };
             // Moves happen only once the live set is known, so the home is too.
             let home = self
-                .node
-                .nodes()
+                .presence
+                .nodes
                 .home_of(&client)
-                .unwrap_or_else(|| self.node.id().clone());
+                .unwrap_or_else(|| self.presence.id().clone());
             let (unclaimed, online_there): (Option<String>, bool) = redis::pipe()
                 .cmd("GETDEL")
                 .arg(self.keys().moving(&client))
@@ -213,8 +251,8 @@ impl Writer {
                 xadd(
                     &mut pipe,
                     self.keys(),
-                    &event(EventKind::Offline, &client, self.node.id(), &gone),
-                    self.node.events_maxlen(),
+                    &event(EventKind::Offline, &client, self.presence.id(), &gone),
+                    self.presence.events_maxlen,
                 );
                 pipe.query_async::<()>(conn).await?;
             }
@@ -225,46 +263,47 @@ impl Writer {
 
     /// Renews the lease; returns true when it had lapsed.
     async fn renew_lease(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<bool> {
-        let lease = self.node.lease();
+        let lease = self.presence.lease;
         let (previous, _): (Option<String>, i64) = redis::pipe()
             .cmd("SET")
-            .arg(self.keys().lease(self.node.id()))
-            .arg(self.node.epoch())
+            .arg(self.keys().lease(self.presence.id()))
+            .arg(self.presence.epoch())
             .arg("PX")
             .arg(lease.as_millis() as u64)
             .arg("GET")
-            .sadd(self.keys().nodes(), self.node.id().as_str())
+            .sadd(self.keys().nodes(), self.presence.id().as_str())
             .query_async(conn)
             .await?;
         self.next_renewal = Instant::now() + lease / 3;
-        let lapsed = self.started && previous.as_deref() != Some(self.node.epoch());
+        let lapsed = self.started && previous.as_deref() != Some(self.presence.epoch());
         if lapsed {
-            tracing::warn!(node = %self.node.id(), "lease had lapsed; rewriting presence");
+            tracing::warn!(node = %self.presence.id(), "lease had lapsed; rewriting presence");
         }
         Ok(lapsed)
     }
 
     /// Re-reads this node's hash and marks every client whose entry may differ.
     async fn resync(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
-        let stored: HashMap<String, String> =
-            conn.hgetall(self.keys().presence(self.node.id())).await?;
+        let stored: HashMap<String, String> = conn
+            .hgetall(self.keys().presence(self.presence.id()))
+            .await?;
         self.written = stored
             .into_iter()
             .filter_map(|(k, v)| Some((ClientId::new(k).ok()?, serde_json::from_str(&v).ok()?)))
             .collect();
         let mut all: Vec<ClientId> = self.written.keys().cloned().collect();
-        all.extend(self.node.hub().clients());
-        self.node.work().presence.mark_all(all);
+        all.extend(self.presence.hub.clients());
+        self.presence.work.presence.mark_all(all);
         let counts: HashMap<String, u64> = conn
-            .hgetall(self.keys().chan_online(self.node.id()))
+            .hgetall(self.keys().chan_online(self.presence.id()))
             .await?;
         self.written_chans = counts
             .into_iter()
             .filter_map(|(k, v)| Some((ChanName::new(k).ok()?, v)))
             .collect();
         let mut chans: Vec<ChanName> = self.written_chans.keys().cloned().collect();
-        chans.extend(self.node.hub().chans());
-        self.node.work().chan_counts.mark_all(chans);
+        chans.extend(self.presence.hub.chans());
+        self.presence.work.chan_counts.mark_all(chans);
         Ok(())
     }
 
@@ -277,20 +316,20 @@ impl Writer {
             let Ok(peer) = NodeId::new(peer) else {
                 continue;
             };
-            if &peer == self.node.id() {
+            if &peer == self.presence.id() {
                 continue;
             }
             let entries = purge(conn, self.keys(), &peer, false).await?;
             if let Some(entries) = entries {
-                tracing::info!(node = %self.node.id(), dead = %peer, clients = entries.len(), "purged presence of a dead node");
-                self.node.metrics().nodes_purged.fetch_add(1, Relaxed);
+                tracing::info!(node = %self.presence.id(), dead = %peer, clients = entries.len(), "purged presence of a dead node");
+                self.presence.metrics.nodes_purged.fetch_add(1, Relaxed);
                 announce(conn, self.keys(), &peer, false).await?;
                 emit_offline(
                     conn,
                     self.keys(),
                     &peer,
                     Some(entries),
-                    self.node.events_maxlen(),
+                    self.presence.events_maxlen,
                 )
                 .await?;
             }
@@ -300,14 +339,14 @@ impl Writer {
 
     /// Writes the difference between the hub and the hash for every dirty client.
     async fn flush(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
-        let dirty: Vec<ClientId> = self.node.work().presence.take();
+        let dirty: Vec<ClientId> = self.presence.work.presence.take();
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
             let mut pipe = redis::pipe();
             let mut changes = Vec::new();
-            let hash = self.keys().presence(self.node.id());
+            let hash = self.keys().presence(self.presence.id());
             for client in chunk {
-                let desired = self.node.hub().presence_of(client);
-                let moved = desired.is_none() && self.node.hub().take_moved(client);
+                let desired = self.presence.hub.presence_of(client);
+                let moved = desired.is_none() && self.presence.hub.take_moved(client);
                 let current = self.written.get(client);
                 let event = match (&desired, current) {
                     (Some(d), Some(c)) if d.conns == c.conns => continue,
@@ -318,7 +357,7 @@ impl Writer {
                     (Some(d), None) => {
                         // Online here: the script leaves out the event for a client another
                         // node moved here.
-                        let ev = event(EventKind::Online, client, self.node.id(), d);
+                        let ev = event(EventKind::Online, client, self.presence.id(), d);
                         pipe.cmd("EVAL")
                             .arg(ONLINE_SCRIPT)
                             .arg(3)
@@ -328,7 +367,7 @@ impl Writer {
                             .arg(client.as_str())
                             .arg(json(d))
                             .arg(json(&ev))
-                            .arg(self.node.events_maxlen())
+                            .arg(self.presence.events_maxlen)
                             .arg(EVENT_FIELD)
                             .ignore();
                         None
@@ -338,7 +377,7 @@ impl Writer {
                         pipe.hdel(&hash, client.as_str()).ignore();
                         pipe.cmd("SET")
                             .arg(self.keys().moving(client))
-                            .arg(self.node.id().as_str())
+                            .arg(self.presence.id().as_str())
                             .arg("PX")
                             .arg(2 * MOVE_GRACE.as_millis() as u64)
                             .ignore();
@@ -350,12 +389,12 @@ impl Writer {
                         pipe.hdel(&hash, client.as_str()).ignore();
                         let mut gone = c.clone();
                         gone.conns = 0;
-                        Some(event(EventKind::Offline, client, self.node.id(), &gone))
+                        Some(event(EventKind::Offline, client, self.presence.id(), &gone))
                     }
                     (None, None) => continue,
                 };
                 if let Some(ev) = event {
-                    xadd(&mut pipe, self.keys(), &ev, self.node.events_maxlen());
+                    xadd(&mut pipe, self.keys(), &ev, self.presence.events_maxlen);
                 }
                 changes.push((client.clone(), desired));
             }
@@ -364,8 +403,8 @@ impl Writer {
             }
             if let Err(e) = pipe.query_async::<()>(conn).await {
                 // Nothing of this batch or later ones was applied for sure: try them again.
-                self.node
-                    .work()
+                self.presence
+                    .work
                     .presence
                     .mark_all(dirty[i * BATCH..].iter().cloned());
                 return Err(e);
@@ -376,9 +415,9 @@ impl Writer {
                     None => self.written.remove(&client),
                 };
             }
-            crate::hub::shrink_if_sparse(&mut self.written);
-            self.node
-                .metrics()
+            crate::memory::shrink_if_sparse(&mut self.written);
+            self.presence
+                .metrics
                 .presence_entries
                 .store(self.written.len() as u64, Relaxed);
         }
@@ -387,13 +426,13 @@ impl Writer {
 
     /// Writes the local online count of every dirty channel.
     async fn flush_chans(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
-        let dirty = self.node.work().chan_counts.take();
-        let hash = self.keys().chan_online(self.node.id());
+        let dirty = self.presence.work.chan_counts.take();
+        let hash = self.keys().chan_online(self.presence.id());
         for (i, chunk) in dirty.chunks(BATCH).enumerate() {
             let mut pipe = redis::pipe();
             let mut changes = Vec::new();
             for chan in chunk {
-                let desired = self.node.hub().chan_online(chan);
+                let desired = self.presence.hub.chan_online(chan);
                 let current = self.written_chans.get(chan).copied();
                 match (desired, current) {
                     (0, None) => continue,
@@ -407,8 +446,8 @@ impl Writer {
                 continue;
             }
             if let Err(e) = pipe.query_async::<()>(conn).await {
-                self.node
-                    .work()
+                self.presence
+                    .work
                     .chan_counts
                     .mark_all(dirty[i * BATCH..].iter().cloned());
                 return Err(e);
@@ -423,132 +462,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Removes this node's presence at shutdown, with an offline event per client, and gives up
-/// the lease so no peer purges it again.
-pub async fn clear(node: &Node, store: &Store) -> redis::RedisResult<usize> {
-    let mut conn = store.get().await.map_err(pool_error)?;
-    let entries = purge(&mut conn, node.keys(), node.id(), true).await?;
-    let n = entries.as_ref().map_or(0, Vec::len);
-    emit_offline(
-        &mut conn,
-        node.keys(),
-        node.id(),
-        entries,
-        node.events_maxlen(),
-    )
-    .await?;
-    let _: () = redis::pipe()
-        .del(node.keys().lease(node.id()))
-        .ignore()
-        .srem(node.keys().nodes(), node.id().as_str())
-        .ignore()
-        .query_async(&mut conn)
-        .await?;
-    announce(&mut conn, node.keys(), node.id(), false).await?;
-    Ok(n)
-}
-
-/// Tells whoever follows the live node set (imclient, the other nodes) that `node` came or
-/// went, so they read the set again now rather than at their next refresh.
-async fn announce(
-    conn: &mut imclient::store::Conn,
-    keys: &Keys,
-    node: &NodeId,
-    live: bool,
-) -> redis::RedisResult<()> {
-    let message = serde_json::json!({ "node": node, "live": live }).to_string();
-    let _: i64 = keys
-        .publish(&keys.nodeset_topic(), message)
-        .query_async(conn)
-        .await?;
-    Ok(())
-}
-
-async fn purge(
-    conn: &mut imclient::store::Conn,
-    keys: &Keys,
-    node: &NodeId,
-    force: bool,
-) -> redis::RedisResult<Option<Vec<(ClientId, PresenceRecord)>>> {
-    let entries: Option<Vec<(String, String)>> = redis::Script::new(PURGE_SCRIPT)
-        .key(keys.presence(node))
-        .key(keys.lease(node))
-        .key(keys.nodes())
-        .key(keys.chan_online(node))
-        .arg(node.as_str())
-        .arg(if force { "force" } else { "" })
-        .invoke_async(conn)
-        .await?;
-    Ok(entries.map(|list| {
-        list.into_iter()
-            .filter_map(|(k, v)| {
-                let record = serde_json::from_str(&v).unwrap_or(PresenceRecord {
-                    conns: 0,
-                    meta: serde_json::Value::Null,
-                    since: 0,
-                });
-                Some((ClientId::new(k).ok()?, record))
-            })
-            .collect()
-    }))
-}
-
-async fn emit_offline(
-    conn: &mut imclient::store::Conn,
-    keys: &Keys,
-    node: &NodeId,
-    entries: Option<Vec<(ClientId, PresenceRecord)>>,
-    maxlen: u64,
-) -> redis::RedisResult<()> {
-    let Some(entries) = entries.filter(|e| !e.is_empty()) else {
-        return Ok(());
-    };
-    for chunk in entries.chunks(BATCH) {
-        let mut pipe = redis::pipe();
-        for (client, record) in chunk {
-            let mut gone = record.clone();
-            gone.conns = 0;
-            xadd(
-                &mut pipe,
-                keys,
-                &event(EventKind::Offline, client, node, &gone),
-                maxlen,
-            );
-        }
-        pipe.query_async::<()>(conn).await?;
-    }
-    Ok(())
-}
-
-fn event(kind: EventKind, client: &ClientId, node: &NodeId, record: &PresenceRecord) -> Event {
-    Event {
-        kind,
-        client: client.clone(),
-        node: node.clone(),
-        meta: record.meta.clone(),
-        at: now_ms(),
-        conns: record.conns,
-    }
-}
-
-fn xadd(pipe: &mut redis::Pipeline, keys: &Keys, event: &Event, maxlen: u64) {
-    pipe.cmd("XADD")
-        .arg(keys.events())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(maxlen)
-        .arg("*")
-        .arg(EVENT_FIELD)
-        .arg(json(event))
-        .ignore();
-}
-
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn pool_error(e: imclient::Error) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::other(e.to_string()))
 }

@@ -1,0 +1,116 @@
+//! The node-set follower: reads which configured nodes hold their lease, every second and
+//! whenever a node announces a change on the node-set topic (the broker wakes it), and moves
+//! the clients this node no longer owns to their new home: their stream is handed over and
+//! their connections closed with 4003 (without recovery, they are only closed).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use imclient::NodeId;
+use imclient::contract::CloseCode;
+use imclient::keys::Keys;
+use imclient::node::read_live;
+use imclient::store::Store;
+use tokio::sync::watch;
+
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::nodeset::NodeSet;
+use crate::work::HubWork;
+
+/// How often the set is read when no announcement comes.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the follower works on.
+#[derive(Debug, Clone)]
+pub struct Follower {
+    /// This node.
+    pub node: NodeId,
+    /// Redis names (lease keys, node topics).
+    pub keys: Keys,
+    /// The set it keeps up to date.
+    pub nodes: Arc<NodeSet>,
+    /// The clients it moves.
+    pub hub: Arc<Hub>,
+    /// Where announcements wake it.
+    pub work: Arc<HubWork>,
+    /// Where moves are counted.
+    pub metrics: Arc<Metrics>,
+    /// It stops following once shutdown began.
+    pub health: Arc<Health>,
+}
+
+/// Follows the live set until `stop` turns true, moving clients this node no longer owns.
+pub async fn run(follower: Follower, store: Store, mut stop: watch::Receiver<bool>) {
+    if follower.nodes.configured().is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = follower.work.nodeset.notified() => {}
+            _ = stop.changed() => return,
+        }
+        if follower.health.shutting_down() {
+            return;
+        }
+        match follower.read(&store).await {
+            Ok(live) => {
+                if follower.nodes.set_live(&follower.node, live.clone()) {
+                    tracing::info!(node = %follower.node, live = ?live, "live node set changed");
+                    follower.move_clients();
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %follower.node, error = %e, "cannot read the live node set");
+            }
+        }
+    }
+}
+
+impl Follower {
+    /// The configured nodes holding a lease, this node always among them: it is running.
+    async fn read(&self, store: &Store) -> Result<Vec<NodeId>, String> {
+        let configured = self.nodes.configured();
+        let mut conn = store.get().await.map_err(|e| e.to_string())?;
+        let live = read_live(&mut conn, &self.keys, configured)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(configured
+            .iter()
+            .filter(|peer| live.contains(peer) || **peer == self.node)
+            .cloned()
+            .collect())
+    }
+
+    /// Moves every client whose home is now another node: hands its stream over to the new
+    /// home, then closes its connections with 4003 (see `Hub::hand_over`).
+    fn move_clients(&self) {
+        let mut moved = 0;
+        for client in self.hub.clients() {
+            if self.nodes.owns(&self.node, &client) {
+                continue;
+            }
+            let Some(home) = self.nodes.home_of(&client) else {
+                continue;
+            };
+            self.hub.mark_moved(&client);
+            if self.hub.recovery().enabled() {
+                if self.hub.hand_over(&client, self.keys.node_topic(&home)) {
+                    moved += 1;
+                }
+            } else {
+                self.hub.kick(&client, CloseCode::Moved);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.metrics.clients_moved.fetch_add(moved, Relaxed);
+            tracing::info!(node = %self.node, clients = moved, "moved clients to their new home");
+        }
+    }
+}
