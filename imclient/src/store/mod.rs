@@ -1,7 +1,8 @@
 //! The Redis that backends and nodes share: one server, or a Redis Cluster. [`Store`] hands out
-//! connections that speak to either, and [`Subscription`] receives the topics a node or a
-//! backend listens to: plain pub/sub on one server, sharded pub/sub (SSUBSCRIBE/SPUBLISH) on a
-//! cluster, so that messages spread over the shards instead of being copied to every one.
+//! connections that speak to either, and a subscription ([`Subscriber`] and [`Messages`])
+//! receives the topics a node or a backend listens to: plain pub/sub on one server, sharded
+//! pub/sub (SSUBSCRIBE/SPUBLISH) on a cluster, so that messages spread over the shards instead
+//! of being copied to every one.
 //!
 //! A cluster is named by a URL with the scheme `redis+cluster://` (or `rediss+cluster://`)
 //! and a comma-separated list of seed addresses; credentials and options apply to every seed:
