@@ -106,7 +106,7 @@ impl ImClient {
     }
 
     /// How many members of each channel are online now, summed over the counts each node
-    /// keeps; channels without an online member are left out.
+    /// keeps; a channel that no node counts is absent.
     pub(crate) async fn online_by_chan(&self) -> Result<BTreeMap<String, u64>> {
         let nodes = self.presence_nodes().await?;
         let mut conn = self.conn().await?;
