@@ -1,8 +1,9 @@
 //! Command-line flags with `IM_*` environment fallbacks for building an [`ImClient`]
 //! (feature `clap`), so every backend reads the same settings the same way.
 
-use crate::client::{ImClient, ImClientOptions};
+use crate::client::ImClient;
 use crate::error::Result;
+use crate::options::ImClientOptions;
 use crate::token::{KeyAlgorithm, TokenError, TokenIssuer, resolve_secret};
 
 /// Flags to flatten into a backend's own clap config.

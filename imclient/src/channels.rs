@@ -1,5 +1,6 @@
-//! Channels (group chat, rooms): durable membership in Redis, independent of being online,
-//! and channel messages published once to the channel's own topic, whatever the member count.
+//! Channel membership (group chat, rooms): durable in Redis, independent of being online.
+//! Messages to a channel go out through `sending`, once to the channel's own topic whatever the
+//! member count; how many members are online is a question for `presence`.
 //!
 //! A join or leave writes the durable sets and publishes a control message to the client's home
 //! node in one Lua script, so control messages reach a node in the same order as the durable
@@ -7,15 +8,13 @@
 //! Redis Cluster a script may not publish to another slot's shard channel, so the control
 //! message is published right after the script has written, from the same caller.
 
-use std::collections::BTreeMap;
-
 use redis::AsyncCommands;
-use serde::Serialize;
 
-use crate::client::{ImClient, checked_message_id, new_message_id, now_ms};
-use crate::contract::{ChanDeleted, Fanout, Membership, NodeCommand};
+use crate::client::ImClient;
+use crate::contract::{ChanDeleted, Membership, NodeCommand};
 use crate::error::Result;
-use crate::ids::{ChanName, ClientId, NodeId};
+use crate::ids::{ChanName, ClientId};
+use crate::sending::new_message_id;
 
 /// Members handled per pipeline or SSCAN page.
 const PAGE: usize = 1000;
@@ -57,15 +56,6 @@ pub struct ChanInfo {
     pub members: u64,
     /// Members online now.
     pub online: u64,
-}
-
-/// What happened to a channel message or broadcast.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FanoutReport {
-    /// The message id every receiver sees.
-    pub message_id: String,
-    /// Nodes that took it (nodes with at least one online member, for a channel).
-    pub nodes: u64,
 }
 
 impl ImClient {
@@ -305,26 +295,6 @@ impl ImClient {
         Ok(conn.scard(self.keys().members(&chan)).await?)
     }
 
-    /// How many members of `chan` are online now, from the counts each node keeps; no member
-    /// list is read.
-    ///
-    /// ```no_run
-    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// tracing::info!("{} online in the lobby", im.chan_online("room:lobby").await?);
-    /// # Ok(()) }
-    /// ```
-    pub async fn chan_online(&self, chan: &str) -> Result<u64> {
-        let chan = ChanName::new(chan)?;
-        let nodes = self.presence_nodes().await?;
-        let mut pipe = redis::pipe();
-        for node in &nodes {
-            pipe.hget(self.keys().chan_online(node), chan.as_str());
-        }
-        let mut conn = self.conn().await?;
-        let counts: Vec<Option<u64>> = pipe.query_async(&mut conn).await?;
-        Ok(counts.into_iter().flatten().sum())
-    }
-
     /// Every channel that has members, with its member and online counts, sorted by name.
     ///
     /// ```no_run
@@ -335,16 +305,9 @@ impl ImClient {
     /// # Ok(()) }
     /// ```
     pub async fn chans(&self) -> Result<Vec<ChanInfo>> {
-        let nodes = self.presence_nodes().await?;
+        let online = self.online_by_chan().await?;
         let mut conn = self.conn().await?;
         let names: Vec<String> = conn.smembers(self.keys().chans()).await?;
-        let mut online: BTreeMap<String, u64> = BTreeMap::new();
-        for node in &nodes {
-            let counts: Vec<(String, u64)> = conn.hgetall(self.keys().chan_online(node)).await?;
-            for (chan, n) in counts {
-                *online.entry(chan).or_default() += n;
-            }
-        }
         let chans: Vec<ChanName> = names
             .into_iter()
             .filter_map(|n| ChanName::new(n).ok())
@@ -388,108 +351,6 @@ impl ImClient {
         Ok(out)
     }
 
-    /// Pushes `payload` to every online member of `chan` (leaving the sender out when
-    /// `exclude_sender`). One PUBLISH to the channel's topic, whatever the member count.
-    ///
-    /// ```no_run
-    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// let report = im.send_chan_message("alice", "room:lobby", &serde_json::json!({"text": "hi all"}), true).await?;
-    /// tracing::info!("{} nodes have online members", report.nodes);
-    /// # Ok(()) }
-    /// ```
-    pub async fn send_chan_message<P: Serialize + ?Sized>(
-        &self,
-        sender: &str,
-        chan: &str,
-        payload: &P,
-        exclude_sender: bool,
-    ) -> Result<FanoutReport> {
-        self.send_chan_message_with_id(&new_message_id(), sender, chan, payload, exclude_sender)
-            .await
-    }
-
-    /// [`ImClient::send_chan_message`] under a message id the caller chose, so that a retry of
-    /// a send whose outcome is unknown shows once (see [`ImClient::send_message_with_id`]).
-    ///
-    /// ```no_run
-    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// let id = imclient::new_message_id(); // kept for every retry of this send
-    /// im.send_chan_message_with_id(&id, "alice", "room:lobby", &"hi all", false).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn send_chan_message_with_id<P: Serialize + ?Sized>(
-        &self,
-        message_id: &str,
-        sender: &str,
-        chan: &str,
-        payload: &P,
-        exclude_sender: bool,
-    ) -> Result<FanoutReport> {
-        let message_id = checked_message_id(message_id)?;
-        let chan = ChanName::new(chan)?;
-        let topic = self.keys().chan_topic(&chan);
-        self.fanout(
-            message_id,
-            sender,
-            Some(chan),
-            topic,
-            payload,
-            exclude_sender,
-        )
-        .await
-    }
-
-    /// Pushes `payload` to every online client of every node: one PUBLISH (the original
-    /// ImHelper's SendBroadcastMessage).
-    ///
-    /// ```no_run
-    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
-    /// im.broadcast("system", &serde_json::json!({"text": "maintenance at 22:00"})).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn broadcast<P: Serialize + ?Sized>(
-        &self,
-        sender: &str,
-        payload: &P,
-    ) -> Result<FanoutReport> {
-        let topic = self.keys().broadcast_topic();
-        self.fanout(new_message_id(), sender, None, topic, payload, false)
-            .await
-    }
-
-    async fn fanout<P: Serialize + ?Sized>(
-        &self,
-        message_id: String,
-        sender: &str,
-        chan: Option<ChanName>,
-        topic: String,
-        payload: &P,
-        exclude_sender: bool,
-    ) -> Result<FanoutReport> {
-        let sender = ClientId::new(sender)?;
-        let payload = self.encode_payload(payload)?;
-        let fanout = Fanout {
-            id: message_id.clone(),
-            chan: chan.clone(),
-            from: Some(sender),
-            exclude_sender,
-            payload: &payload,
-            ts: now_ms(),
-        };
-        let cmd = if chan.is_some() {
-            NodeCommand::Chan(fanout)
-        } else {
-            NodeCommand::Broadcast(fanout)
-        };
-        let mut conn = self.conn().await?;
-        let nodes: u64 = self
-            .keys()
-            .publish(&topic, serde_json::to_string(&cmd)?)
-            .query_async(&mut conn)
-            .await?;
-        Ok(FanoutReport { message_id, nodes })
-    }
-
     /// Deletes `chan` and every membership in it, a page of members at a time; nodes drop the
     /// channel for their online members. Returns how many members it had.
     ///
@@ -531,17 +392,5 @@ impl ImClient {
             .query_async(&mut conn)
             .await?;
         Ok(removed)
-    }
-
-    /// The nodes whose records may hold presence: the node list plus any node registered in
-    /// Redis.
-    pub(crate) async fn presence_nodes(&self) -> Result<Vec<NodeId>> {
-        let mut conn = self.conn().await?;
-        let registered: Vec<String> = conn.smembers(self.keys().nodes()).await?;
-        let mut nodes: Vec<NodeId> = self.nodes().to_vec();
-        nodes.extend(registered.into_iter().filter_map(|n| NodeId::new(n).ok()));
-        nodes.sort();
-        nodes.dedup();
-        Ok(nodes)
     }
 }

@@ -1,6 +1,7 @@
-//! The error type of every imclient operation.
-
-use crate::token::TokenError;
+//! The errors of imclient: [`Error`], what any imclient operation can fail with, and
+//! [`TokenError`], why a connect token cannot be signed or was refused (its public path is
+//! `imclient::token::TokenError`). Modules import their errors from here and this one imports
+//! none of them, so no import circle runs through the errors.
 
 /// Result of an imclient operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -89,4 +90,85 @@ pub enum Error {
         /// What was wrong with it.
         reason: String,
     },
+}
+
+/// Why a token was refused. The HTTP status imserver answers with is [`TokenError::http_status`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token was given.
+    #[error("no token: open the URL returned by prev_connect_server, which carries ?token=")]
+    Missing,
+    /// Not a JWT, or its claims are not ours.
+    #[error("malformed token: {0}; fetch a fresh connect URL")]
+    Malformed(String),
+    /// The signature does not match the node's secret.
+    #[error("token signature is invalid: the backend and the node must share IM_TOKEN_SECRET")]
+    BadSignature,
+    /// The token's expiry has passed.
+    #[error("token expired: fetch a fresh connect URL just before connecting")]
+    Expired,
+    /// The token names another node.
+    #[error("token is for node {expected}, not this one: connect to the URL it came with")]
+    WrongNode {
+        /// The node the token was issued for.
+        expected: String,
+    },
+    /// The token was already used once on this node.
+    #[error("token already used: tokens are single use, fetch a fresh connect URL")]
+    Replayed,
+    /// The token was issued before this node started, so the node cannot tell whether it was used.
+    #[error("token predates this node's start: fetch a fresh connect URL")]
+    Stale,
+    /// The secret is too short to sign with.
+    #[error("token secret is shorter than 16 bytes: use a long random secret")]
+    WeakSecret,
+    /// No secret is configured outside dev mode.
+    #[error(
+        "no token secret: set IM_TOKEN_SECRET (or --token-secret), or pass --dev for local use"
+    )]
+    NoSecret,
+    /// The built-in dev secret outside dev mode.
+    #[error("the built-in dev secret is only allowed with --dev: set IM_TOKEN_SECRET")]
+    DevSecret,
+    /// Signing failed.
+    #[error("cannot sign token: {0}")]
+    Signing(String),
+    /// The token names a key id the node does not hold (a retired key, or a key not rolled
+    /// out to this node yet).
+    #[error(
+        "token is signed with key {0:?}, which this node does not accept: fetch a fresh connect URL"
+    )]
+    UnknownKey(String),
+    /// A key could not be read.
+    #[error("cannot use this key: {0}; give a PEM Ed25519 or RSA key")]
+    BadKey(String),
+}
+
+impl TokenError {
+    /// Short machine-readable code, used in HTTP refusals and metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "token_missing",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::WrongNode { .. } => "token_wrong_node",
+            TokenError::Replayed => "token_replayed",
+            TokenError::Stale => "token_stale",
+            TokenError::WeakSecret => "token_weak_secret",
+            TokenError::NoSecret => "token_no_secret",
+            TokenError::DevSecret => "token_dev_secret",
+            TokenError::Signing(_) => "token_signing",
+            TokenError::UnknownKey(_) => "token_unknown_key",
+            TokenError::BadKey(_) => "token_bad_key",
+        }
+    }
+
+    /// The HTTP status a node answers with: 403 for a token meant for another node, 401 otherwise.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            TokenError::WrongNode { .. } => 403,
+            _ => 401,
+        }
+    }
 }

@@ -52,20 +52,24 @@ pub mod keys;
 mod link;
 pub mod node;
 mod nodeset;
+mod options;
 mod presence;
+mod sending;
 pub mod store;
 pub mod token;
 
 #[cfg(feature = "clap")]
 pub use args::ImClientArgs;
-pub use channels::{ChanInfo, FanoutReport};
-pub use client::{
-    DEFAULT_JOIN_ACK_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL,
-    ImClient, ImClientOptions, NodeReport, RedisSource, SendReport, new_message_id, now_ms,
-};
+pub use channels::ChanInfo;
+pub use client::ImClient;
 pub use error::{Error, Result};
 pub use events::{EVENT_FIELD, Event, EventKind, EventStream, EventsFrom, GroupStart};
 pub use ids::{ChanName, ClientId, MAX_CHAN_BYTES, MAX_CLIENT_ID_BYTES, MAX_NODE_ID_BYTES, NodeId};
+pub use options::{
+    DEFAULT_JOIN_ACK_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL,
+    ImClientOptions, RedisSource,
+};
+pub use sending::{FanoutReport, NodeReport, SendReport, new_message_id, now_ms};
 
 /// The redis crate imclient is built on, for callers that build their own pool or commands.
 pub use deadpool_redis;

@@ -9,6 +9,7 @@
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use crate::error::Result;
 use crate::ids::NodeId;
 use crate::keys::Keys;
 use crate::link::Link;
@@ -58,10 +59,10 @@ impl NodeSet {
     }
 
     /// Reads which configured nodes hold their lease.
-    pub(crate) async fn refresh(&self, link: &Link, keys: &Keys) -> crate::Result<()> {
+    pub(crate) async fn refresh(&self, link: &Link, keys: &Keys) -> Result<()> {
         let read = async {
             let mut conn = link.get().await?;
-            crate::Result::Ok(read_live(&mut conn, keys, &self.configured).await?)
+            Result::Ok(read_live(&mut conn, keys, &self.configured).await?)
         };
         match read.await {
             Ok(live) => {
