@@ -8,9 +8,11 @@
 //! (one connection's loop, on the socket it owns), [`inbound`] (what a client sends), [`hub`]
 //! (the local connection registry), [`broker`] (the Redis subscriber), [`presence`] (presence,
 //! lease and events in Redis), [`recovery`] (what a client that comes back missed),
-//! [`admission`] (token checks), [`metrics`].
+//! [`admission`] (token checks), [`metrics`]. [`api`] is the HTTP API for backends, on a
+//! listener of its own.
 
 pub mod admission;
+pub mod api;
 pub mod broker;
 pub mod config;
 pub mod early_answer;
