@@ -24,7 +24,7 @@ cargo test --workspace "$@"
 echo "== messaging suites on a Redis Cluster"
 IM_TEST_REDIS=cluster cargo test -p imserver \
   --test delivery --test channels --test presence --test recovery \
-  --test nodeset --test handover --test backpressure --test quickstart "$@"
+  --test nodeset --test handover --test backpressure --test quickstart --test http_api "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

@@ -611,3 +611,42 @@ async fn a_redis_outage_answers_503_with_retry_after_not_a_hang() -> Result<()> 
     );
     Ok(())
 }
+
+/// A node that checks tokens with a public key only holds nothing to sign with: connect_url
+/// says so plainly, and every other call works.
+#[tokio::test]
+async fn a_verify_only_node_answers_connect_url_with_501() -> Result<()> {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../imclient/tests/keys");
+    let opts = NodeOpts {
+        without_secret: true,
+        ..api_opts()
+    }
+    .arg(
+        "--token-key",
+        format!("k1={}", keys.join("ed1.pub.pem").to_string_lossy()),
+    );
+    let mut cluster = Cluster::start(1, opts).await?;
+    let api = Api::of(&cluster)?;
+    let answer = api
+        .call("connect_url", json!({ "client": "alice" }))
+        .await?;
+    assert_eq!(
+        (answer.status, answer.error().0.as_str()),
+        (501, "cannot_sign")
+    );
+    let sent = api
+        .ok(
+            "send",
+            json!({ "sender": "a", "receivers": ["b"], "payload": 1 }),
+        )
+        .await?;
+    assert!(sent["message_id"].is_string());
+
+    // SIGTERM stops the API with the node, and the node exits cleanly.
+    cluster.nodes[0].signal("TERM");
+    assert!(
+        cluster.nodes[0].wait_exit(WAIT).await?,
+        "the node did not exit cleanly"
+    );
+    Ok(())
+}
