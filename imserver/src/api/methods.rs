@@ -138,3 +138,17 @@ pub async fn call(state: &ApiState, method: Method, params: Value) -> Result<Val
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn every_method_is_found_by_its_name_and_names_are_unique() {
+        for method in Method::ALL {
+            assert_eq!(Method::from_name(method.name()), Some(method));
+        }
+        assert_eq!(Method::from_name("Send"), None);
+        assert_eq!(Method::from_name(""), None);
+    }
+}

@@ -24,12 +24,6 @@ impl ApiMetrics {
         bump(&self.batch_items, method, status);
     }
 
-    /// Requests to `route` answered with `status` so far.
-    pub fn requests(&self, route: &'static str, status: u16) -> u64 {
-        let counts = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(&(route, status)).copied().unwrap_or(0)
-    }
-
     /// The counters in Prometheus text form, labelled with `node`.
     pub fn render(&self, node: &str) -> String {
         let mut out = String::new();
