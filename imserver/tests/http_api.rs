@@ -381,13 +381,16 @@ async fn what_the_api_sends_reaches_websocket_clients() -> Result<()> {
     assert_eq!(got.id.as_deref(), sent["message_id"].as_str());
 
     // A broadcast reaches both.
-    api.ok(
-        "broadcast",
-        json!({ "sender": "system", "payload": "everyone" }),
-    )
-    .await?;
+    let sent = api
+        .ok(
+            "broadcast",
+            json!({ "sender": "system", "payload": "everyone", "message_id": "notice-7" }),
+        )
+        .await?;
+    assert_eq!(sent["message_id"], "notice-7");
     for ws in [&mut alice, &mut bob] {
         let got = ws.next_message().await?;
+        assert_eq!(got.id.as_deref(), Some("notice-7"));
         assert_eq!(
             (got.kind, got.payload),
             (Kind::Broadcast, json!("everyone"))

@@ -16,7 +16,7 @@ pub enum Method {
     Send,
     /// `ImClient::send_chan_message_with_id`.
     SendChan,
-    /// `ImClient::broadcast`.
+    /// `ImClient::broadcast_with_id`.
     Broadcast,
     /// `ImClient::join_chan` / `join_chan_many`.
     Join,

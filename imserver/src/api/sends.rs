@@ -55,11 +55,14 @@ pub async fn send_chan(im: &ImClient, params: Value) -> Result<Value, ApiError> 
     Ok(json!({ "message_id": report.message_id, "nodes": report.nodes }))
 }
 
-/// `{sender, payload}` → `{message_id, nodes}`.
+/// `{sender, payload, message_id?}` → `{message_id, nodes}`.
 pub async fn broadcast(im: &ImClient, params: Value) -> Result<Value, ApiError> {
-    let p = Params::new(params, &["sender", "payload"])?;
+    let p = Params::new(params, &["sender", "payload", "message_id"])?;
     let sender = p.client("sender")?;
     let payload = p.payload("payload")?;
-    let report = im.broadcast(&sender, payload).await?;
+    let id = p
+        .opt_string("message_id")?
+        .unwrap_or_else(imclient::new_message_id);
+    let report = im.broadcast_with_id(&id, &sender, payload).await?;
     Ok(json!({ "message_id": report.message_id, "nodes": report.nodes }))
 }
