@@ -397,6 +397,25 @@ async fn what_the_api_sends_reaches_websocket_clients() -> Result<()> {
         );
     }
 
+    // Leaving, several at once: the channel reaches alice, no longer bob.
+    api.ok("join", json!({ "chan": "room:lobby", "client": "alice" }))
+        .await?;
+    api.ok(
+        "leave",
+        json!({ "chan": "room:lobby", "clients": ["bob", "carol"] }),
+    )
+    .await?;
+    api.ok(
+        "send_chan",
+        json!({ "sender": "system", "chan": "room:lobby", "payload": "after bob left" }),
+    )
+    .await?;
+    assert_eq!(alice.next_message().await?.payload, json!("after bob left"));
+    assert!(
+        bob.silent_for(Duration::from_millis(300)).await,
+        "bob still gets the channel"
+    );
+
     // Presence.
     assert_eq!(
         api.ok("has_online", json!({ "client": "bob" })).await?["online"],

@@ -19,14 +19,15 @@ pub async fn join(im: &ImClient, params: Value) -> Result<Value, ApiError> {
     Ok(json!({ "chan": chan, "clients": clients.len() }))
 }
 
-/// `{chan, client}` or `{chan, clients}` → `{chan, clients}`. One leave per client, in order;
-/// leaving is idempotent, so a call that failed half-way can be repeated whole.
+/// `{chan, client}` or `{chan, clients}` → `{chan, clients}`. Leaving is idempotent, so a call
+/// that failed half-way can be repeated whole.
 pub async fn leave(im: &ImClient, params: Value) -> Result<Value, ApiError> {
     let p = Params::new(params, &["chan", "client", "clients"])?;
     let chan = p.chan("chan")?;
     let clients = p.client_or_clients("client", "clients")?;
-    for client in &clients {
-        im.leave_chan(client, &chan).await?;
+    match clients.as_slice() {
+        [one] => im.leave_chan(one, &chan).await?,
+        many => im.leave_chan_many(many, &chan).await?,
     }
     Ok(json!({ "chan": chan, "clients": clients.len() }))
 }

@@ -6,8 +6,7 @@ use serde_json::Value;
 use super::errors::ApiError;
 use super::{ApiState, channels, connect, presence, sends};
 
-/// One API method. Every one but `Batch` is exactly one imclient call (`leave` with many
-/// clients is one per client).
+/// One API method. Every one but `Batch` is exactly one imclient call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// `ImClient::prev_connect_server`.
@@ -20,7 +19,7 @@ pub enum Method {
     Broadcast,
     /// `ImClient::join_chan` / `join_chan_many`.
     Join,
-    /// `ImClient::leave_chan`.
+    /// `ImClient::leave_chan` / `leave_chan_many`.
     Leave,
     /// `ImClient::chan_clients_page`.
     ChanMembers,
