@@ -104,8 +104,9 @@ impl ApiError {
             503,
             "redis_unavailable",
             format!(
-                "Redis is unavailable ({detail}); retry after Retry-After seconds. A send may \
-                 have gone out: retry it with the same message_id so clients show it once"
+                "Redis is unavailable ({detail}); retry after Retry-After seconds. If this was \
+                 a send, it may still have gone out: retry it with the same message_id so \
+                 clients show it once"
             ),
         );
         e.retry_after = Some(REDIS_RETRY_AFTER_SECS);

@@ -118,12 +118,10 @@ pub fn client(config: &Config, node: &NodeId) -> imclient::Result<(ImClient, boo
 /// Serves the API on `listener` until stopped, for the node `node`.
 pub fn start(config: &Config, node: &NodeId, listener: TcpListener) -> crate::Result<ApiServer> {
     let (im, can_sign) = client(config, node).map_err(crate::Error::Api)?;
+    let addr = listener.local_addr()?;
     let keys = ApiKeys::new(&config.api_keys);
     if keys.open() {
-        tracing::warn!(
-            api = ?listener.local_addr().ok(),
-            "DEV MODE: the HTTP API takes calls without a key"
-        );
+        tracing::warn!(api = %addr, "DEV MODE: the HTTP API takes calls without a key");
     }
     let metrics = Arc::new(ApiMetrics::default());
     let state = web::Data::new(ApiState {
@@ -143,7 +141,6 @@ pub fn start(config: &Config, node: &NodeId, listener: TcpListener) -> crate::Re
     if let Some(workers) = config.workers {
         http = http.workers(workers);
     }
-    let addr = listener.local_addr()?;
     // The same HTTP/1 pipeline as the node's own listener, `Answering` included, so that the
     // answers actix-http writes by itself carry JSON bodies here too.
     let server = http
