@@ -20,11 +20,11 @@ echo "== cargo test"
 cargo test --workspace "$@"
 # The messaging suites again, each test on a Redis Cluster of its own (three masters with a
 # replica each) instead of one redis-server: delivery, channels, presence and events, recovery,
-# the live node set and handover.
+# the live node set, handover and the HTTP API.
 echo "== messaging suites on a Redis Cluster"
 IM_TEST_REDIS=cluster cargo test -p imserver \
   --test delivery --test channels --test presence --test recovery \
-  --test nodeset --test handover --test backpressure --test quickstart "$@"
+  --test nodeset --test handover --test backpressure --test quickstart --test http_api "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

@@ -227,6 +227,43 @@ impl ImClient {
         Ok(())
     }
 
+    /// Removes many clients from `chan`, pipelined a thousand at a time; returns when
+    /// [`ImClient::leave_chan`] would for each of them.
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// im.leave_chan_many(["alice", "bob"], "room:lobby").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn leave_chan_many<I, S>(&self, client_ids: I, chan: &str) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let chan = ChanName::new(chan)?;
+        let clients = client_ids
+            .into_iter()
+            .map(|c| ClientId::new(c.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        // As in leave_chan: on a cluster, wait until the nodes have applied the leaves.
+        let ack = self.keys().is_sharded().then(new_message_id);
+        let mut expected = 0;
+        for page in clients.chunks(PAGE) {
+            let changes = page
+                .iter()
+                .map(|client| {
+                    self.membership_change(LEAVE_SCRIPT, client, &chan, false, ack.as_deref())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let taken = self.apply(changes).await?;
+            expected += taken.iter().filter(|t| **t > 0).count();
+        }
+        if let Some(ack) = ack {
+            self.await_join_acks(&ack, expected).await?;
+        }
+        Ok(())
+    }
+
     /// One page of a channel's members: pass cursor 0 first, then the returned cursor until it
     /// is 0 again. For member lists too large to hold at once.
     ///

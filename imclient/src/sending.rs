@@ -254,8 +254,28 @@ impl ImClient {
         sender: &str,
         payload: &P,
     ) -> Result<FanoutReport> {
+        self.broadcast_with_id(&new_message_id(), sender, payload)
+            .await
+    }
+
+    /// [`ImClient::broadcast`] under a message id the caller chose, so that a retry of a
+    /// broadcast whose outcome is unknown shows once (see [`ImClient::send_message_with_id`]).
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// let id = imclient::new_message_id(); // kept for every retry of this broadcast
+    /// im.broadcast_with_id(&id, "system", &"maintenance at 22:00").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast_with_id<P: Serialize + ?Sized>(
+        &self,
+        message_id: &str,
+        sender: &str,
+        payload: &P,
+    ) -> Result<FanoutReport> {
+        let message_id = checked_message_id(message_id)?;
         let topic = self.keys().broadcast_topic();
-        self.fanout(new_message_id(), sender, None, topic, payload, false)
+        self.fanout(message_id, sender, None, topic, payload, false)
             .await
     }
 

@@ -179,6 +179,42 @@ pub struct Config {
     #[arg(long, env = "IM_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Address of the HTTP API listener (docs/API.md), e.g. 10.0.0.5:7001 on an internal
+    /// network. Off unless set. Needs --api-key (except in --dev).
+    #[arg(long, env = "IM_API_LISTEN")]
+    pub api_listen: Option<SocketAddr>,
+
+    /// A key callers of the HTTP API must send (`Authorization: Bearer <key>`), at least 16
+    /// bytes; repeat the flag (or comma-separate IM_API_KEYS) to accept several while rotating.
+    #[arg(
+        long = "api-key",
+        env = "IM_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<ApiKey>,
+
+    /// HTTP API requests one key may make per second, on average; 0: no limit.
+    #[arg(long, env = "IM_API_RATE", default_value_t = 1000)]
+    pub api_rate: u32,
+
+    /// HTTP API requests one key may make at once above --api-rate.
+    #[arg(long, env = "IM_API_BURST", default_value_t = 2000)]
+    pub api_burst: u32,
+
+    /// Largest HTTP API request body, in bytes; larger ones get 413.
+    #[arg(long, env = "IM_API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub api_max_body_bytes: usize,
+
+    /// Most calls one HTTP API batch may carry; more get 413.
+    #[arg(long, env = "IM_API_MAX_BATCH", default_value_t = 100)]
+    pub api_max_batch: usize,
+
+    /// Longest an HTTP API call may wait on Redis, in milliseconds; past it the call is
+    /// answered 503. Above imclient's join acknowledgement wait (2 s).
+    #[arg(long, env = "IM_API_TIMEOUT_MS", default_value_t = 5000)]
+    pub api_timeout_ms: u64,
+
     /// Threads of the runtime that runs the sessions of `ws://` connections together with
     /// the Redis subscriber that feeds them. Default: one per core. 0 keeps each session on
     /// the HTTP worker that accepted it and the subscriber on a thread of its own: more CPU
@@ -186,6 +222,34 @@ pub struct Config {
     #[arg(long, env = "IM_SESSION_THREADS")]
     pub session_threads: Option<usize>,
 }
+
+/// A key of the HTTP API. Its `Debug` never shows it, so a logged config does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key as given.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        Ok(Self(key.trim().to_owned()))
+    }
+}
+
+/// Shortest API key accepted, in bytes: too short to guess at the rate a listener answers.
+pub const MIN_API_KEY_BYTES: usize = 16;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -222,6 +286,9 @@ pub enum ConfigError {
     /// A node list that cannot be used.
     #[error("--nodes: {0}")]
     Nodes(String),
+    /// HTTP API settings that cannot be served safely.
+    #[error("--api-listen: {0}")]
+    Api(String),
     /// Dev mode on a public address.
     #[error(
         "--dev listens on loopback only ({0} is not): anyone could sign tokens with the built-in \
@@ -274,10 +341,52 @@ impl Config {
         if self.dev && !self.dev_public && !self.listen.ip().is_loopback() {
             return Err(ConfigError::DevPublic(self.listen));
         }
+        self.check_api()?;
         if self.lease_ms < 300 {
             return Err(ConfigError::Zero("lease-ms (at least 300)"));
         }
         Ok(verifier)
+    }
+
+    /// Refuses an HTTP API anyone could call: no key outside dev mode, a short key, dev mode
+    /// on a public address, or limits of zero.
+    fn check_api(&self) -> Result<(), ConfigError> {
+        let Some(api) = self.api_listen else {
+            return Ok(());
+        };
+        if self.api_keys.is_empty() && !self.dev {
+            return Err(ConfigError::Api(
+                "give at least one --api-key (IM_API_KEYS): without one anyone who reaches the \
+                 listener could send messages and kick clients"
+                    .into(),
+            ));
+        }
+        if self
+            .api_keys
+            .iter()
+            .any(|k| k.expose().len() < MIN_API_KEY_BYTES)
+        {
+            return Err(ConfigError::Api(format!(
+                "every --api-key must be at least {MIN_API_KEY_BYTES} bytes; generate one with \
+                 `openssl rand -hex 32`"
+            )));
+        }
+        if self.dev && !self.dev_public && !api.ip().is_loopback() {
+            return Err(ConfigError::DevPublic(api));
+        }
+        for (name, value) in [
+            ("api-max-body-bytes", self.api_max_body_bytes),
+            ("api-max-batch", self.api_max_batch),
+            ("api-timeout-ms", self.api_timeout_ms as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.api_rate > 0 && self.api_burst == 0 {
+            return Err(ConfigError::Zero("api-burst"));
+        }
+        Ok(())
     }
 
     /// The keys tokens are checked with: the public keys of --token-key, the secret (required
@@ -391,6 +500,51 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn the_api_needs_a_long_enough_key_outside_dev() {
+        let secret = ["--token-secret", "0123456789abcdef0123"];
+        let with = |extra: &[&str]| {
+            let mut args = secret.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args).validate()
+        };
+        assert!(matches!(
+            with(&["--api-listen", "127.0.0.1:0"]),
+            Err(ConfigError::Api(_))
+        ));
+        assert!(matches!(
+            with(&["--api-listen", "127.0.0.1:0", "--api-key", "short"]),
+            Err(ConfigError::Api(_))
+        ));
+        assert!(
+            with(&[
+                "--api-listen",
+                "127.0.0.1:0",
+                "--api-key",
+                "first-key-0123456789,second-key-0123456789"
+            ])
+            .is_ok()
+        );
+        assert!(
+            parse(&["--dev", "--api-listen", "127.0.0.1:0"])
+                .validate()
+                .is_ok()
+        );
+        assert!(matches!(
+            parse(&["--dev", "--api-listen", "0.0.0.0:7001"]).validate(),
+            Err(ConfigError::DevPublic(_))
+        ));
+        // Only the node's own settings without an API listener: no key needed.
+        assert!(with(&[]).is_ok());
+    }
+
+    #[test]
+    fn api_keys_never_show_in_debug_output() {
+        let config = parse(&["--dev", "--api-key", "a-very-secret-api-key-0123"]);
+        assert_eq!(config.api_keys.len(), 1);
+        assert!(!format!("{config:?}").contains("a-very-secret"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum Error {
     /// The Redis URL (one server's or a cluster's) cannot be used.
     #[error("cannot use the Redis URL: {0}")]
     Store(imclient::Error),
+    /// The HTTP API's imclient cannot be built from the node's settings.
+    #[error("cannot start the HTTP API: {0}")]
+    Api(imclient::Error),
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),

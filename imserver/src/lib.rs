@@ -7,7 +7,7 @@
 //! The modules, in layers: each imports only from the layers below it.
 //!
 //! ```text
-//! server   server  route  handshake  session  inbound  early_answer  tls  wire
+//! server   server  api  route  handshake  session  inbound  early_answer  tls  wire
 //!   |
 //! tasks    tasks::{broker, presence, membership, sweeper, follower}
 //!   |
@@ -23,9 +23,10 @@
 //!   work the hub asks for), [`pending`], [`health`], [`metrics`], [`config`], [`memory`].
 //! - [`node`]: one handle to all of it.
 //! - [`tasks`]: the background tasks.
-//! - Serving: [`server`] (start and stop), [`route`] (plain HTTP), [`handshake`] (the
-//!   WebSocket upgrade), [`session`] (one connection's loop), [`inbound`] (what a client
-//!   sends), [`early_answer`], [`tls`], [`wire`].
+//! - Serving: [`server`] (start and stop), [`api`] (the HTTP API for backends, on a listener
+//!   of its own), [`route`] (plain HTTP), [`handshake`] (the WebSocket upgrade), [`session`]
+//!   (one connection's loop), [`inbound`] (what a client sends), [`early_answer`], [`tls`],
+//!   [`wire`].
 
 // State.
 pub mod admission;
@@ -49,6 +50,7 @@ pub mod node;
 pub mod tasks;
 
 // Serving.
+pub mod api;
 pub mod early_answer;
 pub mod handshake;
 pub mod inbound;

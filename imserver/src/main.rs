@@ -77,13 +77,20 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .with_context(|| format!("cannot bind {}", config.listen))?;
     let node = server::node_id(&config, &listener)?;
-    // One machine-readable line on stdout so scripts and tests learn the bound port.
-    let ready =
+    let api = config
+        .api_listen
+        .map(|addr| TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}")))
+        .transpose()?;
+    // One machine-readable line on stdout so scripts and tests learn the bound ports.
+    let mut ready =
         serde_json::json!({ "event": "ready", "node": node, "listen": listener.local_addr()? });
+    if let Some(api) = &api {
+        ready["api"] = serde_json::json!(api.local_addr()?);
+    }
     writeln!(std::io::stdout(), "{ready}")?;
     std::io::stdout().flush()?;
 
-    server::run(config, listener, shutdown_signal()).await?;
+    server::run_with_api(config, listener, api, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 
+use crate::api::metrics::ApiMetrics;
 use crate::handshake;
 use crate::node::Node;
 
@@ -52,12 +53,17 @@ async fn healthz(node: web::Data<Node>) -> HttpResponse {
     }
 }
 
-async fn metrics(node: web::Data<Node>) -> HttpResponse {
+/// The node's metrics, and the HTTP API's when it is on.
+async fn metrics(node: web::Data<Node>, api: Option<web::Data<ApiMetrics>>) -> HttpResponse {
     node.metrics().session_tasks.store(
         node.hub().session_tasks(),
         std::sync::atomic::Ordering::Relaxed,
     );
+    let mut body = node.metrics().render(node.id().as_str(), node.redis_up());
+    if let Some(api) = api {
+        body.push_str(&api.render(node.id().as_str()));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(node.metrics().render(node.id().as_str(), node.redis_up()))
+        .body(body)
 }

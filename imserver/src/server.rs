@@ -46,9 +46,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_with_api(config, listener, None, shutdown).await
+}
+
+/// [`run`], serving the HTTP API on `api` too when given (`--api-listen`). The API stops
+/// first at shutdown, so that no call is made while sessions close.
+pub async fn run_with_api(
+    config: Config,
+    listener: TcpListener,
+    api: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
     let node = Node::new(&config, id, verifier)?;
+    let api = api
+        .map(|api| crate::api::start(&config, node.id(), api))
+        .transpose()?;
+    let api_metrics = api.as_ref().map(crate::api::ApiServer::metrics);
     let store = Store::open(&config.redis_url).map_err(crate::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -145,8 +160,14 @@ pub async fn run(
     }
     let app_node = node.clone();
     let app = move || {
+        let api_metrics = api_metrics.clone();
         App::new()
             .app_data(web::Data::new(app_node.clone()))
+            .configure(move |cfg| {
+                if let Some(metrics) = api_metrics {
+                    cfg.app_data(web::Data::from(metrics));
+                }
+            })
             .configure(route::configure)
             .into_factory()
             .map_err(|e: actix_web::Error| e.error_response())
@@ -215,6 +236,9 @@ pub async fn run(
 
     let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
     tracing::info!(node = %node.id(), connections = node.hub().connections(), "shutting down");
+    if let Some(api) = &api {
+        api.stop(config.shutdown_timeout() / 4).await;
+    }
     node.health().begin_shutdown();
     handle.pause().await;
     node.hub().close_all(CloseCode::GoingAway);
