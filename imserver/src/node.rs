@@ -63,7 +63,7 @@ pub struct Node(Arc<Shared>);
 impl Node {
     /// Builds the node for `config`, known to the cluster as `id`, checking tokens with
     /// `verifier`.
-    pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::Result<Self> {
+    pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::error::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
         let sharded = imclient::store::cluster_seeds(&config.redis_url).is_some();

@@ -64,7 +64,7 @@ pub async fn run_with_api(
         .map(|api| crate::api::start(&config, node.id(), api))
         .transpose()?;
     let api_metrics = api.as_ref().map(crate::api::ApiServer::metrics);
-    let store = Store::open(&config.redis_url).map_err(crate::Error::Store)?;
+    let store = Store::open(&config.redis_url).map_err(crate::error::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let commands = broker::Broker {

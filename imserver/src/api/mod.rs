@@ -116,8 +116,8 @@ pub fn client(config: &Config, node: &NodeId) -> imclient::Result<(ImClient, boo
 }
 
 /// Serves the API on `listener` until stopped, for the node `node`.
-pub fn start(config: &Config, node: &NodeId, listener: TcpListener) -> crate::Result<ApiServer> {
-    let (im, can_sign) = client(config, node).map_err(crate::Error::Api)?;
+pub fn start(config: &Config, node: &NodeId, listener: TcpListener) -> crate::error::Result<ApiServer> {
+    let (im, can_sign) = client(config, node).map_err(crate::error::Error::Api)?;
     let addr = listener.local_addr()?;
     let keys = ApiKeys::new(&config.api_keys);
     if keys.open() {
