@@ -1,13 +1,11 @@
 //! Pushing private messages: to one client, across nodes, to several connections, receipts,
 //! and malformed commands in Redis.
 
-mod fixture;
-
 use std::collections::HashSet;
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, WAIT};
 use imclient::contract::{Kind, ReceiptPayload, ReceiptStatus};
+use imtestkit::{Cluster, NodeOpts, WAIT};
 use serde_json::json;
 
 #[tokio::test]

@@ -1,14 +1,12 @@
 //! Presence and online/offline events through connect, disconnect, force_offline, a node
 //! killed with SIGKILL, and a graceful shutdown.
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, WAIT, wait_for};
 use imclient::contract::CloseCode;
 use imclient::{Event, EventKind, EventStream, EventsFrom, GroupStart, ImClient};
+use imtestkit::{Cluster, NodeOpts, WAIT, wait_for};
 use serde_json::json;
 
 async fn online(im: &ImClient, client: &str, want: bool) -> Result<()> {
@@ -75,7 +73,7 @@ async fn events_carry_metadata_and_a_late_reader_sees_what_it_missed() -> Result
     let mut live = c.im.events(EventsFrom::Now).await?;
     let url =
         c.im.prev_connect_server("erin", json!({"name": "Erin", "plan": "pro"}))?;
-    let ws = fixture::Ws::connect(&url).await?;
+    let ws = imtestkit::Ws::connect(&url).await?;
     let ev = next_for(&mut live, "erin").await?;
     assert_eq!(ev.kind, EventKind::Online);
     assert_eq!(ev.meta, json!({"name": "Erin", "plan": "pro"}));
@@ -254,7 +252,7 @@ async fn a_restarted_node_purges_its_stale_presence() -> Result<()> {
     c.nodes[0].wait_exit(WAIT).await.ok();
     let mut events = c.im.events(EventsFrom::Now).await?;
     // Restart on the same address before any lease could expire.
-    let node = fixture::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
+    let node = imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
     c.nodes[0] = node;
     let ev = next_for(&mut events, "ghost").await?;
     assert_eq!(ev.kind, EventKind::Offline);
@@ -303,14 +301,15 @@ async fn a_lapsed_lease_tells_the_nodes_clients_they_may_have_missed_messages() 
         .query_async(&mut redis)
         .await?;
     match ws.read(WAIT).await? {
-        fixture::Frame::Envelope(env) => {
+        imtestkit::Frame::Envelope(env) => {
             assert_eq!(env.payload["event"], "missed", "{env:?}");
             assert_eq!(env.payload["reason"], "redis_outage", "{env:?}");
         }
         other => panic!("expected the missed event, got {other:?}"),
     }
     let url = c.im.prev_connect_server("alice", json!(null))?;
-    let w = fixture::Ws::connect(&fixture::with_since(&url, &ws.epoch(), ws.welcome_seq())).await?;
+    let w =
+        imtestkit::Ws::connect(&imtestkit::with_since(&url, &ws.epoch(), ws.welcome_seq())).await?;
     assert_eq!(
         w.recovered(),
         Some(false),

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 #[path = "../../imclient/examples/quickstart.rs"]
 mod quickstart;
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, Ws};
+use imtestkit::{Cluster, NodeOpts, Ws};
 use serde_json::json;
 
 #[actix_web::test]
