@@ -20,11 +20,13 @@ echo "== cargo test"
 cargo test --workspace "$@"
 # The messaging suites again, each test on a Redis Cluster of its own (three masters with a
 # replica each) instead of one redis-server: delivery, channels, presence and events, recovery,
-# the live node set and handover.
+# the live node set and handover; and imclient's own suites that run on Redis: the quick-start
+# example, event streams and groups, and its errors.
 echo "== messaging suites on a Redis Cluster"
 IM_TEST_REDIS=cluster cargo test -p imserver \
   --test delivery --test channels --test presence --test recovery \
-  --test nodeset --test handover --test backpressure --test quickstart "$@"
+  --test nodeset --test handover --test backpressure "$@"
+IM_TEST_REDIS=cluster cargo test -p imclient --test quickstart --test events --test errors "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

@@ -8,8 +8,7 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use imclient::contract::CloseCode;
-use imclient::{ImClient, ImClientOptions};
-use imtestkit::{Cluster, Frame, Listed, NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
+use imtestkit::{Cluster, Frame, Listed, NodeOpts, Redis, WAIT, Ws, wait_for};
 use serde_json::json;
 
 #[tokio::test]
@@ -49,21 +48,6 @@ async fn a_dead_node_gets_no_clients_and_a_restarted_one_gets_them_back() -> Res
         (c.im.home_node(&client).ok()?.as_str() == id1).then_some(())
     })
     .await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn without_redis_the_configured_list_is_used() -> Result<()> {
-    let nowhere = format!("redis://127.0.0.1:{}", free_port());
-    let im = ImClient::new(ImClientOptions::new(
-        nowhere,
-        ["ws://127.0.0.1:1", "ws://127.0.0.1:2"],
-        imtestkit::SECRET,
-    ))?;
-    assert!(im.refresh_nodes().await.is_err());
-    assert_eq!(im.live_nodes().len(), 2);
-    let url = im.prev_connect_server("alice", json!(null))?;
-    assert!(url.starts_with(im.home_node("alice")?.as_str()));
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
@@ -24,9 +24,10 @@ pub struct Node {
 
 /// Where the imserver binary is: `IM_TEST_IMSERVER` when set, else in cargo's target directory
 /// next to the running test's (target/<profile>/deps/<test> -> target/<profile>/imserver), where
-/// cargo builds it for imserver's own tests. Tests of the other crates of the workspace run
-/// under a cargo that has not built it (or not since imserver changed), so the first call of
-/// such a test binary builds it with that cargo: a node is never tested stale.
+/// cargo builds it for imserver's own tests and for `cargo test --workspace`. A test of another
+/// crate run on its own (`cargo test -p imclient`) may find it missing, or older than imserver's
+/// or imclient's sources: the first call then builds it with the cargo running the test, so a
+/// node is never tested stale.
 pub fn imserver_bin() -> Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| locate_imserver().map_err(|e| format!("{e:#}")))
@@ -47,7 +48,9 @@ fn locate_imserver() -> Result<PathBuf> {
     // Cargo sets both when it runs a test; for imserver's own tests it built the binary already.
     let cargo = std::env::var_os("CARGO");
     let package = std::env::var("CARGO_PKG_NAME").unwrap_or_default();
-    if let Some(cargo) = cargo.filter(|_| package != "imserver") {
+    if let Some(cargo) = cargo.filter(|_| package != "imserver")
+        && is_stale(&bin)
+    {
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev",
             Some(name) => name,
@@ -69,6 +72,49 @@ fn locate_imserver() -> Result<PathBuf> {
         bin.display()
     );
     Ok(bin)
+}
+
+/// Whether `bin` is missing or older than a source file of the node (its crate or imclient's).
+/// Only then is it rebuilt: a plain `cargo build -p imserver` selects other features of shared
+/// dependencies than a workspace test run does, and would rebuild the node for nothing.
+fn is_stale(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let Some(root) = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|dir| {
+            dir.ancestors()
+                .find(|d| d.join("imserver/Cargo.toml").exists())
+                .map(Path::to_path_buf)
+        })
+    else {
+        return false;
+    };
+    let newest = [
+        "imserver/src",
+        "imserver/Cargo.toml",
+        "imclient/src",
+        "imclient/Cargo.toml",
+        "Cargo.lock",
+    ]
+    .iter()
+    .filter_map(|p| newest_mtime(&root.join(p)))
+    .max();
+    newest.is_some_and(|newest| newest > built)
+}
+
+/// The latest modification time of a file, or of any file under a directory.
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| newest_mtime(&entry.path()))
+        .max()
 }
 
 /// Settings of a test node; tight timings so tests finish fast.

@@ -1,10 +1,10 @@
-//! imclient's quick-start example (imclient/examples/quickstart.rs), run against a real Redis
+//! The quick-start example (examples/quickstart.rs), run against a real Redis
 //! and node: a browser asks the example backend for its URL, connects, and receives what
 //! another user sends through the backend.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-#[path = "../../imclient/examples/quickstart.rs"]
+#[path = "../examples/quickstart.rs"]
 mod quickstart;
 
 use anyhow::Result;
