@@ -12,6 +12,8 @@ ensure_redis_server
 ensure_nginx
 ensure_systemd_analyze
 
+echo "== README's headline figures against docs/BENCHMARKS.md"
+python3 scripts/bench_headline.py --check
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
