@@ -4,8 +4,9 @@ bench_report.py generates), or with --check fails when README's differ from them
 Usage: bench_headline.py [--check] [BENCHMARKS.md] [README.md]
 
 The figures live in README between `<!-- bench-headline:begin -->` and
-`<!-- bench-headline:end -->`; the date is the first YYYY-MM-DD of the "Latest set" section,
-which says when that set ran."""
+`<!-- bench-headline:end -->`; the date is the one bench_report.py writes into the tables
+("Set run on YYYY-MM-DD"), or for tables from before it did, the first YYYY-MM-DD of the "Latest
+set" section, which says when that set ran."""
 import re
 import sys
 
@@ -39,6 +40,9 @@ def figure(t, workload, metric):
 
 
 def run_date(doc):
+    stamped = re.search(r"Set run on (\d{4}-\d{2}-\d{2})", doc)
+    if stamped:
+        return stamped.group(1)
     section = doc.split("## Latest set", 1)[-1].split(TABLE_BEGIN, 1)[0]
     found = re.search(r"\b\d{4}-\d{2}-\d{2}\b", section)
     if not found:
