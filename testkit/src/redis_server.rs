@@ -210,7 +210,7 @@ impl Redis {
     /// Starts it again on the same port.
     pub fn restart(&mut self) -> Result<()> {
         if self.cluster.is_some() {
-            bail!("restarting a whole cluster is not a fixture operation; use start_single()");
+            bail!("restarting a whole cluster is not a harness operation; use start_single()");
         }
         self.kill();
         self.spawn()

@@ -1,4 +1,4 @@
-//! The Redis Cluster fixture: a cluster client reaches every master through it, a key is served
+//! The harness's Redis Cluster: a cluster client reaches every master through it, a key is served
 //! again after its master is killed, and its hash slots are the ones Redis computes.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
