@@ -24,31 +24,11 @@ if [ -z "${IMSERVER:-}" ] || [ -z "${IMBENCH:-}" ]; then
   cargo build --quiet --release -p imserver -p imbench
 fi
 run=$(mktemp -d)
-pids=()
-cleanup() { [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$run"; }
-trap cleanup EXIT INT TERM
+cleanup() { stop_all; rm -rf "$run"; }
+on_exit cleanup
 
-case "${REDIS:-single}" in
-single)
-  rport=$(free_port)
-  start_redis "$rport" "$run" "$run/redis.log"
-  pids+=("$redis_pid")
-  rports=("$rport")
-  export IM_REDIS_URL="redis://127.0.0.1:$rport"
-  ;;
-cluster)
-  start_redis_cluster "$run/cluster"
-  read -ra rports <<<"$REDIS_CLUSTER_PORTS"
-  read -ra rpids <<<"$REDIS_CLUSTER_PIDS"
-  pids+=("${rpids[@]}")
-  IM_REDIS_URL="redis+cluster://$(IFS=,; echo "${rports[*]/#/127.0.0.1:}")"
-  export IM_REDIS_URL
-  ;;
-*)
-  echo "REDIS is single or cluster, not ${REDIS}" >&2
-  exit 2
-  ;;
-esac
+start_redis_for "${REDIS:-single}" "$run"
+rports=("${redis_ports[@]}")
 PROCS=$(imbench_procs "$@")
 procs=()
 [ "$PROCS" -gt 1 ] && procs=(--procs "$PROCS")
@@ -57,14 +37,11 @@ export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \
 nodes=()
 npids=()
 for k in $(seq 1 "${NODES:-1}"); do
-  mkfifo "$run/ready$k"
   # shellcheck disable=SC2086
-  RUST_LOG=warn "${IMSERVER:-target/release/imserver}" --listen 127.0.0.1:0 --max-connections 20000 \
-    ${NODE_ARGS:-} >"$run/ready$k" 2>"$run/node$k.log" &
-  npids+=($!)
-  pids+=($!)
-  read -r ready <"$run/ready$k"
-  nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
+  start_imserver "${IMSERVER:-target/release/imserver}" "$run/ready$k" "$run/node$k.log" \
+    --listen 127.0.0.1:0 --max-connections 20000 ${NODE_ARGS:-}
+  npids+=("$node_pid")
+  nodes+=("$node_id")
 done
 join() { local IFS=,; echo "$*"; }
 # Per redis-server: port, role, PUBLISH + SPUBLISH calls, CPU seconds (user + system).

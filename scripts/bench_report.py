@@ -7,6 +7,7 @@ Usage: bench_report.py RESULTS.jsonl OUTPUT.md
 
 Each results line is {"name", "server", "run", "report"} with imbench's JSON report, or
 {"name", "server", "run", "error"} for a run that failed (listed, not counted)."""
+import datetime
 import json
 import math
 import os
@@ -133,7 +134,11 @@ def workload_table(name, by_server):
 
 def generated(runs, failures, order):
     counts = [len(v) for w in runs.values() for v in w.values()]
+    # bench.sh writes the report right after the set: today is the day of the run, which README's
+    # headline figures quote (scripts/bench_headline.py).
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
     lines = [
+        f"Set run on {today} (UTC). "
         f"Medians of up to {max(counts, default=0)} runs per workload and server, run alternately "
         "(imserver, Sockudo, imserver, ...); every run is in `target/bench/results.jsonl`. "
         "\"imserver advantage\" is imserver's figure over Sockudo's where higher is better and "

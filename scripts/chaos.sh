@@ -74,18 +74,8 @@ rm -rf "$out"/drill*
 run=$(mktemp -d)
 cp "${IMSERVER:-target/release/imserver}" "$run/imserver"
 cp "${IMBENCH:-target/release/imbench}" "$run/imbench"
-pids=()
-stop_all() {
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
-  pids=()
-}
 cleanup() { stop_all; rm -rf "$run"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+on_exit cleanup
 export IM_TOKEN_SECRET="chaos-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 now_ms() { date +%s%3N; }
 join() { local IFS=,; echo "$*"; }
@@ -98,14 +88,12 @@ drill_redis() {
 }
 # Starts node $1 (0-based) of the list on its planned port and waits for its ready line.
 start_node() {
-  local k=$1 fifo="$run/ready-$d-$1" ready
-  mkfifo "$fifo"
-  RUST_LOG=warn "$run/imserver" --listen "127.0.0.1:${ports[$k]}" --nodes "$(join "${ids[@]}")" \
-    --lease-ms "$lease_ms" --max-connections 20000 >"$fifo" 2>>"$out/drill$d-node$k.log" &
-  npids[$k]=$!
-  pids+=("$!")
-  read -r -t 30 ready <"$fifo" || { echo "node $k did not start: $(tail -3 "$out/drill$d-node$k.log")" >&2; exit 1; }
-  [ "$(jq -r .node <<<"$ready")" = "${ids[$k]}" ] || { echo "node $k is $ready, not ${ids[$k]}" >&2; exit 1; }
+  local k=$1
+  start_imserver "$run/imserver" "$run/ready-$d-$k" "$out/drill$d-node$k.log" \
+    --listen "127.0.0.1:${ports[$k]}" --nodes "$(join "${ids[@]}")" --lease-ms "$lease_ms" \
+    --max-connections 20000
+  npids[$k]=$node_pid
+  [ "$node_id" = "${ids[$k]}" ] || { echo "node $k is $node_id, not ${ids[$k]}" >&2; exit 1; }
 }
 # Sets up drill $d: Redis, a list of $1 nodes of which the first $2 run.
 setup() {

@@ -18,22 +18,9 @@ run=.run/cluster
 rm -rf "$run"
 mkdir -p "$run/tmp"
 
-pids=()
-cleanup() {
-  trap - EXIT INT TERM
-  [ ${#pids[@]} -gt 0 ] && { kill "${pids[@]}" 2>/dev/null || true; }
-  wait 2>/dev/null
-}
-trap cleanup EXIT INT TERM
+on_exit stop_all
 
-if [ -z "${IM_REDIS_URL:-}" ]; then
-  rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" \
-    >"$run/redis.log" 2>&1 &
-  pids+=($!)
-  wait_port "$rport" "$!"
-  export IM_REDIS_URL="redis://127.0.0.1:$rport"
-fi
+[ -n "${IM_REDIS_URL:-}" ] || start_redis_for single "$run"
 export IM_TOKEN_SECRET="${IM_TOKEN_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 
 if (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then entry=$(free_port); else entry=8080; fi

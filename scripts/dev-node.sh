@@ -6,6 +6,7 @@
 #   scripts/dev-node.sh restart 6001
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 run=.run
 usage() { echo "usage: $0 stop|start|restart PORT" >&2; exit 2; }
 [ $# -eq 2 ] || usage
@@ -37,8 +38,12 @@ start_node() {
   esac
   nohup target/debug/imserver --listen "127.0.0.1:$port" >>"$run/imserver-$port.log" 2>&1 &
   echo $! >"$pidfile"
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-  echo "node on port $port started (log: $run/imserver-$port.log)" >&2
+  if wait_port "$port" "$!"; then
+    echo "node on port $port started (log: $run/imserver-$port.log)" >&2
+  else
+    echo "node on port $port did not start: $(tail -3 "$run/imserver-$port.log")" >&2
+    return 1
+  fi
 }
 
 case "$action" in

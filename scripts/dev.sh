@@ -15,18 +15,15 @@ bin=target/debug
 run=.run
 mkdir -p "$run"
 
-pids=()
 cleanup() {
-  trap - EXIT INT TERM
-  [ ${#pids[@]} -gt 0 ] && { kill "${pids[@]}" 2>/dev/null || true; }
+  stop_all
   # Nodes restarted with dev-node.sh are not our children: their pid files name them.
   for f in "$run"/imserver-*.pid; do
     [ -f "$f" ] && { kill "$(cat "$f")" 2>/dev/null || true; }
     rm -f "$f"
   done
-  wait 2>/dev/null
 }
-trap cleanup EXIT INT TERM
+on_exit cleanup
 
 # Prefer the usual ports; fall back to free ones when taken.
 pick_port() { if port_free "$1"; then echo "$1"; else free_port; fi; }
@@ -40,19 +37,11 @@ wait_http() {
   return 1
 }
 
-if [ -z "${IM_REDIS_URL:-}" ] && [ "${REDIS:-}" = cluster ]; then
-  start_redis_cluster "$run/cluster"
-  read -ra cluster_pids <<<"$REDIS_CLUSTER_PIDS"
-  pids+=("${cluster_pids[@]}")
-  IM_REDIS_URL="redis+cluster://$(printf '127.0.0.1:%s,' $REDIS_CLUSTER_PORTS)"
-  export IM_REDIS_URL="${IM_REDIS_URL%,}"
-elif [ -z "${IM_REDIS_URL:-}" ]; then
-  rport=$(free_port)
-  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --dir "$run" \
-    >"$run/redis.log" 2>&1 &
-  pids+=($!)
-  wait_http "$rport"
-  export IM_REDIS_URL="redis://127.0.0.1:$rport"
+if [ -z "${IM_REDIS_URL:-}" ]; then
+  redis=single
+  if [ "${REDIS:-}" = cluster ]; then redis=cluster; fi
+  : >"$run/redis.log"
+  start_redis_for "$redis" "$run"
 fi
 export IM_TOKEN_SECRET="${IM_TOKEN_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
 

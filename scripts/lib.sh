@@ -101,6 +101,86 @@ start_redis() {
   wait_port "$port" "$redis_pid" || { echo "redis-server did not start: $(tail -3 "$log")" >&2; exit 1; }
 }
 
+# The processes a script started and stops when it ends: start_redis_for, start_imserver and
+# the script itself add to it; stop_all stops them.
+pids=()
+
+# Stops every process in pids with TERM and waits for them; with $1, SIGKILLs those still
+# running after $1 seconds (for servers whose shutdown must not hold up the next run). Empties
+# pids.
+stop_all() {
+  local grace=${1:-} p alive
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    if [ -n "$grace" ]; then
+      for _ in $(seq 1 "$((grace * 20))"); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive -eq 0 ] && break
+        sleep 0.05
+      done
+      kill -9 "${pids[@]}" 2>/dev/null || true
+    fi
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  pids=()
+}
+
+# Runs the function $1 (default stop_all) once when the script ends, however it ends: at its
+# end, on an error, on Ctrl-C (status 130) or on TERM (status 143; bench.sh's timeout sends it
+# to a hung run).
+on_exit() {
+  on_exit_cleanup=${1:-stop_all}
+  trap 'trap - EXIT; "$on_exit_cleanup"' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# Starts this script's Redis: with $1 single, a private redis-server on a free port (its files
+# in directory $2, its output appended to $3, default $2/redis.log); with $1 cluster, a private Redis
+# Cluster of three masters with a replica each (start_redis_cluster, in $2/cluster). Adds its
+# pids to pids, sets redis_ports (masters first) and exports IM_REDIS_URL; exits the script if
+# it does not start.
+start_redis_for() {
+  local mode=$1 dir=$2 log=${3:-$2/redis.log} rpids
+  case "$mode" in
+  single)
+    redis_ports=("$(free_port)")
+    start_redis "${redis_ports[0]}" "$dir" "$log"
+    pids+=("$redis_pid")
+    export IM_REDIS_URL="redis://127.0.0.1:${redis_ports[0]}"
+    ;;
+  cluster)
+    start_redis_cluster "$dir/cluster"
+    read -ra redis_ports <<<"$REDIS_CLUSTER_PORTS"
+    read -ra rpids <<<"$REDIS_CLUSTER_PIDS"
+    pids+=("${rpids[@]}")
+    IM_REDIS_URL="redis+cluster://$(IFS=,; echo "${redis_ports[*]/#/127.0.0.1:}")"
+    export IM_REDIS_URL
+    ;;
+  *)
+    echo "REDIS is single or cluster, not $mode" >&2
+    exit 2
+    ;;
+  esac
+}
+
+# Starts an imserver node: `start_imserver BIN FIFO LOG ARGS...` runs BIN with ARGS (and
+# RUST_LOG=warn), its stdout through the fifo FIFO (made here) so that its ready line is read
+# as soon as the node serves, its stderr appended to LOG. Waits up to 30 s for that line; adds
+# the node to pids and sets node_pid and node_id (the address it announces, from the line).
+# Exits the script if the node does not start.
+start_imserver() {
+  local bin=$1 fifo=$2 log=$3 ready
+  shift 3
+  mkfifo "$fifo"
+  RUST_LOG=warn "$bin" "$@" >"$fifo" 2>>"$log" &
+  node_pid=$!
+  pids+=("$node_pid")
+  read -r -t 30 ready <"$fifo" || { echo "imserver did not start: $(tail -3 "$log")" >&2; exit 1; }
+  node_id=$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")
+}
+
 # Prints $1 free TCP ports on 127.0.0.1, space-separated: held open together while they are
 # picked, so they differ (two free_port calls in a row may print the same port), and one
 # python3 start instead of $1.

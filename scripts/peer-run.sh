@@ -19,27 +19,17 @@ sockudo=$(readlink -f "$(ensure_sockudo)")
 # rebuilds imbench at every switch between the two scripts.
 [ -n "${IMBENCH:-}" ] || cargo build --quiet --release -p imserver -p imbench
 run=$(mktemp -d)
-pids=()
+# Sockudo closes every socket on TERM; do not let a slow shutdown hold up the next run: what
+# still runs after a second is killed. The subshells that started the nodes end with them.
 cleanup() {
-  {
-    [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" || true
-    # Sockudo closes every socket on TERM; do not let a slow shutdown hold up the next run.
-    for _ in $(seq 1 20); do
-      alive=0
-      for p in "${pids[@]}"; do kill -0 "$p" && alive=1; done
-      [ $alive -eq 0 ] && break
-      sleep 0.05
-    done
-    [ ${#pids[@]} -gt 0 ] && kill -9 "${pids[@]}" || true
-    wait
-  } 2>/dev/null
+  stop_all 1
+  wait 2>/dev/null
   rm -rf "$run"
 }
-trap cleanup EXIT INT TERM
+on_exit cleanup
 
-rport=$(free_port)
-start_redis "$rport" "$run" "$run/redis.log"
-pids+=("$redis_pid")
+start_redis_for single "$run"
+rport=${redis_ports[0]}
 
 # A connection is a file descriptor: let sockudo use the hard limit (no root needed).
 ulimit -n "$(ulimit -Hn)"

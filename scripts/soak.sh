@@ -49,36 +49,20 @@ run=$(mktemp -d)
 # Copies, so that rebuilding during a 10-minute soak does not change what runs.
 cp "${IMSERVER:-target/release/imserver}" "$run/imserver"
 cp "${IMBENCH:-target/release/imbench}" "$run/imbench"
-pids=()
-cleanup() {
-  if [ ${#pids[@]} -gt 0 ]; then
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
-  fi
-  rm -rf "$run"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+cleanup() { stop_all; rm -rf "$run"; }
+on_exit cleanup
 
-rport=$(free_port)
-: >"$out/redis.log"
-start_redis "$rport" "$run" "$out/redis.log"
-pids+=("$redis_pid")
-export IM_REDIS_URL="redis://127.0.0.1:$rport"
+start_redis_for single "$run" "$out/redis.log"
 export IM_TOKEN_SECRET="soak-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 nodes=()
 npids=()
 for k in $(seq 1 "$nodes_n"); do
-  mkfifo "$run/ready$k"
   # shellcheck disable=SC2086
-  RUST_LOG=warn "$run/imserver" --listen 127.0.0.1:0 --max-connections 20000 \
-    --recovery-window-ms "$recovery_ms" ${NODE_ARGS:-} >"$run/ready$k" 2>"$out/node$k.log" &
-  npids+=($!)
-  pids+=($!)
-  read -r ready <"$run/ready$k"
-  nodes+=("$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")")
+  start_imserver "$run/imserver" "$run/ready$k" "$out/node$k.log" --listen 127.0.0.1:0 \
+    --max-connections 20000 --recovery-window-ms "$recovery_ms" ${NODE_ARGS:-}
+  npids+=("$node_pid")
+  nodes+=("$node_id")
 done
 join() { local IFS=,; echo "$*"; }
 

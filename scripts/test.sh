@@ -12,6 +12,8 @@ ensure_redis_server
 ensure_nginx
 ensure_systemd_analyze
 
+echo "== README's headline figures against docs/BENCHMARKS.md"
+python3 scripts/bench_headline.py --check
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -20,11 +22,13 @@ echo "== cargo test"
 cargo test --workspace "$@"
 # The messaging suites again, each test on a Redis Cluster of its own (three masters with a
 # replica each) instead of one redis-server: delivery, channels, presence and events, recovery,
-# the live node set, handover and the HTTP API.
+# the live node set, handover and the HTTP API; and imclient's own suites that run on Redis:
+# the quick-start example, event streams and groups, and its errors.
 echo "== messaging suites on a Redis Cluster"
 IM_TEST_REDIS=cluster cargo test -p imserver \
   --test delivery --test channels --test presence --test recovery \
-  --test nodeset --test handover --test backpressure --test quickstart --test http_api "$@"
+  --test nodeset --test handover --test backpressure --test http_api "$@"
+IM_TEST_REDIS=cluster cargo test -p imclient --test quickstart --test events --test errors "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then

@@ -1,19 +1,12 @@
 //! Smoke test of the load tool: a small run against a real node must connect everyone and
 //! lose nothing, in each workload, and print one JSON report.
 
-#[path = "../../imserver/tests/fixture/mod.rs"]
-mod fixture;
-
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use fixture::{Cluster, NodeOpts};
+use imtestkit::{Cluster, NodeOpts};
 
 fn run_imbench(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
-    ensure!(
-        fixture::imserver_bin().exists(),
-        "imserver is not built: run `cargo test --workspace`"
-    );
     let nodes: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
     let pids: Vec<String> = c.nodes.iter().map(|n| n.pid().to_string()).collect();
     let out = Command::new(env!("CARGO_BIN_EXE_imbench"))
@@ -23,11 +16,11 @@ fn run_imbench(c: &Cluster, args: &[&str]) -> Result<serde_json::Value> {
             "--nodes",
             &nodes.join(","),
             "--key-prefix",
-            fixture::PREFIX,
+            imtestkit::PREFIX,
         ])
         .args(["--node-pid", &pids.join(",")])
         .args(args)
-        .env("IM_TOKEN_SECRET", fixture::SECRET)
+        .env("IM_TOKEN_SECRET", imtestkit::SECRET)
         .output()
         .context("cannot run imbench")?;
     ensure!(

@@ -12,7 +12,7 @@
 //! cargo run -p imclient --example quickstart   # then open ws URLs from /connect-url
 //! ```
 //!
-//! The test suite runs this same code against a real Redis and node (imserver/tests/quickstart.rs).
+//! The test suite runs this same code against a real Redis and node (tests/quickstart.rs).
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use imclient::{EventsFrom, ImClient, ImClientOptions};

@@ -1,8 +1,12 @@
-//! Bad options and an unreachable Redis give clear, typed errors.
+//! Bad options, bad arguments and an unreachable or refusing Redis give clear, typed errors;
+//! without Redis, routing keeps to the configured node list.
 
 use std::net::TcpListener;
 
+use anyhow::Result;
 use imclient::{Error, ImClient, ImClientOptions};
+use imtestkit::{Cluster, NodeOpts, Redis, free_port};
+use serde_json::json;
 
 const SECRET: &str = "a-long-random-secret-of-32-bytes";
 
@@ -122,4 +126,68 @@ fn a_private_key_flag_signs_with_that_key_or_says_why_not() {
     assert!(err.to_string().contains("cannot read"), "{err}");
     let err = with_key(format!("{keys}/README.md")).unwrap_err();
     assert!(err.to_string().contains("PEM"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_sends_fail_with_clear_errors_before_touching_redis() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let big = "x".repeat(imclient::DEFAULT_MAX_PAYLOAD_BYTES + 1);
+    let err =
+        c.im.send_message("a", ["b"], &big, false)
+            .await
+            .unwrap_err();
+    assert!(
+        matches!(err, imclient::Error::PayloadTooLarge { .. }),
+        "{err}"
+    );
+    let err =
+        c.im.send_message("a", Vec::<String>::new(), &1, false)
+            .await
+            .unwrap_err();
+    assert!(matches!(err, imclient::Error::NoReceivers), "{err}");
+    let err = c.im.send_message("a", [""], &1, false).await.unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_channel_names_are_refused_with_a_clear_error() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    for bad in ["", "two words", "tag{x}", &"c".repeat(129)] {
+        let err = c.im.join_chan("a", bad).await.expect_err("refused");
+        assert!(matches!(err, imclient::Error::ChanName { .. }), "{err}");
+        assert!(err.to_string().contains("1 to 128 bytes"), "{err}");
+        assert!(c.im.send_chan_message("a", bad, &1, false).await.is_err());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_error() -> Result<()> {
+    let redis = Redis::start_with_auth(None, "right")?;
+    let url = redis.url().replace(":right@", ":wrong@");
+    let im = imclient::ImClient::new(imclient::ImClientOptions::new(
+        url,
+        ["ws://127.0.0.1:1"],
+        imtestkit::SECRET,
+    ))?;
+    let err = im.send_message("a", ["b"], &"x", false).await.unwrap_err();
+    let text = err.to_string().to_lowercase();
+    assert!(text.contains("pass") || text.contains("auth"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_redis_the_configured_list_is_used() -> Result<()> {
+    let nowhere = format!("redis://127.0.0.1:{}", free_port());
+    let im = ImClient::new(ImClientOptions::new(
+        nowhere,
+        ["ws://127.0.0.1:1", "ws://127.0.0.1:2"],
+        imtestkit::SECRET,
+    ))?;
+    assert!(im.refresh_nodes().await.is_err());
+    assert_eq!(im.live_nodes().len(), 2);
+    let url = im.prev_connect_server("alice", json!(null))?;
+    assert!(url.starts_with(im.home_node("alice")?.as_str()));
+    Ok(())
 }

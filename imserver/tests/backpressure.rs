@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts};
 use imclient::contract::CloseCode;
+use imtestkit::{Cluster, NodeOpts};
 use serde_json::json;
 
 #[tokio::test]

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, WAIT, raw_read_close, raw_upgrade};
 use imclient::contract::CloseCode;
+use imtestkit::{Cluster, NodeOpts, WAIT, raw_read_close, raw_upgrade};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::{Cluster, Frame, NodeOpts, SECRET, WAIT, Ws, wait_for};
 use imclient::contract::CloseCode;
 use imclient::token::{ConnectClaims, TokenIssuer};
 use imclient::{ClientId, NodeId};
+use imtestkit::{Cluster, Frame, NodeOpts, SECRET, WAIT, Ws, wait_for};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -207,7 +205,7 @@ async fn a_frame_announced_too_big_is_refused_at_once_without_being_buffered() -
     use tokio::io::AsyncWriteExt as _;
     let c = Cluster::start(1, NodeOpts::default()).await?;
     let node = &c.nodes[0];
-    let before = fixture::rss_kib(node.pid())?;
+    let before = imtestkit::rss_kib(node.pid())?;
     // A text frame announcing 2^40 bytes (64-bit length), and one announcing 65,535 (16-bit).
     let mut huge = vec![0x81u8, 0xff];
     huge.extend_from_slice(&(1u64 << 40).to_be_bytes());
@@ -216,7 +214,7 @@ async fn a_frame_announced_too_big_is_refused_at_once_without_being_buffered() -
     for (client, mut head) in [("huge", huge), ("long", long)] {
         head.extend_from_slice(&[1, 2, 3, 4]);
         let url = c.im.prev_connect_server(client, json!(null))?;
-        let tcp = fixture::raw_upgrade(node.addr, &url).await?;
+        let tcp = imtestkit::raw_upgrade(node.addr, &url).await?;
         let (mut rd, mut wr) = tcp.into_split();
         // Stream up to 64 MiB behind the header, as an attacker would.
         let writer = tokio::spawn(async move {
@@ -230,11 +228,11 @@ async fn a_frame_announced_too_big_is_refused_at_once_without_being_buffered() -
             }
             sent
         });
-        let code = fixture::raw_read_close(&mut rd, WAIT).await?;
+        let code = imtestkit::raw_read_close(&mut rd, WAIT).await?;
         assert_eq!(code, CloseCode::TooBig.code(), "{client}");
         writer.await?;
     }
-    let after = fixture::rss_kib(node.pid())?;
+    let after = imtestkit::rss_kib(node.pid())?;
     assert!(
         after < before + 16 * 1024,
         "node RSS grew from {before} KiB to {after} KiB"
@@ -573,7 +571,7 @@ async fn a_node_with_public_keys_only_admits_tokens_of_the_current_keys() -> Res
         let issuer = TokenIssuer::from_pem(alg, &std::fs::read(key(private))?)?.with_key_id(kid);
         Ok(imclient::ImClient::new(
             imclient::ImClientOptions::new(c.redis.url(), [node.as_str()], "")
-                .key_prefix(fixture::PREFIX)
+                .key_prefix(imtestkit::PREFIX)
                 .signing_key(issuer),
         )?)
     };
@@ -783,7 +781,7 @@ async fn redis_restart_keeps_sockets_open_and_pushes_resume() -> Result<()> {
         }
     }
     let url = c.im.prev_connect_server(&away, json!(null))?;
-    let w = Ws::connect(&fixture::with_since(&url, &epoch, seen)).await?;
+    let w = Ws::connect(&imtestkit::with_since(&url, &epoch, seen)).await?;
     assert_eq!(w.recovered(), Some(false));
     assert_eq!(w.reason().as_deref(), Some("redis_outage"));
     c.im.send_message("x", [&a, &b], &"after", false).await?;

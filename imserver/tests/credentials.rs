@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, Redis, WAIT, wait_for};
 use imclient::{EventKind, EventsFrom};
+use imtestkit::{Cluster, NodeOpts, Redis, WAIT, wait_for};
 use serde_json::json;
 
 async fn the_core_works(redis: Redis) -> Result<()> {
@@ -49,19 +47,4 @@ async fn with_an_acl_user() -> Result<()> {
 #[tokio::test]
 async fn over_tls() -> Result<()> {
     the_core_works(Redis::start_tls()?).await
-}
-
-#[tokio::test]
-async fn a_wrong_password_is_a_clear_error() -> Result<()> {
-    let redis = Redis::start_with_auth(None, "right")?;
-    let url = redis.url().replace(":right@", ":wrong@");
-    let im = imclient::ImClient::new(imclient::ImClientOptions::new(
-        url,
-        ["ws://127.0.0.1:1"],
-        fixture::SECRET,
-    ))?;
-    let err = im.send_message("a", ["b"], &"x", false).await.unwrap_err();
-    let text = err.to_string().to_lowercase();
-    assert!(text.contains("pass") || text.contains("auth"), "{err}");
-    Ok(())
 }

@@ -4,16 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use fixture::{Frame, Listed, Redis, WAIT, Ws, wait_for, with_since};
 use imclient::ImClient;
 use imclient::contract::CloseCode;
+use imtestkit::{Frame, Listed, Redis, WAIT, Ws, wait_for, with_since};
 use serde_json::json;
 use tokio::sync::watch;
 

@@ -2,14 +2,12 @@
 //! HTTP requests with API keys, real WebSocket clients receiving what the API sent, and a real
 //! Redis that is killed for the outage test.
 
-mod fixture;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, ensure};
-use fixture::{Cluster, NodeOpts, Redis, WAIT, Ws, wait_for};
 use imclient::contract::Kind;
+use imtestkit::{Cluster, NodeOpts, Redis, WAIT, Ws, wait_for};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

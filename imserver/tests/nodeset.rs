@@ -4,14 +4,11 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::collections::HashSet;
 
 use anyhow::Result;
-use fixture::{Cluster, Frame, Listed, NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
 use imclient::contract::CloseCode;
-use imclient::{ImClient, ImClientOptions};
+use imtestkit::{Cluster, Frame, Listed, NodeOpts, Redis, WAIT, Ws, wait_for};
 use serde_json::json;
 
 #[tokio::test]
@@ -45,26 +42,12 @@ async fn a_dead_node_gets_no_clients_and_a_restarted_one_gets_them_back() -> Res
     );
 
     // Back on the same address: announced, so imclient follows within moments.
-    c.nodes[1] = fixture::Node::start_at(&c.redis, NodeOpts::default(), &addr1.to_string()).await?;
+    c.nodes[1] =
+        imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr1.to_string()).await?;
     wait_for("the node is live again", WAIT, || async {
         (c.im.home_node(&client).ok()?.as_str() == id1).then_some(())
     })
     .await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn without_redis_the_configured_list_is_used() -> Result<()> {
-    let nowhere = format!("redis://127.0.0.1:{}", free_port());
-    let im = ImClient::new(ImClientOptions::new(
-        nowhere,
-        ["ws://127.0.0.1:1", "ws://127.0.0.1:2"],
-        fixture::SECRET,
-    ))?;
-    assert!(im.refresh_nodes().await.is_err());
-    assert_eq!(im.live_nodes().len(), 2);
-    let url = im.prev_connect_server("alice", json!(null))?;
-    assert!(url.starts_with(im.home_node("alice")?.as_str()));
     Ok(())
 }
 

@@ -1,14 +1,12 @@
 //! Presence and online/offline events through connect, disconnect, force_offline, a node
 //! killed with SIGKILL, and a graceful shutdown.
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, WAIT, wait_for};
 use imclient::contract::CloseCode;
-use imclient::{Event, EventKind, EventStream, EventsFrom, GroupStart, ImClient};
+use imclient::{Event, EventKind, EventStream, EventsFrom, ImClient};
+use imtestkit::{Cluster, NodeOpts, WAIT, wait_for};
 use serde_json::json;
 
 async fn online(im: &ImClient, client: &str, want: bool) -> Result<()> {
@@ -75,7 +73,7 @@ async fn events_carry_metadata_and_a_late_reader_sees_what_it_missed() -> Result
     let mut live = c.im.events(EventsFrom::Now).await?;
     let url =
         c.im.prev_connect_server("erin", json!({"name": "Erin", "plan": "pro"}))?;
-    let ws = fixture::Ws::connect(&url).await?;
+    let ws = imtestkit::Ws::connect(&url).await?;
     let ev = next_for(&mut live, "erin").await?;
     assert_eq!(ev.kind, EventKind::Online);
     assert_eq!(ev.meta, json!({"name": "Erin", "plan": "pro"}));
@@ -92,79 +90,6 @@ async fn events_carry_metadata_and_a_late_reader_sees_what_it_missed() -> Result
         next_for(&mut late, "erin").await?.kind,
     ];
     assert_eq!(kinds, [EventKind::Online, EventKind::Offline]);
-    Ok(())
-}
-
-#[tokio::test]
-async fn a_consumer_group_shares_events_between_replicas() -> Result<()> {
-    let c = Cluster::start(1, NodeOpts::default()).await?;
-    let mut r1 = c.im.event_group("backend", "r1", GroupStart::Now).await?;
-    let mut r2 = c.im.event_group("backend", "r2", GroupStart::Now).await?;
-    let mut sockets = Vec::new();
-    for i in 0..6 {
-        sockets.push(c.connect(&format!("g{i}")).await?);
-    }
-    // Read from both replicas together until all six online events have arrived.
-    let mut seen = std::collections::HashMap::new();
-    let end = Instant::now() + WAIT;
-    while seen.len() < 6 && Instant::now() < end {
-        tokio::select! {
-            r = r1.next() => { let (_, e) = r?; *seen.entry(e.client.to_string()).or_insert(0) += 1; }
-            r = r2.next() => { let (_, e) = r?; *seen.entry(e.client.to_string()).or_insert(0) += 1; }
-        }
-    }
-    assert_eq!(seen.len(), 6, "every event reaches the group: {seen:?}");
-    assert!(
-        seen.values().all(|n| *n == 1),
-        "each event goes to one replica: {seen:?}"
-    );
-    Ok(())
-}
-
-/// A replica that stops before acknowledging gets those events again when it comes back under
-/// the same consumer name: each once, in order, then the new ones.
-#[tokio::test]
-async fn a_returning_consumer_gets_its_unacknowledged_events_once_each() -> Result<()> {
-    let c = Cluster::start(1, NodeOpts::default()).await?;
-    let mut crashed = c.im.event_group("backend", "r1", GroupStart::Now).await?;
-    let mut sockets = Vec::new();
-    for i in 0..3 {
-        sockets.push(c.connect(&format!("p{i}")).await?);
-    }
-    for _ in 0..3 {
-        tokio::time::timeout(WAIT, crashed.next()).await??;
-    }
-    // Gone without acknowledging (the last event is never acknowledged; the others may not
-    // have been either).
-    drop(crashed);
-    let mut back = c.im.event_group("backend", "r1", GroupStart::Now).await?;
-    sockets.push(c.connect("p3").await?);
-    let mut got = Vec::new();
-    while !got.contains(&"p3".to_owned()) {
-        let (_, e) = tokio::time::timeout(WAIT, back.next()).await??;
-        got.push(e.client.to_string());
-        // A caller that takes its time over each event (the reader reads ahead meanwhile).
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Nothing more: every redelivered event came once.
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), back.next())
-            .await
-            .is_err(),
-        "more events after p3: {got:?}"
-    );
-    let redelivered: Vec<&String> = got.iter().filter(|c| *c != "p3").collect();
-    let mut in_order = redelivered.clone();
-    in_order.sort();
-    in_order.dedup();
-    assert_eq!(
-        in_order, redelivered,
-        "each event at most once, in order: {got:?}"
-    );
-    assert!(
-        redelivered.contains(&&"p2".to_owned()),
-        "the unacknowledged one came back: {got:?}"
-    );
     Ok(())
 }
 
@@ -254,38 +179,11 @@ async fn a_restarted_node_purges_its_stale_presence() -> Result<()> {
     c.nodes[0].wait_exit(WAIT).await.ok();
     let mut events = c.im.events(EventsFrom::Now).await?;
     // Restart on the same address before any lease could expire.
-    let node = fixture::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
+    let node = imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
     c.nodes[0] = node;
     let ev = next_for(&mut events, "ghost").await?;
     assert_eq!(ev.kind, EventKind::Offline);
     online(&c.im, "ghost", false).await?;
-    Ok(())
-}
-
-#[tokio::test]
-async fn malformed_entries_in_the_event_stream_are_skipped() -> Result<()> {
-    let c = Cluster::start(1, NodeOpts::default()).await?;
-    let mut events = c.im.events(EventsFrom::Now).await?;
-    let mut redis = c.redis.conn().await?;
-    let key = c.im.keys().events();
-    let _: String = redis::cmd("XADD")
-        .arg(&key)
-        .arg("*")
-        .arg("event")
-        .arg("{not json")
-        .query_async(&mut redis)
-        .await?;
-    let _: String = redis::cmd("XADD")
-        .arg(&key)
-        .arg("*")
-        .arg("other")
-        .arg("1")
-        .query_async(&mut redis)
-        .await?;
-    let _ws = c.connect("after-garbage").await?;
-    let ev = next_for(&mut events, "after-garbage").await?;
-    assert_eq!(ev.kind, EventKind::Online);
-    assert_eq!(events.skipped(), 2);
     Ok(())
 }
 
@@ -303,14 +201,15 @@ async fn a_lapsed_lease_tells_the_nodes_clients_they_may_have_missed_messages() 
         .query_async(&mut redis)
         .await?;
     match ws.read(WAIT).await? {
-        fixture::Frame::Envelope(env) => {
+        imtestkit::Frame::Envelope(env) => {
             assert_eq!(env.payload["event"], "missed", "{env:?}");
             assert_eq!(env.payload["reason"], "redis_outage", "{env:?}");
         }
         other => panic!("expected the missed event, got {other:?}"),
     }
     let url = c.im.prev_connect_server("alice", json!(null))?;
-    let w = fixture::Ws::connect(&fixture::with_since(&url, &ws.epoch(), ws.welcome_seq())).await?;
+    let w =
+        imtestkit::Ws::connect(&imtestkit::with_since(&url, &ws.epoch(), ws.welcome_seq())).await?;
     assert_eq!(
         w.recovered(),
         Some(false),

@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result};
-use fixture::{NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
 use imclient::{ImClient, ImClientOptions};
+use imtestkit::{NodeOpts, Redis, WAIT, Ws, free_port, wait_for};
 use serde_json::json;
 
 /// An nginx process owned by the test.
@@ -89,7 +87,7 @@ async fn clients_connect_and_receive_through_nginx() -> Result<()> {
         let opts = NodeOpts::default()
             .arg("--node", &ids[i])
             .arg("--nodes", ids.join(","));
-        nodes.push(fixture::Node::start_at(&redis, opts, &format!("127.0.0.1:{port}")).await?);
+        nodes.push(imtestkit::Node::start_at(&redis, opts, &format!("127.0.0.1:{port}")).await?);
     }
     let routes: Vec<(String, u16)> = node_ports
         .iter()
@@ -105,7 +103,8 @@ async fn clients_connect_and_receive_through_nginx() -> Result<()> {
     .await?;
 
     let im = ImClient::new(
-        ImClientOptions::new(redis.url(), ids.clone(), fixture::SECRET).key_prefix(fixture::PREFIX),
+        ImClientOptions::new(redis.url(), ids.clone(), imtestkit::SECRET)
+            .key_prefix(imtestkit::PREFIX),
     )?;
     im.refresh_nodes().await?;
     // One client per node, each through its own location.

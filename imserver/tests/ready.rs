@@ -3,20 +3,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use fixture::{Cluster, Frame, NodeOpts};
 use imclient::contract::Kind;
+use imtestkit::{Cluster, Frame, NodeOpts};
 use serde_json::json;
 
 /// How long a message may take before it counts as lost.
 const LOST_AFTER: Duration = Duration::from_secs(3);
 
 /// The next channel message on `ws`, or an error naming what was lost.
-async fn next_chan_message(ws: &mut fixture::Ws, what: &str) -> Result<serde_json::Value> {
+async fn next_chan_message(ws: &mut imtestkit::Ws, what: &str) -> Result<serde_json::Value> {
     loop {
         match ws.read(LOST_AFTER).await {
             Ok(Frame::Envelope(env)) if env.kind == Kind::Channel => return Ok(env.payload),
@@ -82,5 +80,16 @@ async fn joins_that_no_node_acknowledges_do_not_hang() -> Result<()> {
         started.elapsed()
     );
     assert_eq!(c.im.chan_member_count("room").await?, 2);
+    Ok(())
+}
+
+/// The harness finds the node binary by itself; here it must be the one cargo built for these
+/// tests, or every test above would run some other build of the node.
+#[test]
+fn the_harness_runs_the_node_cargo_built_for_these_tests() -> Result<()> {
+    assert_eq!(
+        imtestkit::imserver_bin()?,
+        std::path::Path::new(env!("CARGO_BIN_EXE_imserver"))
+    );
     Ok(())
 }

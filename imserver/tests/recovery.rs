@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
-use fixture::{Cluster, Frame, NodeOpts, WAIT, Ws, wait_for, with_since};
 use imclient::ImClient;
 use imclient::contract::{Kind, ReceiptPayload, ReceiptStatus};
+use imtestkit::{Cluster, Frame, NodeOpts, WAIT, Ws, wait_for, with_since};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -180,7 +178,8 @@ async fn a_restarted_node_says_epoch_changed_and_nonsense_says_unknown() -> Resu
     drop(ws);
     c.nodes[0].signal("TERM");
     c.nodes[0].wait_exit(WAIT).await?;
-    c.nodes[0] = fixture::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
+    c.nodes[0] =
+        imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
 
     let url = c.im.prev_connect_server("phoenix", json!(null))?;
     let ws = Ws::connect(&with_since(&url, &epoch, 0)).await?;

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use anyhow::Result;
-use fixture::redis_cluster::RedisCluster;
-use fixture::{Cluster, Frame, NodeOpts, Redis, WAIT, wait_for};
+use imtestkit::redis_cluster::RedisCluster;
+use imtestkit::{Cluster, Frame, NodeOpts, Redis, WAIT, wait_for};
 use serde_json::json;
 
 /// SPUBLISH calls per master.

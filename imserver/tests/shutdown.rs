@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use fixture::{Cluster, NodeOpts, WAIT, Ws};
 use futures_util::StreamExt as _;
 use imclient::contract::CloseCode;
+use imtestkit::{Cluster, NodeOpts, WAIT, Ws};
 use serde_json::json;
 
 #[tokio::test]

@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
 use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
-use fixture::{NodeOpts, Redis, WAIT, wait_for};
 use futures_util::StreamExt as _;
 use imclient::contract::Kind;
 use imclient::{ImClient, ImClientOptions};
+use imtestkit::{NodeOpts, Redis, WAIT, wait_for};
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use tokio::net::TcpStream;
@@ -92,11 +90,11 @@ async fn the_node_serves_wss_itself_and_swaps_its_certificate_on_sighup() -> Res
     }
     .arg("--tls-cert", &cert)
     .arg("--tls-key", &key);
-    let node = fixture::Node::start(&redis, opts).await?;
+    let node = imtestkit::Node::start(&redis, opts).await?;
     assert!(node.id.starts_with("wss://"), "{}", node.id);
     let im = ImClient::new(
-        ImClientOptions::new(redis.url(), [node.id.as_str()], fixture::SECRET)
-            .key_prefix(fixture::PREFIX),
+        ImClientOptions::new(redis.url(), [node.id.as_str()], imtestkit::SECRET)
+            .key_prefix(imtestkit::PREFIX),
     )?;
     let url = im.prev_connect_server("secure", json!(null))?;
     assert!(url.starts_with("wss://"), "{url}");
@@ -114,7 +112,7 @@ async fn the_node_serves_wss_itself_and_swaps_its_certificate_on_sighup() -> Res
 
     // A plain WebSocket to a TLS port gets nowhere.
     assert!(
-        fixture::Ws::connect(&url.replacen("wss://", "ws://", 1))
+        imtestkit::Ws::connect(&url.replacen("wss://", "ws://", 1))
             .await
             .is_err()
     );

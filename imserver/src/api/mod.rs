@@ -116,7 +116,11 @@ pub fn client(config: &Config, node: &NodeId) -> imclient::Result<(ImClient, boo
 }
 
 /// Serves the API on `listener` until stopped, for the node `node`.
-pub fn start(config: &Config, node: &NodeId, listener: TcpListener) -> crate::error::Result<ApiServer> {
+pub fn start(
+    config: &Config,
+    node: &NodeId,
+    listener: TcpListener,
+) -> crate::error::Result<ApiServer> {
     let (im, can_sign) = client(config, node).map_err(crate::error::Error::Api)?;
     let addr = listener.local_addr()?;
     let keys = ApiKeys::new(&config.api_keys);

@@ -1,16 +1,14 @@
-//! The Redis Cluster fixture: a cluster client reaches every master through it, a key is served
+//! The harness's Redis Cluster: a cluster client reaches every master through it, a key is served
 //! again after its master is killed, and its hash slots are the ones Redis computes.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
-
-mod fixture;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use fixture::redis_cluster::RedisCluster;
+use imtestkit::redis_cluster::RedisCluster;
 use redis::AsyncCommands as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -76,7 +74,7 @@ async fn a_key_is_served_again_after_its_master_is_killed() -> Result<()> {
 
     // The same connection: it has to find out by itself that the slot moved.
     let served = Instant::now();
-    let value = fixture::wait_for(
+    let value = imtestkit::wait_for(
         "SET/GET on the promoted replica",
         Duration::from_secs(20),
         || {

@@ -1,16 +1,14 @@
-//! imclient's quick-start example (imclient/examples/quickstart.rs), run against a real Redis
+//! The quick-start example (examples/quickstart.rs), run against a real Redis
 //! and node: a browser asks the example backend for its URL, connects, and receives what
 //! another user sends through the backend.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-mod fixture;
-
-#[path = "../../imclient/examples/quickstart.rs"]
+#[path = "../examples/quickstart.rs"]
 mod quickstart;
 
 use anyhow::Result;
-use fixture::{Cluster, NodeOpts, Ws};
+use imtestkit::{Cluster, NodeOpts, Ws};
 use serde_json::json;
 
 #[actix_web::test]

@@ -1,0 +1,110 @@
+//! The demo backend against a real Redis and node: two people sign in, one opens the socket
+//! the backend hands out, and a private message sent through the API reaches it with the id
+//! the API answered. (The page itself is tested in a browser: tests/browser.)
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, anyhow};
+use imtestkit::{Cluster, NodeOpts, WAIT, Ws, free_port, http_get, http_request, wait_for};
+use serde_json::json;
+
+/// A running demo-web process, stopped when dropped.
+struct DemoWeb {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl DemoWeb {
+    async fn start(c: &Cluster) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let nodes: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
+        let child = Command::new(env!("CARGO_BIN_EXE_demo-web"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .env("IM_REDIS_URL", c.redis.url())
+            .env("IM_NODES", nodes.join(","))
+            .env("IM_TOKEN_SECRET", imtestkit::SECRET)
+            .env("IM_KEY_PREFIX", imtestkit::PREFIX)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("cannot start demo-web")?;
+        let web = Self { addr, child };
+        wait_for("demo-web serving its page", WAIT, || async {
+            (http_get(web.addr, "/").await.ok()?.0 == 200).then_some(())
+        })
+        .await?;
+        Ok(web)
+    }
+
+    /// Signs `name` in; returns the session cookie and the user's id.
+    async fn sign_in(&self, name: &str) -> Result<(String, String)> {
+        let answer = http_request(
+            self.addr,
+            "POST",
+            "/api/signin",
+            &[],
+            Some(&json!({ "name": name })),
+        )
+        .await?;
+        let cookie = answer
+            .cookie("demo_session")
+            .ok_or_else(|| anyhow!("no session cookie: {answer:?}"))?;
+        let id = answer.json()?["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no id: {}", answer.body))?
+            .to_owned();
+        Ok((format!("demo_session={cookie}"), id))
+    }
+}
+
+impl Drop for DemoWeb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_private_message_sent_through_the_api_reaches_the_receivers_socket() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let web = DemoWeb::start(&c).await?;
+    let (ann, _) = web.sign_in("Ann").await?;
+    let (bob, bob_id) = web.sign_in("Bob").await?;
+
+    let answer = http_request(
+        web.addr,
+        "GET",
+        "/prev-connect-imserver",
+        &[("Cookie", &bob)],
+        None,
+    )
+    .await?;
+    let url = answer.json()?["url"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no url: {}", answer.body))?
+        .to_owned();
+    let mut socket = Ws::connect(&url).await?;
+
+    let sent = http_request(
+        web.addr,
+        "POST",
+        "/api/messages",
+        &[("Cookie", &ann)],
+        Some(&json!({ "to": bob_id, "text": "hi Bob" })),
+    )
+    .await?;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    // Presence broadcasts (Bob's own coming online among them) may come first.
+    let got = loop {
+        let env = socket.next_message().await?;
+        if env.payload["kind"] == "chat" {
+            break env;
+        }
+    };
+    assert_eq!(got.payload["text"], "hi Bob");
+    assert_eq!(got.payload["from_name"], "Ann");
+    assert_eq!(got.id.as_deref(), sent.json()?["id"].as_str());
+    Ok(())
+}
