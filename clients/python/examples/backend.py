@@ -13,6 +13,7 @@ It trusts the `user` it is given: a real backend takes it from its own login ses
 """
 
 import json
+import logging
 import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +42,7 @@ class Backend(BaseHTTPRequestHandler):
             try:
                 payload = verify_webhook(webhook_secrets, self.headers, body)
             except WebhookVerificationError as refused:
+                logging.warning("webhook refused: %s", refused)
                 return self.answer(400, {"error": str(refused)})
             presence.update((e["id"], e) for e in payload["events"])
             return self.answer(200, {})

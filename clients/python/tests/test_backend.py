@@ -116,7 +116,13 @@ def test_the_backend_records_a_clients_online_and_offline_from_the_webhook() -> 
             events = [e for e in backend.get("/presence") if e["client"] == carol]
             return events if [e["kind"] for e in events] == ["online", "offline"] else None
 
-        online, offline = wait_for("carol's online and offline webhooks", kinds, deadline=20)
+        try:
+            online, offline = wait_for("carol's online and offline webhooks", kinds, deadline=20)
+        except AssertionError as missing:
+            raise AssertionError(
+                f"{missing}; the backend recorded {backend.get('/presence')}; the node logged "
+                f"{''.join(node.log[-20:])}"
+            ) from None
         assert online["meta"] == {"user": carol} and online["node"] == node.id
         assert offline["at"] >= online["at"]
     finally:
