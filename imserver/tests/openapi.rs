@@ -1,6 +1,7 @@
 //! docs/openapi.json cannot drift from the HTTP API: its paths are exactly the methods the API
-//! serves (`Method::ALL`), and a real node answers each path's documented example with 200 and
-//! an answer holding every field the document says it always has.
+//! serves (`Method::ALL`); a real node answers each path's documented example with 200 and an
+//! answer holding every field the document says it always has; and the parameters each method
+//! takes (as its refusal of an unknown field lists them) are the ones the document names.
 
 mod fixture;
 
@@ -80,6 +81,29 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
     }
 }
 
+/// Every property a request schema names, over all of its `oneOf` alternatives.
+fn documented_params(doc: &Value, schema: &Value) -> BTreeSet<String> {
+    let schema = resolve(doc, schema);
+    let alternatives: Vec<&Value> = match schema["oneOf"].as_array() {
+        Some(list) => list.iter().map(|s| resolve(doc, s)).collect(),
+        None => vec![schema],
+    };
+    alternatives
+        .into_iter()
+        .filter_map(|s| s["properties"].as_object())
+        .flat_map(|props| props.keys().cloned())
+        .collect()
+}
+
+/// `example` with a field no method has.
+fn with_unknown_field(example: &Value) -> String {
+    let mut body = example.clone();
+    if let Value::Object(fields) = &mut body {
+        fields.insert("zz_not_a_parameter".into(), Value::Bool(true));
+    }
+    body.to_string()
+}
+
 async fn post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, Value)> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
     let head = format!(
@@ -129,6 +153,26 @@ async fn a_node_answers_every_documented_example_as_documented() -> Result<()> {
         ensure!(
             status == 200,
             "{path} answered its documented example {example} with {status}: {answer}"
+        );
+        let (status, refusal) = post(api, path, &with_unknown_field(example)).await?;
+        ensure!(
+            status == 400 && refusal["error"] == "unknown_field",
+            "{path} took a field it does not have: {status} {refusal}"
+        );
+        let takes = refusal["message"]
+            .as_str()
+            .and_then(|m| m.split_once("this call takes: "))
+            .map(|(_, list)| {
+                list.split(", ")
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect::<BTreeSet<_>>()
+            })
+            .with_context(|| format!("{path}: the refusal lists no parameters: {refusal}"))?;
+        let params = documented_params(&doc, &content["schema"]);
+        ensure!(
+            takes == params,
+            "{path} takes {takes:?} but docs/openapi.json documents {params:?}"
         );
         let schema = resolve(
             &doc,
