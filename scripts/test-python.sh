@@ -15,5 +15,7 @@ export IMSERVER_BIN="${IMSERVER_BIN:-$PWD/target/debug/imserver}"
 [ -x "$IMSERVER_BIN" ] || cargo build --quiet -p imserver
 
 cd clients/python
+# The package says it is typed (py.typed): hold it to that.
+"../../$venv/bin/python" -m mypy --strict src/imserver_client
 # -ra: the summary names every skipped test and why (the webhook tests need --webhook-url).
 exec "../../$venv/bin/python" -m pytest -ra "$@"

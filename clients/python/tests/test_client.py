@@ -218,3 +218,18 @@ def test_a_send_retried_with_its_message_id_carries_the_same_id(api: Client) -> 
     ids = [socket.next_message()["id"] for _ in range(2)]
     assert ids == [msg_id, msg_id]
     socket.close()
+
+
+def test_the_api_of_one_node_reaches_a_client_homed_on_the_other(api: Client, cluster: List[Node]) -> None:
+    other = cluster[1].id
+    # Names are spread over the nodes by hashing; a few tries find one homed on the other.
+    homed = next(
+        (name, answer)
+        for name, answer in ((n, api.connect_url(n)) for n in (fresh("far") for _ in range(64)))
+        if answer["node"] == other
+    )
+    socket = Socket(homed[1]["url"])
+    result = api.send("system", homed[0], "across")
+    assert [(r["node"], r["taken"]) for r in result["nodes"]] == [(other, True)]
+    assert socket.next_message()["payload"] == "across"
+    socket.close()
