@@ -8,7 +8,10 @@ source scripts/lib.sh
 
 ensure_redis_server
 venv=target/python-venv
-[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+if [ ! -x "$venv/bin/python" ]; then
+  # Debian's python3 makes venvs only with python3-venv installed.
+  python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv" && apt_install python3-venv && python3 -m venv "$venv"; }
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -e "./clients/python[test]"
 
 export IMSERVER_BIN="${IMSERVER_BIN:-$PWD/target/debug/imserver}"
