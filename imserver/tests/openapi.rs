@@ -3,15 +3,13 @@
 //! answer holding every field the document says it always has; and the parameters each method
 //! takes (as its refusal of an unknown field lists them) are the ones the document names.
 
-mod fixture;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, anyhow, ensure};
-use fixture::{Cluster, NodeOpts, WAIT};
 use imserver::api::ROUTE_PREFIX;
 use imserver::api::methods::Method;
+use imtestkit::{Cluster, NodeOpts, WAIT};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
