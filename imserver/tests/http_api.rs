@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, ensure};
+use anyhow::{Context as _, Result, ensure};
 use imclient::contract::Kind;
-use imtestkit::{Cluster, NodeOpts, Redis, WAIT, Ws, wait_for};
+use imtestkit::{Cluster, NodeOpts, Redis, WAIT, Ws, http_request_text, wait_for};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const KEY: &str = "first-api-key-0123456789";
 const NEW_KEY: &str = "second-api-key-0123456789";
@@ -58,32 +57,17 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Answer> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let mut text = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
-    }
-    text.push_str("\r\n");
-    text.push_str(body);
-    tcp.write_all(text.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("no answer to {method} {path} within {WAIT:?}"))??;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
+    let answer = http_request_text(addr, method, path, headers, body).await?;
+    let head = answer
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
     Ok(Answer {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
+        status: answer.status,
+        head,
+        body: answer.body,
     })
 }
 

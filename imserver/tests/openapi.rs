@@ -9,9 +9,8 @@ use std::net::SocketAddr;
 use anyhow::{Context as _, Result, anyhow, ensure};
 use imserver::api::ROUTE_PREFIX;
 use imserver::api::methods::Method;
-use imtestkit::{Cluster, NodeOpts, WAIT};
+use imtestkit::{Cluster, NodeOpts, http_request_text};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const KEY: &str = "openapi-test-key-0123456789";
 
@@ -103,25 +102,12 @@ fn with_unknown_field(example: &Value) -> String {
 }
 
 async fn post(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, Value)> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await?;
-    tcp.write_all(body.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("no answer to {path} within {WAIT:?}"))??;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let auth = format!("Bearer {KEY}");
+    let answer = http_request_text(addr, "POST", path, &[("Authorization", &auth)], body).await?;
+    Ok((
+        answer.status,
+        serde_json::from_str(&answer.body).unwrap_or(Value::Null),
+    ))
 }
 
 #[tokio::test]

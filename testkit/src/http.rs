@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 
+use crate::deadline::WAIT;
+
 /// What a server answered.
 #[derive(Debug, Clone)]
 pub struct HttpAnswer {
@@ -48,22 +50,53 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&serde_json::Value>,
 ) -> Result<HttpAnswer> {
+    let body = body.map(serde_json::Value::to_string);
+    exchange(
+        addr,
+        method,
+        path,
+        headers,
+        body.as_deref(),
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+/// `method` on `path` with extra `headers` and `body` as it is (malformed JSON included),
+/// labelled as JSON with its length even when empty; waits up to [`WAIT`] for the answer.
+pub async fn http_request_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<HttpAnswer> {
+    exchange(addr, method, path, headers, Some(body), WAIT).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    wait: Duration,
+) -> Result<HttpAnswer> {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
-    if !body.is_empty() {
+    if let Some(body) = body {
         request.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         ));
     }
     request.push_str("\r\n");
-    request.push_str(&body);
+    request.push_str(body.unwrap_or_default());
     tokio::task::spawn_blocking(move || -> Result<HttpAnswer> {
         let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_read_timeout(Some(wait))?;
         s.write_all(request.as_bytes())?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;

@@ -335,15 +335,7 @@ impl Hub {
             if exclude == Some(&entry.id) {
                 continue;
             }
-            let reach = entry.lock().push(
-                &entry.id,
-                body,
-                now,
-                &self.recovery,
-                &self.work.outgoing,
-                &mut tally,
-            );
-            if reach == Reach::Delivered {
+            if self.push_into(&entry, body, now, &mut tally) == Reach::Delivered {
                 reached += 1;
             }
         }
@@ -355,16 +347,21 @@ impl Hub {
     /// recovery buffer and queues it to each connection (see the entry's `push`).
     fn push(&self, entry: &ClientEntry, body: &str, now: Instant) -> Reach {
         let mut tally = Tally::default();
-        let reach = entry.lock().push(
+        let reach = self.push_into(entry, body, now, &mut tally);
+        self.record(tally);
+        reach
+    }
+
+    /// Pushes to one entry, adding what it did to `tally`.
+    fn push_into(&self, entry: &ClientEntry, body: &str, now: Instant, tally: &mut Tally) -> Reach {
+        entry.lock().push(
             &entry.id,
             body,
             now,
             &self.recovery,
             &self.work.outgoing,
-            &mut tally,
-        );
-        self.record(tally);
-        reach
+            tally,
+        )
     }
 
     /// Asks every connection of `client` to close with `code`, and ends its recovery window:
