@@ -187,8 +187,11 @@ export class Socket {
     this.frames = [];
     this.waiters = new Set();
     this.closeCode = undefined;
+    this.lastSeq = 0;
     this.ws.on('message', (data) => {
-      this.frames.push(JSON.parse(data.toString()));
+      const frame = JSON.parse(data.toString());
+      if (typeof frame.seq === 'number') this.lastSeq = Math.max(this.lastSeq, frame.seq);
+      this.frames.push(frame);
       this.#wake();
     });
     this.ws.on('close', (code) => {
@@ -207,8 +210,7 @@ export class Socket {
 
   /** The welcome's `epoch` and the last `seq` received: what a resume sends as `since`. */
   get since() {
-    const seqs = this.frames.filter((f) => typeof f.seq === 'number').map((f) => f.seq);
-    return `${this.welcome.payload.epoch}:${Math.max(this.welcome.payload.seq, ...seqs)}`;
+    return `${this.welcome.payload.epoch}:${Math.max(this.welcome.payload.seq, this.lastSeq)}`;
   }
 
   /** Takes the first frame received that matches `pred`, waiting up to `deadline` ms. */
