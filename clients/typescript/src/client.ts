@@ -346,7 +346,8 @@ export class ImServerClient {
    *   { method: 'join', params: { chan: 'room:1', clients: ['bob', 'carol'] } },
    *   { method: 'send_chan', params: { sender: 'bob', chan: 'room:1', payload: 'hi' } },
    * ]);
-   * if (replies[1].status === 200) console.log(replies[1].result.nodes);
+   * const sent = replies[1];
+   * if ('result' in sent) console.log(sent.result.nodes); // else sent.error, sent.field
    * ```
    */
   async batch<const T extends readonly BatchItem[]>(requests: T): Promise<BatchResult<T>> {

@@ -202,7 +202,7 @@ export interface BatchErrorReply {
   field?: string;
 }
 
-/** One batch item's reply. */
+/** One batch item's reply: `'result' in reply` tells an answer (status 200) from a refusal. */
 export type BatchReply<R> = { status: 200; result: R } | BatchErrorReply;
 
 /** The answer type of a batch item. */
