@@ -8,7 +8,7 @@ import http from 'node:http';
 import { ImServerClient, ImServerError, WebhookVerificationError, verifyWebhook } from 'imserver-client';
 
 const im = new ImServerClient({ url: process.env.IM_API_URL ?? 'http://127.0.0.1:7001', apiKey: process.env.IM_API_KEY });
-const webhookSecrets = (process.env.IM_WEBHOOK_SECRETS ?? '').split(',').filter(Boolean);
+const webhookSecrets = (process.env.IM_WEBHOOK_SECRETS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
 // Keyed by event id: webhooks arrive at least once, so a retried batch must not count twice.
 const presence = new Map();
 

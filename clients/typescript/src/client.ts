@@ -58,6 +58,9 @@ export class ImServerClient {
     this.#headers = { 'content-type': 'application/json' };
     if (options.apiKey !== undefined) this.#headers.authorization = `Bearer ${options.apiKey}`;
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (options.fetch === undefined && typeof globalThis.fetch !== 'function') {
+      throw new TypeError('this runtime has no global fetch: use Node 18 or later, or pass options.fetch');
+    }
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 

@@ -56,7 +56,7 @@ test('any node\'s API reaches a client on another node: connect, send, has_onlin
   socket.close();
 });
 
-test('send: the receiver gets it, the sender its receipt, and a retry with the same message_id is the same message', async () => {
+test('send: the receiver gets it, the sender its receipt, and a retry with the same message_id carries that id', async () => {
   const alice = await connect('send-alice');
   const bob = await connect('send-bob');
   const message_id = newMessageId();
@@ -67,8 +67,10 @@ test('send: the receiver gets it, the sender its receipt, and a retry with the s
   assert.deepEqual([got.id, got.from, got.payload], [message_id, 'send-bob', 'hi']);
   const receipt = await bob.next((e) => e.type === 'receipt');
   assert.deepEqual(receipt.payload, { message_id, receiver: 'send-alice', status: 'delivered' });
+  // A retry (its outcome unknown to the backend) carries the same id: the app drops the copy.
   const again = await im.send({ sender: 'send-bob', receivers: ['send-alice'], payload: 'hi', message_id });
   assert.equal(again.message_id, message_id);
+  assert.equal((await alice.next((e) => e.type === 'message')).id, message_id);
   alice.close();
   bob.close();
 });
@@ -108,6 +110,19 @@ test('channels: join, send_chan, members, counts, client_chans, chans, leave, de
   assert.deepEqual(await im.clientChans({ client: 'ch-ann' }), { chans: [] });
   ann.close();
   ben.close();
+});
+
+test('chanMembersAll follows the cursor through every page of a big channel', async () => {
+  const chan = 'room:ts-big';
+  const everyone = Array.from({ length: 2500 }, (_, i) => `big-${i}`);
+  assert.deepEqual(await im.join({ chan, clients: everyone }), { chan, clients: 2500 });
+  const first = await im.chanMembers({ chan });
+  assert.notEqual(first.cursor, null, 'more than one page');
+  const seen = new Set();
+  for await (const member of im.chanMembersAll(chan)) seen.add(member);
+  assert.equal(seen.size, 2500);
+  assert.deepEqual([...seen].sort(), [...everyone].sort());
+  assert.deepEqual(await im.deleteChan({ chan }), { members: 2500 });
 });
 
 test('broadcast reaches every online client of every node', async () => {
