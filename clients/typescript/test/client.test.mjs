@@ -2,6 +2,7 @@
 // Redis, with real WebSocket clients receiving what the API sent.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { ImServerClient, ImServerError, newMessageId } from '../dist/index.js';
 import { API_KEY, Socket, freePorts, startCluster, startNode, startRedis, stopAll, until } from './stack.mjs';
 
@@ -220,4 +221,21 @@ test('a node that does not answer is an ImServerError with status 0, unreachable
   const e = await new ImServerClient({ url: `http://127.0.0.1:${port}`, apiKey: API_KEY }).nodes().catch((err) => err);
   assert.ok(e instanceof ImServerError);
   assert.deepEqual([e.status, e.code, e.retryable], [0, 'unreachable', true]);
+});
+
+test('a node that takes the request and never answers is an ImServerError with status 0, timeout', async () => {
+  // A listener that accepts and stays silent, as a node stuck behind a dead Redis could.
+  const held = [];
+  const silent = net.createServer((socket) => held.push(socket));
+  await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  const started = Date.now();
+  const e = await new ImServerClient({ url: `http://127.0.0.1:${silent.address().port}`, apiKey: API_KEY, timeoutMs: 300 })
+    .send({ sender: 'system', receivers: ['alice'], payload: 1 })
+    .catch((err) => err);
+  for (const socket of held) socket.destroy();
+  silent.close();
+  assert.ok(e instanceof ImServerError, String(e));
+  assert.deepEqual([e.status, e.code, e.retryable], [0, 'timeout', true]);
+  assert.match(e.message, /same message_id/);
+  assert.ok(Date.now() - started < 5000, 'gave up after about timeoutMs');
 });
