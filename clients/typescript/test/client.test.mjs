@@ -116,15 +116,19 @@ test('channels: join, send_chan, members, counts, client_chans, chans, leave, de
 
 test('chanMembersAll follows the cursor through every page of a big channel', async () => {
   const chan = 'room:ts-big';
-  const everyone = Array.from({ length: 2500 }, (_, i) => `big-${i}`);
-  assert.deepEqual(await im.join({ chan, clients: everyone }), { chan, clients: 2500 });
+  const everyone = Array.from({ length: 1500 }, (_, i) => `big-${i}`);
+  // In calls of 500: one call of thousands can outlast imclient's Redis timeout on a busy
+  // machine (answered 503).
+  for (let i = 0; i < everyone.length; i += 500) {
+    assert.deepEqual(await im.join({ chan, clients: everyone.slice(i, i + 500) }), { chan, clients: 500 });
+  }
   const first = await im.chanMembers({ chan });
   assert.notEqual(first.cursor, null, 'more than one page');
   const seen = new Set();
   for await (const member of im.chanMembersAll(chan)) seen.add(member);
-  assert.equal(seen.size, 2500);
+  assert.equal(seen.size, 1500);
   assert.deepEqual([...seen].sort(), [...everyone].sort());
-  assert.deepEqual(await im.deleteChan({ chan }), { members: 2500 });
+  assert.deepEqual(await im.deleteChan({ chan }), { members: 1500 });
 });
 
 test('broadcast reaches every online client of every node', async () => {
