@@ -333,7 +333,7 @@ export class ImServerClient {
    * }
    * ```
    */
-  events(params: EventsParams) {
+  events(params: EventsParams = {}) {
     const waitMs = params.wait_ms ?? 0;
     return this.call('events', params, Math.max(this.#timeoutMs, waitMs + EVENTS_GRACE_MS));
   }

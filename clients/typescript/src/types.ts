@@ -141,17 +141,21 @@ export interface PresenceEvent {
 
 /** `events` parameters (the pull route). */
 export interface EventsParams {
-  /** The previous answer's `last_id`; null means "from now on". */
-  after: string | null;
+  /**
+   * The previous answer's `last_id` (or an event's `id`); `"0-0"` for every event still in
+   * the stream; null or absent for events from now on.
+   */
+  after?: string | null;
+  /** 1 to 1,000; 100 by default. */
   limit?: number;
-  /** How long to wait for a first event when none is there, at most 30,000 ms. */
+  /** How long to wait for a first event when none is there: 0 (the default) to 30,000 ms. */
   wait_ms?: number;
 }
 
 /** `events` answer. */
 export interface EventsResult {
   events: PresenceEvent[];
-  /** The last event's id, or the `after` given: pass it as the next `after`. */
+  /** The last event's id, or where the read started when there was none: the next `after`. */
   last_id: string | null;
 }
 

@@ -41,6 +41,7 @@ test('events reads presence after a position and long-polls for the next one', {
   // Nothing new: an empty answer after the wait, keeping the position.
   const quiet = await im.events({ after: next.last_id, wait_ms: 200 });
   assert.deepEqual(quiet, { events: [], last_id: next.last_id });
-  // "From now on" has nothing yet either.
+  // "From now on" (no after: the default) has nothing yet either, and answers at once.
+  assert.deepEqual((await im.events()).events, []);
   assert.deepEqual((await im.events({ after: null, wait_ms: 0 })).events, []);
 });
