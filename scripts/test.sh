@@ -65,8 +65,9 @@ if wants cluster; then
   done_part cluster
 fi
 if wants clients; then
-  begin "clients: the Python package and its example backend"
+  begin "clients: the Python and TypeScript packages and their example backends"
   scripts/test-python.sh
+  scripts/test-typescript.sh
   done_part clients
 fi
 if wants browser; then
