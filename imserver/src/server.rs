@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::early_answer::Answering;
 use crate::error::Result;
 use crate::node::Node;
-use crate::tasks::{broker, follower, membership, presence, sweeper};
+use crate::tasks::{broker, follower, membership, presence, sweeper, webhook};
 use crate::{handshake, route, tls};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use tokio::net::TcpStream;
@@ -137,6 +137,18 @@ pub async fn run_with_api(
         store.clone(),
         stop_rx.clone(),
     ));
+    let webhooks = webhook::Settings::from_config(&config)?.map(|settings| {
+        tokio::spawn(webhook::run(
+            webhook::Webhook {
+                node: node.id().clone(),
+                keys: node.keys().clone(),
+                metrics: node.metrics().clone(),
+                settings: std::sync::Arc::new(settings),
+            },
+            store.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -264,6 +276,9 @@ pub async fn run_with_api(
     let _ = reloader.await;
     let _ = acker.await;
     let _ = follower.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");
