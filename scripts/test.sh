@@ -2,8 +2,9 @@
 # Runs the whole test suite: formatting, lints, every test of the workspace (the messaging suites
 # twice: on one redis-server and on a Redis Cluster), the browser tests
 # of the demo, then each fuzz target for a few seconds (FUZZ_SECONDS, default 10; 0 skips).
-# Installs what the tests need (Debian's redis-server, nginx, systemd and chromium,
-# playwright-core from the npm lock file, cargo-fuzz) when it is missing.
+# Installs what the tests need (Debian's redis-server, nginx, systemd and chromium, the
+# standardwebhooks Python package, playwright-core from the npm lock file, cargo-fuzz) when it
+# is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 ensure_redis_server
 ensure_nginx
 ensure_systemd_analyze
+ensure_python_package standardwebhooks
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -137,7 +137,20 @@ pub async fn run_with_api(
         store.clone(),
         stop_rx.clone(),
     ));
-    let webhooks = webhook::Settings::from_config(&config)?.map(|settings| {
+    let webhooks = webhook::Settings::from_config(&config)?;
+    if webhooks.is_some() {
+        // Before serving, so that the first client's events are the group's; when Redis is
+        // not there yet, the sender creates it once it is.
+        let created = timeout(
+            std::time::Duration::from_secs(2),
+            webhook::create_group(node.keys(), &store),
+        )
+        .await;
+        if !matches!(created, Ok(Ok(()))) {
+            tracing::warn!(node = %node.id(), "cannot create the webhook consumer group yet; events before it exists are not posted");
+        }
+    }
+    let webhooks = webhooks.map(|settings| {
         tokio::spawn(webhook::run(
             webhook::Webhook {
                 node: node.id().clone(),

@@ -120,23 +120,11 @@ impl Webhook {
         let key = self.keys.events();
         let consumer = self.node.as_str();
         let batch = self.settings.batch;
-        let mut conn = store.get().await?;
         if !cursor.group_ready {
-            // From "now": a new deployment does not post the stream's whole history.
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&key)
-                .arg(GROUP)
-                .arg("$")
-                .arg("MKSTREAM")
-                .query_async(&mut conn)
-                .await;
-            match created {
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                other => other?,
-            }
+            create_group(&self.keys, store).await?;
             cursor.group_ready = true;
         }
+        let mut conn = store.get().await?;
         let entries: Vec<StreamId> = if let Some(from) = cursor.own_pending.clone() {
             let opts = StreamReadOptions::default()
                 .group(GROUP, consumer)
@@ -326,6 +314,26 @@ impl Webhook {
             }
             Err(e) => tracing::debug!(node = %self.node, error = %e, "cannot read the webhook lag"),
         }
+    }
+}
+
+/// Creates the group if it does not exist, from "now": a new deployment does not post the
+/// stream's whole history. The node calls it before it serves, so that no client's event
+/// comes before the group; the sender calls it again after a Redis error (the stream and its
+/// group are gone when Redis restarted empty).
+pub async fn create_group(keys: &Keys, store: &Store) -> imclient::Result<()> {
+    let mut conn = store.get().await?;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys.events())
+        .arg(GROUP)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    match created {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => Ok(other?),
     }
 }
 

@@ -178,7 +178,18 @@ impl Poster {
             Err(e) if e.is_timeout() => {
                 Err(format!("no answer within {} ms", self.timeout.as_millis()))
             }
-            Err(e) => Err(e.without_url().to_string()),
+            Err(e) => {
+                // reqwest's own message is vague ("error sending request"): the causes say more.
+                let e = e.without_url();
+                let mut reason = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    reason.push_str(": ");
+                    reason.push_str(&c.to_string());
+                    cause = c.source();
+                }
+                Err(reason)
+            }
         }
     }
 }
