@@ -22,11 +22,12 @@ echo "== cargo test"
 cargo test --workspace "$@"
 # The messaging suites again, each test on a Redis Cluster of its own (three masters with a
 # replica each) instead of one redis-server: delivery, channels, presence and events, recovery,
-# the live node set, handover and the HTTP API.
+# the live node set, handover, the HTTP API and webhooks.
 echo "== messaging suites on a Redis Cluster"
 IM_TEST_REDIS=cluster cargo test -p imserver \
   --test delivery --test channels --test presence --test recovery \
-  --test nodeset --test handover --test backpressure --test quickstart --test http_api "$@"
+  --test nodeset --test handover --test backpressure --test quickstart --test http_api \
+  --test webhooks "$@"
 echo "== browser tests"
 scripts/browser-test.sh
 if [ "${FUZZ_SECONDS:-10}" != 0 ]; then
