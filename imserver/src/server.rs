@@ -138,7 +138,10 @@ pub async fn run_with_api(
         stop_rx.clone(),
     ));
     let webhooks = webhook::Settings::from_config(&config)?;
-    if webhooks.is_some() {
+    if let Some(settings) = &webhooks {
+        if !settings.signed() {
+            tracing::warn!(node = %node.id(), "DEV MODE: webhooks are posted unsigned; give --webhook-secret");
+        }
         // Before serving, so that the first client's events are the group's; when Redis is
         // not there yet, the sender creates it once it is.
         let created = timeout(

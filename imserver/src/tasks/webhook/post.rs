@@ -71,6 +71,11 @@ impl Settings {
         }))
     }
 
+    /// Whether posts are signed (not in dev mode without a secret).
+    pub fn signed(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// The `webhook-signature` header: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`
     /// per key, space-separated; `None` without keys (dev mode).
     pub fn signature(&self, id: &str, timestamp: u64, body: &[u8]) -> Option<String> {
