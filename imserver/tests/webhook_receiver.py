@@ -6,14 +6,15 @@ not verify, answered 401). Prints {"port": N} on stdout once listening.
 
 Faults on demand: --die-after N exits on the Nth request after recording it but before
 answering (the sender must post it again); --status answers that status instead of 204;
---redirect-to answers 307 towards that URL.
+--redirect-to answers 307 towards that URL; --delay-ms waits that long before answering.
 """
 
 import argparse
 import json
 import os
 import sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:
     from standardwebhooks import Webhook, WebhookVerificationError
@@ -33,6 +34,7 @@ def main():
     parser.add_argument("--die-after", type=int, default=0)
     parser.add_argument("--status", type=int, default=204)
     parser.add_argument("--redirect-to", default="")
+    parser.add_argument("--delay-ms", type=int, default=0)
     args = parser.parse_args()
     hook = Webhook(args.secret)
     requests = [0]
@@ -68,6 +70,8 @@ def main():
             )
             if args.die_after and requests[0] >= args.die_after:
                 os._exit(3)
+            if args.delay_ms:
+                time.sleep(args.delay_ms / 1000)
             self.send_response(args.status)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -75,7 +79,7 @@ def main():
         def log_message(self, *_):
             pass
 
-    server = HTTPServer(("127.0.0.1", args.port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     server.serve_forever()
 

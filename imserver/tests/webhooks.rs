@@ -410,6 +410,30 @@ async fn a_redirect_is_never_followed() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn a_receiver_that_never_answers_in_time_is_retried_then_dead_lettered() -> Result<()> {
+    let out = out_file("slow");
+    let slow = Receiver::start(&out, 0, &["--delay-ms", "5000"])?;
+    let opts = NodeOpts::default()
+        .arg("--webhook-url", slow.url())
+        .arg("--webhook-secret", NEW_SECRET)
+        .arg("--webhook-retry-ms", 100)
+        .arg("--webhook-timeout-ms", 300)
+        .arg("--webhook-max-attempts", 2);
+    let cluster = Cluster::start(1, opts).await?;
+    come_and_go(&cluster, &["slow".to_owned()]).await?;
+    let node = &cluster.nodes[0];
+    // Both events, in one or two batches: each batch timed out twice.
+    node.wait_metric("im_webhook_dead_lettered_total", 2)
+        .await?;
+    assert!(node.metric("im_webhook_failed_total").await? >= 2);
+    assert!(node.metric("im_webhook_retried_total").await? >= 1);
+    assert_eq!(node.metric("im_webhook_posted_total").await?, 0);
+    // The receiver did get them (and verified them): it was only too slow to say so.
+    assert!(!received(&slow.lines()).is_empty());
+    Ok(())
+}
+
 /// `POST /api/v1/events` with `params`; the status and the JSON answer.
 async fn pull(api: SocketAddr, params: Value) -> Result<(u16, Value)> {
     let body = params.to_string();
