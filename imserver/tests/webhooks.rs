@@ -434,6 +434,40 @@ async fn a_receiver_that_never_answers_in_time_is_retried_then_dead_lettered() -
     Ok(())
 }
 
+#[tokio::test]
+async fn a_node_waiting_to_retry_keeps_its_batch_from_the_other_nodes() -> Result<()> {
+    let out = out_file("patient");
+    let failing = Receiver::start(&out, 0, &["--status", "503"])?;
+    // Every wait between attempts (750 ms or more) is longer than the claim idle time.
+    let opts = NodeOpts::default()
+        .arg("--webhook-url", failing.url())
+        .arg("--webhook-secret", NEW_SECRET)
+        .arg("--webhook-timeout-ms", 300)
+        .arg("--webhook-claim-idle-ms", 600)
+        .arg("--webhook-retry-ms", 1500)
+        .arg("--webhook-max-attempts", 3);
+    let cluster = Cluster::start(2, opts).await?;
+    // One event: one batch, read by one of the nodes.
+    let _ws = cluster.connect("patient").await?;
+    wait_online(&cluster, "patient", true).await?;
+    let total = || async {
+        let mut sum = 0;
+        for node in &cluster.nodes {
+            sum += node.metric("im_webhook_dead_lettered_total").await.ok()?;
+        }
+        (sum >= 1).then_some(())
+    };
+    wait_for("the batch dead-lettered", SLOW_WAIT, total).await?;
+    let mut failed = Vec::new();
+    for node in &cluster.nodes {
+        failed.push(node.metric("im_webhook_failed_total").await?);
+    }
+    failed.sort_unstable();
+    // All three attempts by the node that read it; none by the other.
+    assert_eq!(failed, [0, 3]);
+    Ok(())
+}
+
 /// `POST /api/v1/events` with `params`; the status and the JSON answer.
 async fn pull(api: SocketAddr, params: Value) -> Result<(u16, Value)> {
     let body = params.to_string();

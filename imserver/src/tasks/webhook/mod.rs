@@ -4,8 +4,8 @@
 //! answers 2xx; a failed post is retried with backoff and jitter, and after the last attempt the
 //! batch goes to the dead-letter stream and is acknowledged. Batches a node read and never
 //! acknowledged (it died) are claimed by the others once idle for `--webhook-claim-idle-ms`;
-//! while a node retries a batch it keeps claiming it for itself, so that it is not taken from a
-//! node that is merely patient.
+//! while a node waits to retry a batch it keeps claiming it for itself, so that it is not taken
+//! from a node that is merely patient.
 //!
 //! The parts: [`post`] (body, signatures, the HTTP request, backoff) and [`replay`] (posting
 //! the dead-lettered batches again, for an operator).
@@ -203,8 +203,8 @@ impl Webhook {
         let mut reason = String::new();
         for attempt in 1..=settings.max_attempts {
             if attempt > 1 {
-                tokio::time::sleep(post::retry_delay(settings.retry, attempt - 1)).await;
-                self.keep(store, &ids).await;
+                self.wait_keeping(store, &ids, post::retry_delay(settings.retry, attempt - 1))
+                    .await;
                 self.metrics.webhook_retried.fetch_add(1, Relaxed);
             }
             match poster.post(settings, &id, &body).await {
@@ -231,6 +231,22 @@ impl Webhook {
         let mut conn = store.get().await?;
         let _: i64 = conn.xack(self.keys.events(), GROUP, ids).await?;
         Ok(())
+    }
+
+    /// Waits `delay` before a retry, claiming `ids` again at least every third of the claim
+    /// idle time and at the end, so that they never look abandoned to the other nodes (a
+    /// retry may wait up to a minute, longer than the 30 s default).
+    async fn wait_keeping(&self, store: &Store, ids: &[String], delay: Duration) {
+        let end = Instant::now() + delay;
+        let step = (self.settings.claim_idle / 3).max(Duration::from_millis(10));
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(step)).await;
+            self.keep(store, ids).await;
+            if left <= step {
+                return;
+            }
+        }
     }
 
     /// Claims `ids` again for this node, which resets their idle time: a batch being retried
