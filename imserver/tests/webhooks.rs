@@ -111,15 +111,31 @@ fn read_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// A file for a receiver's lines, fresh for this test.
-fn out_file(name: &str) -> PathBuf {
+/// A file for a receiver's lines, fresh for this test, removed after it.
+struct OutFile(PathBuf);
+
+impl std::ops::Deref for OutFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn out_file(name: &str) -> OutFile {
     let path = std::env::temp_dir().join(format!(
         "imtest-webhooks-{name}-{}-{}.jsonl",
         std::process::id(),
         free_port()
     ));
     let _ = std::fs::remove_file(&path);
-    path
+    OutFile(path)
 }
 
 /// Node flags posting to `url`, signing with both secrets of a rotation, retrying fast.
