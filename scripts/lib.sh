@@ -347,6 +347,17 @@ ensure_systemd_analyze() {
 }
 
 # Installs Debian's nginx when it is missing (the proxy test and scripts/cluster.sh use it).
+# Installs a PyPI package for the tests when python3 cannot import it (the module is named as
+# the package, dashes as underscores): e.g. the Standard Webhooks reference library that the
+# webhook receiver of imserver's tests verifies every delivery with.
+ensure_python_package() {
+  local module=${1//-/_}
+  python3 -c "import $module" >/dev/null 2>&1 && return
+  echo "installing Python package: $1" >&2
+  python3 -m pip install --quiet "$1" >&2 ||
+    python3 -m pip install --quiet --break-system-packages "$1" >&2
+}
+
 ensure_nginx() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx
 }

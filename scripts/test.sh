@@ -6,7 +6,8 @@
 # default 10; 0 skips). Name parts to run only those (`scripts/test.sh rust cluster`); other
 # arguments go to `cargo test` (a test name filter, `--no-fail-fast`). Prints each part's time.
 # Installs what the tests need (Debian's redis-server, nginx, systemd and chromium,
-# playwright-core from the npm lock file, cargo-fuzz, the clients' packages) when missing.
+# the standardwebhooks Python package, playwright-core from the npm lock file, cargo-fuzz, the
+# clients' packages) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -26,6 +27,7 @@ wants() { case " ${parts[*]} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 ensure_redis_server
 ensure_nginx
 ensure_systemd_analyze
+ensure_python_package standardwebhooks
 
 times=()
 part_started=0
@@ -53,12 +55,12 @@ fi
 if wants cluster; then
   # The messaging suites again, each test on a Redis Cluster of its own (three masters with a
   # replica each) instead of one redis-server: delivery, channels, presence and events,
-  # recovery, the live node set, handover and the HTTP API; and imclient's own suites that run
-  # on Redis: the quick-start example, event streams and groups, and its errors.
+  # recovery, the live node set, handover, the HTTP API and webhooks; and imclient's own suites
+  # that run on Redis: the quick-start example, event streams and groups, and its errors.
   begin "cluster: messaging suites on a Redis Cluster"
   IM_TEST_REDIS=cluster cargo test -p imserver \
     --test delivery --test channels --test presence --test recovery \
-    --test nodeset --test handover --test backpressure --test http_api \
+    --test nodeset --test handover --test backpressure --test http_api --test webhooks \
     ${cargo_args[@]+"${cargo_args[@]}"}
   IM_TEST_REDIS=cluster cargo test -p imclient --test quickstart --test events --test errors \
     ${cargo_args[@]+"${cargo_args[@]}"}

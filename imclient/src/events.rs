@@ -56,6 +56,61 @@ pub struct Event {
     pub conns: u32,
 }
 
+/// An event with its stream id, as webhooks and the HTTP API's pull route send it. The id is
+/// stable: a receiver de-duplicates by it (delivery is at least once).
+///
+/// ```
+/// use imclient::{Event, EventEntry, EventKind, NodeId};
+/// let entry = EventEntry {
+///     id: "1733350000000-0".into(),
+///     event: Event {
+///         kind: EventKind::Online,
+///         client: imclient::ClientId::new("alice").unwrap(),
+///         node: NodeId::new("ws://127.0.0.1:6001").unwrap(),
+///         meta: serde_json::Value::Null,
+///         at: 1733350000000,
+///         conns: 1,
+///     },
+/// };
+/// let json = serde_json::to_string(&entry).unwrap();
+/// assert!(json.starts_with(r#"{"id":"1733350000000-0","kind":"online","client":"alice""#));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEntry {
+    /// The event's Redis stream id, e.g. `1733350000000-0`.
+    pub id: String,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl EventEntry {
+    /// The entry `id` of the events stream `key`, from its fields.
+    ///
+    /// # Errors
+    /// [`Error::Malformed`] when the entry is not an event (written by something else).
+    pub fn from_stream(
+        key: &str,
+        id: String,
+        fields: &HashMap<String, redis::Value>,
+    ) -> Result<Self> {
+        let event = parse_entry(fields).map_err(|reason| Error::Malformed {
+            key: format!("{key} {id}"),
+            reason,
+        })?;
+        Ok(Self { id, event })
+    }
+}
+
+/// One page of events: see [`ImClient::read_events`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    /// The events, oldest first.
+    pub events: Vec<EventEntry>,
+    /// Where the next page starts: the last entry read, or where this page started.
+    pub last_id: String,
+}
+
 /// Where an all-events reader starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventsFrom {
@@ -139,29 +194,91 @@ impl ImClient {
         let last_id = match from {
             EventsFrom::Beginning => "0-0".to_owned(),
             EventsFrom::After(id) => id,
-            EventsFrom::Now => {
-                // Pin "now" to the last id at start, so events between this call and the first
-                // read are not lost (XREAD with `$` would skip them).
-                let mut conn = self.conn().await?;
-                let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
-                    .arg(&key)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1)
-                    .query_async(&mut conn)
-                    .await?;
-                last.into_iter()
-                    .next()
-                    .map(|(id, _)| id)
-                    .unwrap_or_else(|| "0-0".to_owned())
-            }
+            EventsFrom::Now => self.last_event_id().await?,
         };
         Ok(EventStream::new(
             self.store().clone(),
             key,
             Mode::All { last_id },
         ))
+    }
+
+    /// Reads at most `limit` events after `from`, waiting up to `wait` for the first one when
+    /// none is there yet: one page of a long poll. The page's `last_id` is where the next page
+    /// starts, also when the page is empty (with [`EventsFrom::Now`], the id "now" was pinned
+    /// to, so that nothing between two pages is missed).
+    ///
+    /// ```no_run
+    /// # async fn f(im: imclient::ImClient) -> imclient::Result<()> {
+    /// use std::time::Duration;
+    /// use imclient::EventsFrom;
+    /// let mut from = EventsFrom::Now;
+    /// loop {
+    ///     let page = im.read_events(from, 100, Duration::from_secs(25)).await?;
+    ///     for entry in &page.events {
+    ///         tracing::info!("{}: {} is {:?}", entry.id, entry.event.client, entry.event.kind);
+    ///     }
+    ///     from = EventsFrom::After(page.last_id);
+    /// }
+    /// # }
+    /// ```
+    pub async fn read_events(
+        &self,
+        from: EventsFrom,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<EventPage> {
+        let key = self.keys().events();
+        let mut last_id = match from {
+            EventsFrom::Beginning => "0-0".to_owned(),
+            EventsFrom::After(id) => id,
+            EventsFrom::Now => self.last_event_id().await?,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut opts = StreamReadOptions::default().count(limit.max(1));
+            // Blocks in slices below the pooled connection's response timeout; BLOCK 0 would
+            // mean forever, so no wait means no BLOCK at all.
+            let block = left.as_millis().min(BLOCK_MS as u128) as usize;
+            if block > 0 {
+                opts = opts.block(block);
+            }
+            let mut conn = self.store().get().await?;
+            let reply: Option<StreamReadReply> = conn
+                .xread_options(&[&key], &[last_id.as_str()], &opts)
+                .await?;
+            let mut events = Vec::new();
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                last_id.clone_from(&entry.id);
+                match EventEntry::from_stream(&key, entry.id, &entry.map) {
+                    Ok(event) => events.push(event),
+                    Err(e) => tracing::warn!(%key, error = %e, "skipping malformed event"),
+                }
+            }
+            if !events.is_empty() || block == 0 {
+                return Ok(EventPage { events, last_id });
+            }
+        }
+    }
+
+    /// The id of the stream's last entry, `0-0` when it is empty: "now", pinned, so that events
+    /// between this call and the first read are not lost (XREAD with `$` would skip them).
+    async fn last_event_id(&self) -> Result<String> {
+        let mut conn = self.conn().await?;
+        let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(self.keys().events())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(last
+            .into_iter()
+            .next()
+            .map(|(id, _)| id)
+            .unwrap_or_else(|| "0-0".to_owned()))
     }
 
     /// Joins consumer group `group` as `consumer`: each event goes to one consumer of the group,

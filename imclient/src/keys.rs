@@ -15,6 +15,7 @@
 //! | `{P}:lease:{node}` | string with TTL | the live instance id of that node |
 //! | `{P}:nodes` | set | node ids that hold, or held, presence |
 //! | `{P}:events` | stream | online/offline [`crate::Event`]s, field `event` |
+//! | `{P}:webhook-dead` | stream | webhook batches given up on after the last attempt |
 //! | `P:chan:{chan}` | pub/sub topic | channel messages and deletion, for nodes with members |
 //! | `P:broadcast` | pub/sub topic | messages for every online client, all nodes subscribe |
 //! | `{P}:members:{chan}` | set | the channel's member client ids (durable) |
@@ -190,5 +191,16 @@ impl Keys {
     /// The stream of online/offline events.
     pub fn events(&self) -> String {
         format!("{{{}}}:events", self.prefix)
+    }
+
+    /// The dead-letter stream of webhook batches: those the receiver did not acknowledge
+    /// within the last attempt, kept for an operator to replay.
+    ///
+    /// ```
+    /// use imclient::keys::Keys;
+    /// assert_eq!(Keys::new("chat").webhook_dead_letters(), "{chat}:webhook-dead");
+    /// ```
+    pub fn webhook_dead_letters(&self) -> String {
+        format!("{{{}}}:webhook-dead", self.prefix)
     }
 }

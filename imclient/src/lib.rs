@@ -63,7 +63,9 @@ pub use args::ImClientArgs;
 pub use channels::ChanInfo;
 pub use client::ImClient;
 pub use error::{Error, Result};
-pub use events::{EVENT_FIELD, Event, EventKind, EventStream, EventsFrom, GroupStart};
+pub use events::{
+    EVENT_FIELD, Event, EventEntry, EventKind, EventPage, EventStream, EventsFrom, GroupStart,
+};
 pub use ids::{ChanName, ClientId, MAX_CHAN_BYTES, MAX_CLIENT_ID_BYTES, MAX_NODE_ID_BYTES, NodeId};
 pub use options::{
     DEFAULT_JOIN_ACK_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_TOKEN_TTL,

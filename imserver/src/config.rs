@@ -13,7 +13,9 @@ use imclient::token::{TokenVerifier, resolve_secret};
 #[command(
     name = "imserver",
     version,
-    about = "Push node of the imserver cluster"
+    about = "Push node of the imserver cluster",
+    after_help = "`imserver webhook-replay <the same flags>` posts the webhook batches of the \
+                  dead-letter stream again (docs/OPERATIONS.md)."
 )]
 pub struct Config {
     /// Address to listen on. Port 0 picks a free port.
@@ -215,6 +217,45 @@ pub struct Config {
     #[arg(long, env = "IM_API_TIMEOUT_MS", default_value_t = 5000)]
     pub api_timeout_ms: u64,
 
+    /// URL the node posts online/offline events to, signed as Standard Webhooks 1.0 says
+    /// (docs/API.md, "Webhooks"). Off unless set. Needs --webhook-secret (except in --dev).
+    #[arg(long, env = "IM_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// A secret to sign webhooks with, `whsec_` and the base64 of at least 16 random bytes;
+    /// repeat the flag (or comma-separate IM_WEBHOOK_SECRETS) while rotating: every post is
+    /// signed with each.
+    #[arg(
+        long = "webhook-secret",
+        env = "IM_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub webhook_secrets: Vec<WebhookSecret>,
+
+    /// Longest one webhook post may take, connecting included, in milliseconds; past it the
+    /// post counts as failed and is retried.
+    #[arg(long, env = "IM_WEBHOOK_TIMEOUT_MS", default_value_t = 5000)]
+    pub webhook_timeout_ms: u64,
+
+    /// Posts of one batch before it goes to the dead-letter stream.
+    #[arg(long, env = "IM_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+
+    /// Most events in one webhook post.
+    #[arg(long, env = "IM_WEBHOOK_BATCH", default_value_t = 100)]
+    pub webhook_batch: usize,
+
+    /// Wait before the first retry of a webhook post, in milliseconds; doubled at each retry
+    /// (up to a minute), with jitter.
+    #[arg(long, env = "IM_WEBHOOK_RETRY_MS", default_value_t = 500)]
+    pub webhook_retry_ms: u64,
+
+    /// How long a webhook batch may stay unacknowledged by the node that read it before
+    /// another node claims it, in milliseconds (that node died). Above --webhook-timeout-ms.
+    #[arg(long, env = "IM_WEBHOOK_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub webhook_claim_idle_ms: u64,
+
     /// Threads of the runtime that runs the sessions of `ws://` connections together with
     /// the Redis subscriber that feeds them. Default: one per core. 0 keeps each session on
     /// the HTTP worker that accepted it and the subscriber on a thread of its own: more CPU
@@ -247,6 +288,53 @@ impl std::str::FromStr for ApiKey {
         Ok(Self(key.trim().to_owned()))
     }
 }
+
+/// A webhook signing secret as given, `whsec_<base64>`. Its `Debug` never shows it, and it is
+/// decoded by [`WebhookSecret::key`] rather than by clap, whose refusals repeat the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecret(String);
+
+impl WebhookSecret {
+    /// The HMAC key: the bytes the base64 after `whsec_` stands for. The refusal never repeats
+    /// the secret.
+    pub fn key(&self) -> Result<Vec<u8>, String> {
+        use base64::Engine as _;
+        let how = "generate one with `echo whsec_$(openssl rand -base64 32)`";
+        let encoded = self
+            .0
+            .strip_prefix("whsec_")
+            .ok_or_else(|| format!("a webhook secret starts with whsec_; {how}"))?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| {
+                format!("the part of a webhook secret after whsec_ is not base64; {how}")
+            })?;
+        if key.len() < MIN_WEBHOOK_SECRET_BYTES {
+            return Err(format!(
+                "a webhook secret must hold at least {MIN_WEBHOOK_SECRET_BYTES} bytes; {how}"
+            ));
+        }
+        Ok(key)
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for WebhookSecret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(secret: &str) -> Result<Self, Self::Err> {
+        Ok(Self(secret.trim().to_owned()))
+    }
+}
+
+/// Shortest webhook secret accepted, in bytes once decoded (Standard Webhooks recommends 24
+/// to 64).
+pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
 
 /// Shortest API key accepted, in bytes: too short to guess at the rate a listener answers.
 pub const MIN_API_KEY_BYTES: usize = 16;
@@ -289,6 +377,12 @@ pub enum ConfigError {
     /// HTTP API settings that cannot be served safely.
     #[error("--api-listen: {0}")]
     Api(String),
+    /// Webhook settings that cannot be used.
+    #[error("--webhook-url: {0}")]
+    Webhook(String),
+    /// A webhook secret that does not decode.
+    #[error("--webhook-secret: {0}")]
+    WebhookSecret(String),
     /// Dev mode on a public address.
     #[error(
         "--dev listens on loopback only ({0} is not): anyone could sign tokens with the built-in \
@@ -342,6 +436,7 @@ impl Config {
             return Err(ConfigError::DevPublic(self.listen));
         }
         self.check_api()?;
+        self.check_webhooks()?;
         if self.lease_ms < 300 {
             return Err(ConfigError::Zero("lease-ms (at least 300)"));
         }
@@ -385,6 +480,49 @@ impl Config {
         }
         if self.api_rate > 0 && self.api_burst == 0 {
             return Err(ConfigError::Zero("api-burst"));
+        }
+        Ok(())
+    }
+
+    /// Refuses webhooks nobody could trust or that could not work: unsigned outside dev mode,
+    /// a URL that is not http(s), limits of zero, a claim that would take a batch from a node
+    /// still posting it.
+    fn check_webhooks(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.webhook_url else {
+            return Ok(());
+        };
+        let bad = |why: String| Err(ConfigError::Webhook(why));
+        if self.webhook_secrets.is_empty() && !self.dev {
+            return bad(
+                "give at least one --webhook-secret (IM_WEBHOOK_SECRETS): receivers \
+                 cannot tell unsigned events from forged ones; generate one with \
+                 `echo whsec_$(openssl rand -base64 32)`"
+                    .into(),
+            );
+        }
+        for secret in &self.webhook_secrets {
+            secret.key().map_err(ConfigError::WebhookSecret)?;
+        }
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {}
+            _ => return bad(format!("{url:?} is not an http:// or https:// URL")),
+        }
+        for (name, value) in [
+            ("webhook-timeout-ms", self.webhook_timeout_ms),
+            ("webhook-max-attempts", u64::from(self.webhook_max_attempts)),
+            ("webhook-batch", self.webhook_batch as u64),
+            ("webhook-retry-ms", self.webhook_retry_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.webhook_claim_idle_ms <= self.webhook_timeout_ms {
+            return bad(format!(
+                "--webhook-claim-idle-ms ({}) must be above --webhook-timeout-ms ({}), or a \
+                 batch still being posted is claimed by another node",
+                self.webhook_claim_idle_ms, self.webhook_timeout_ms
+            ));
         }
         Ok(())
     }
@@ -545,6 +683,43 @@ mod tests {
         let config = parse(&["--dev", "--api-key", "a-very-secret-api-key-0123"]);
         assert_eq!(config.api_keys.len(), 1);
         assert!(!format!("{config:?}").contains("a-very-secret"));
+    }
+
+    #[test]
+    fn webhooks_need_a_secret_that_decodes_and_never_show_it() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let token = ["--token-secret", "0123456789abcdef0123"];
+        let with = |extra: &[&str]| {
+            let mut args = token.to_vec();
+            args.extend_from_slice(extra);
+            Config::try_parse_from(std::iter::once("imserver").chain(args))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|_| c).map_err(|e| e.to_string()))
+        };
+        let url = ["--webhook-url", "https://hooks.example.com/im"];
+        let err = with(&url).expect_err("no secret").to_string();
+        assert!(err.contains("--webhook-secret"), "{err}");
+        assert!(
+            parse(&["--dev", "--webhook-url", "http://127.0.0.1:9/h"])
+                .validate()
+                .is_ok()
+        );
+        let two = format!("{secret},whsec_{}", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY");
+        let config = with(&[url[0], url[1], "--webhook-secret", &two]).expect("valid");
+        assert_eq!(config.webhook_secrets.len(), 2);
+        assert!(!format!("{config:?}").contains("MfKQ9r8G"));
+        for bad in [
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_not*base64",
+            "whsec_c2hvcnQ=",
+        ] {
+            let err = with(&[url[0], url[1], "--webhook-secret", bad]).expect_err(bad);
+            assert!(err.contains("whsec_"), "{err}");
+            assert!(!err.contains(bad), "the secret is repeated in {err}");
+        }
+        let err =
+            with(&["--webhook-url", "ftp://x/", "--webhook-secret", secret]).expect_err("ftp");
+        assert!(err.contains("http"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// malformed request is the client's problem, answered with 400.
 const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
 
+/// The subcommand that posts the dead-lettered webhook batches again.
+const WEBHOOK_REPLAY: &str = "webhook-replay";
+
 fn main() -> anyhow::Result<()> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == WEBHOOK_REPLAY) {
+        args.remove(1);
+        return webhook_replay(Config::parse_from(args));
+    }
     let config = Config::parse();
     // The system runtime has worker threads of its own: the broker and every `ws://` session
     // run there, so a delivery wakes a session on the thread that read it from Redis instead
@@ -91,6 +99,34 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
 
     server::run_with_api(config, listener, api, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `imserver webhook-replay <the node's flags>`: posts the dead-letter stream's batches to
+/// `--webhook-url` again and prints one JSON line saying how many were replayed and are left;
+/// fails when some are left.
+fn webhook_replay(config: Config) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let done = runtime.block_on(imserver::tasks::webhook::replay::replay(&config))?;
+    let mut line = serde_json::to_value(&done)?;
+    line["event"] = serde_json::json!(WEBHOOK_REPLAY);
+    writeln!(std::io::stdout(), "{line}")?;
+    if done.left > 0 {
+        anyhow::bail!(
+            "{} dead-lettered batches are left{}",
+            done.left,
+            done.stopped.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 

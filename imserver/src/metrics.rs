@@ -83,6 +83,17 @@ pub struct Metrics {
     pub recovery_evicted: AtomicU64,
     /// Resumes served.
     pub resumes_recovered: AtomicU64,
+    /// Events a webhook receiver acknowledged (answered 2xx).
+    pub webhook_posted: AtomicU64,
+    /// Webhook posts that failed: an answer other than 2xx, a timeout, no connection.
+    pub webhook_failed: AtomicU64,
+    /// Webhook posts made again after a failure.
+    pub webhook_retried: AtomicU64,
+    /// Events moved to the webhook dead-letter stream after the last attempt.
+    pub webhook_dead_lettered: AtomicU64,
+    /// Events of the stream the webhook group has not acknowledged yet (read or not), as this
+    /// node last saw it.
+    pub webhook_lag: AtomicU64,
     /// Resumes refused, by reason (in [`RecoveryRefusal::ALL`] order).
     resumes_refused: [AtomicU64; 4],
 }
@@ -283,6 +294,36 @@ impl Metrics {
             "counter",
             "Recovery windows ended early because buffers held more than --recovery-max-bytes.",
             self.recovery_evicted.load(Relaxed),
+        );
+        metric(
+            "im_webhook_posted_total",
+            "counter",
+            "Events a webhook receiver acknowledged with a 2xx answer.",
+            self.webhook_posted.load(Relaxed),
+        );
+        metric(
+            "im_webhook_failed_total",
+            "counter",
+            "Webhook posts that failed: not 2xx, timed out, or no connection.",
+            self.webhook_failed.load(Relaxed),
+        );
+        metric(
+            "im_webhook_retried_total",
+            "counter",
+            "Webhook posts made again after a failure.",
+            self.webhook_retried.load(Relaxed),
+        );
+        metric(
+            "im_webhook_dead_lettered_total",
+            "counter",
+            "Events moved to the webhook dead-letter stream after the last attempt.",
+            self.webhook_dead_lettered.load(Relaxed),
+        );
+        metric(
+            "im_webhook_lag",
+            "gauge",
+            "Events the webhook consumer group has not acknowledged yet, read or not.",
+            self.webhook_lag.load(Relaxed),
         );
         metric(
             "im_slow_consumer_closes_total",

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::early_answer::Answering;
 use crate::error::Result;
 use crate::node::Node;
-use crate::tasks::{broker, follower, membership, presence, sweeper};
+use crate::tasks::{broker, follower, membership, presence, sweeper, webhook};
 use crate::{handshake, route, tls};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use tokio::net::TcpStream;
@@ -137,6 +137,34 @@ pub async fn run_with_api(
         store.clone(),
         stop_rx.clone(),
     ));
+    let webhooks = webhook::Settings::from_config(&config)?;
+    if let Some(settings) = &webhooks {
+        if !settings.signed() {
+            tracing::warn!(node = %node.id(), "DEV MODE: webhooks are posted unsigned; give --webhook-secret");
+        }
+        // Before serving, so that the first client's events are the group's; when Redis is
+        // not there yet, the sender creates it once it is.
+        let created = timeout(
+            std::time::Duration::from_secs(2),
+            webhook::create_group(node.keys(), &store),
+        )
+        .await;
+        if !matches!(created, Ok(Ok(()))) {
+            tracing::warn!(node = %node.id(), "cannot create the webhook consumer group yet; events before it exists are not posted");
+        }
+    }
+    let webhooks = webhooks.map(|settings| {
+        tokio::spawn(webhook::run(
+            webhook::Webhook {
+                node: node.id().clone(),
+                keys: node.keys().clone(),
+                metrics: node.metrics().clone(),
+                settings: std::sync::Arc::new(settings),
+            },
+            store.clone(),
+            stop_rx.clone(),
+        ))
+    });
 
     // actix-server with actix-http's HTTP/1 service, as actix-web's HttpServer builds it, plus
     // an upgrade service: WebSocket upgrades go to `handshake` with the socket itself; every
@@ -264,6 +292,9 @@ pub async fn run_with_api(
     let _ = reloader.await;
     let _ = acker.await;
     let _ = follower.await;
+    if let Some(webhooks) = webhooks {
+        let _ = webhooks.await;
+    }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let _ = timeout(left, handle.stop(true)).await;
     tracing::info!(node = %node.id(), "stopped");

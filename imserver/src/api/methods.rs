@@ -1,10 +1,12 @@
 //! The API's methods: their names in `POST /api/v1/<method>`, and the call each one makes,
 //! bounded by the API timeout so that a Redis outage answers 503 instead of hanging.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use super::errors::ApiError;
-use super::{ApiState, channels, connect, presence, sends};
+use super::{ApiState, channels, connect, events, presence, sends};
 
 /// One API method. Every one but `Batch` is exactly one imclient call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,13 +45,15 @@ pub enum Method {
     Kick,
     /// `ImClient::live_nodes`.
     Nodes,
+    /// `ImClient::read_events`: a page of events, long-polled.
+    Events,
     /// Many of the others in one request.
     Batch,
 }
 
 impl Method {
     /// Every method.
-    pub const ALL: [Method; 18] = [
+    pub const ALL: [Method; 19] = [
         Method::ConnectUrl,
         Method::Send,
         Method::SendChan,
@@ -67,6 +71,7 @@ impl Method {
         Method::OnlineCount,
         Method::Kick,
         Method::Nodes,
+        Method::Events,
         Method::Batch,
     ];
 
@@ -90,6 +95,7 @@ impl Method {
             Method::OnlineCount => "online_count",
             Method::Kick => "kick",
             Method::Nodes => "nodes",
+            Method::Events => "events",
             Method::Batch => "batch",
         }
     }
@@ -122,6 +128,7 @@ pub async fn call(state: &ApiState, method: Method, params: Value) -> Result<Val
             Method::OnlineCount => presence::online_count(im, params).await,
             Method::Kick => presence::kick(im, params).await,
             Method::Nodes => presence::nodes(im, params),
+            Method::Events => events::events(im, params).await,
             Method::Batch => Err(ApiError::bad_field(
                 "nested_batch",
                 "method",
@@ -129,7 +136,12 @@ pub async fn call(state: &ApiState, method: Method, params: Value) -> Result<Val
             )),
         }
     };
-    match tokio::time::timeout(state.timeout, work).await {
+    // A long poll waits on purpose, for as long as it asked (bounded by its own maximum).
+    let bound = match method {
+        Method::Events => state.timeout + Duration::from_millis(events::MAX_WAIT_MS),
+        _ => state.timeout,
+    };
+    match tokio::time::timeout(bound, work).await {
         Ok(answer) => answer,
         Err(_) => Err(ApiError::redis_unavailable(format!(
             "no answer within {} ms",

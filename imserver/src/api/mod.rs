@@ -7,13 +7,14 @@
 //! size (413) → JSON (400) → the call, bounded by `--api-timeout-ms` (503 on a Redis outage).
 //! The parts: [`auth`] (keys and rate limits), [`params`] (reading fields, naming the bad one),
 //! [`methods`] (the method table), [`connect`], [`sends`], [`channels`], [`presence`],
-//! [`batch`], [`errors`] (statuses and the error body), [`metrics`].
+//! [`events`] (the pull route), [`batch`], [`errors`] (statuses and the error body), [`metrics`].
 
 pub mod auth;
 pub mod batch;
 pub mod channels;
 pub mod connect;
 pub mod errors;
+pub mod events;
 pub mod methods;
 pub mod metrics;
 pub mod params;

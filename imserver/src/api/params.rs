@@ -162,6 +162,22 @@ impl Params {
     }
 }
 
+impl Params {
+    /// An optional duration in milliseconds, 0 to `max`; `default` when absent.
+    pub fn millis_or(&self, field: &str, default: u64, max: u64) -> Result<u64, ApiError> {
+        let Some(v) = self.get(field) else {
+            return Ok(default);
+        };
+        v.as_u64().filter(|n| *n <= max).ok_or_else(|| {
+            ApiError::bad_field(
+                "invalid_type",
+                field,
+                format!("{field} must be a whole number of milliseconds from 0 to {max}"),
+            )
+        })
+    }
+}
+
 fn client_id(id: &str, field: &str) -> Result<String, ApiError> {
     ClientId::new(id)
         .map(|c| c.as_str().to_owned())

@@ -6,9 +6,11 @@
 //! - [`membership`]: loads the channels of clients new to the node.
 //! - [`sweeper`]: ends recovery windows, trims buffers, prunes token ids.
 //! - [`follower`]: follows the live node set and moves clients to their new home.
+//! - [`webhook`]: posts online/offline events to `--webhook-url` (when set).
 
 pub mod broker;
 pub mod follower;
 pub mod membership;
 pub mod presence;
 pub mod sweeper;
+pub mod webhook;
