@@ -3,10 +3,7 @@
 real nodes: every panel's query and every alert's metric selectors must return series, with
 the labels their legends and groupings name. Run by scripts/test-ops.sh; standard library only.
 
-Usage: ops_check.py PROMETHEUS_URL DASHBOARD_JSON [PASSED FAILED]
-
-PASSED and FAILED are the counts of checks the caller ran before (promtool's), added to the
-summary line so that the run prints one.
+Usage: ops_check.py PROMETHEUS_URL DASHBOARD_JSON
 
 The alert rules are read back from Prometheus (/api/v1/rules), so they are checked as
 Prometheus loaded them. An alert's expression is checked whole (it must evaluate without an
@@ -273,14 +270,12 @@ def check_alerts(checker, prom):
 
 
 def main():
-    if len(sys.argv) not in (3, 5):
+    if len(sys.argv) != 3:
         sys.exit(__doc__)
     prom = Prometheus(sys.argv[1])
     with open(sys.argv[2], encoding="utf-8") as f:
         dashboard = json.load(f)
     checker = Checker(prom)
-    if len(sys.argv) == 5:
-        checker.passed, checker.failed = int(sys.argv[3]), int(sys.argv[4])
     # The load must have reached the nodes, or "returns data" would prove little.
     for what, expr in [
         ("load: connections accepted", "sum(im_connections_opened_total) > 0"),

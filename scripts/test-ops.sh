@@ -3,7 +3,9 @@
 # `promtool check rules` and the rules' unit tests (`promtool test rules`), then a real
 # Prometheus scraping two real nodes under a little load, through which scripts/ops_check.py
 # runs every panel's query and every alert's metric selectors: each must return series (no
-# misspelt metric, no label that does not exist). Prints `ops: N passed, M failed, K skipped`.
+# misspelt metric, no label that does not exist). Then no alert may be pending or firing; one
+# node is killed and Redis stopped, and the alerts for them must become pending. Prints
+# `ops: N passed, M failed, K skipped`.
 # Installs Debian's prometheus (promtool with it) and redis-server when missing.
 # IM_TEST_IMSERVER and IM_TEST_IMBENCH name the binaries to run; by default
 # $CARGO_TARGET_DIR/debug (target/debug), built when missing.
@@ -52,9 +54,11 @@ on_exit cleanup
 start_redis_for single "$run"
 targets=()
 nodes=()
+node_pids=()
 for k in 1 2; do
   start_imserver "$imserver" "$run/ready$k" "$run/node$k.log" --dev --listen 127.0.0.1:0
   nodes+=("$node_id")
+  node_pids+=("$node_pid")
   targets+=("\"${node_id#ws://}\"")
 done
 
@@ -106,4 +110,27 @@ wait_query 2 'up{job="imserver"}'
 # Until Prometheus has seen deliveries on both nodes.
 wait_query 2 'im_deliveries_total > bool 0'
 
-python3 scripts/ops_check.py "$prom" deploy/grafana/imserver-dashboard.json "$passed" "$failed"
+# The queries: ops_check.py's own summary line becomes this run's counts.
+out=$(python3 scripts/ops_check.py "$prom" deploy/grafana/imserver-dashboard.json) || true
+sed '$d' <<<"$out"
+counts=$(tail -1 <<<"$out" | sed -nE 's/^ops: ([0-9]+) passed, ([0-9]+) failed, ([0-9]+) skipped$/\1 \2 \3/p')
+[ -n "$counts" ] || { echo "$out" >&2; echo "ops_check.py ended without its summary" >&2; exit 1; }
+read -r p f skipped <<<"$counts"
+passed=$((passed + p))
+failed=$((failed + f))
+
+# The alerts against real failures: quiet while all is well, then pending (the condition holds,
+# `for:` not yet over) once a node dies and once Redis goes away.
+check "no alert pending or firing under load" wait_query 0 'ALERTS'
+# Reaped here, so that the shell does not report it killed.
+{ kill -KILL "${node_pids[1]}" && wait "${node_pids[1]}"; } 2>/dev/null || true
+check "ImserverNodeDown for the killed node" \
+  wait_query 1 "ALERTS{alertname=\"ImserverNodeDown\",instance=\"${nodes[1]#ws://}\"}"
+kill -TERM "$redis_pid"
+check "ImserverRedisDown for the node left, Redis stopped" \
+  wait_query 1 "ALERTS{alertname=\"ImserverRedisDown\",node=\"${nodes[0]}\"}"
+check "ImserverLeaseAtRisk for the node left, Redis stopped" \
+  wait_query 1 "ALERTS{alertname=\"ImserverLeaseAtRisk\",node=\"${nodes[0]}\"}"
+
+echo "ops: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
