@@ -8,7 +8,7 @@
 # `ops: N passed, M failed, K skipped`.
 # Installs Debian's prometheus (promtool with it) and redis-server when missing.
 # IM_TEST_IMSERVER and IM_TEST_IMBENCH name the binaries to run; by default
-# $CARGO_TARGET_DIR/debug (target/debug), built when missing.
+# $CARGO_TARGET_DIR/debug (target/debug), built when missing or older than their sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -41,8 +41,14 @@ check "promtool check config (the example)" promtool check config deploy/prometh
 bin=${CARGO_TARGET_DIR:-target}/debug
 imserver=${IM_TEST_IMSERVER:-$bin/imserver}
 imbench=${IM_TEST_IMBENCH:-$bin/imbench}
-if [ ! -x "$imserver" ]; then cargo build --quiet -p imserver --bin imserver; fi
-if [ ! -x "$imbench" ]; then cargo build --quiet -p imbench; fi
+# Built when missing or stale, as scripts/test-typescript.sh does: never test a stale node.
+stale() { [ ! -x "$1" ] || [ -n "$(find "${@:2}" imclient/src imclient/Cargo.toml Cargo.lock -newer "$1" -print -quit)" ]; }
+if [ -z "${IM_TEST_IMSERVER:-}" ] && stale "$imserver" imserver/src imserver/Cargo.toml; then
+  cargo build --quiet -p imserver --bin imserver
+fi
+if [ -z "${IM_TEST_IMBENCH:-}" ] && stale "$imbench" bench/src bench/Cargo.toml; then
+  cargo build --quiet -p imbench
+fi
 
 run=$(mktemp -d)
 cleanup() {
