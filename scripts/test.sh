@@ -2,7 +2,8 @@
 # Runs the whole test suite, in parts: `lint` (README's figures against BENCHMARKS, formatting,
 # clippy), `rust` (every test of the workspace), `cluster` (the messaging suites again, on a
 # Redis Cluster), `clients` (the Python and TypeScript client packages and their example
-# backends), `browser` (the demo in Chromium) and `fuzz` (each fuzz target for FUZZ_SECONDS,
+# backends), `ops` (alert rules and the dashboard against a real Prometheus), `browser` (the demo
+# in Chromium) and `fuzz` (each fuzz target for FUZZ_SECONDS,
 # default 10; 0 skips). Name parts to run only those (`scripts/test.sh rust cluster`); other
 # arguments go to `cargo test` (a test name filter, `--no-fail-fast`). Prints each part's time.
 # Installs what the tests need (Debian's redis-server, nginx, systemd and chromium,
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-all_parts=(lint rust cluster clients browser fuzz)
+all_parts=(lint rust cluster clients ops browser fuzz)
 parts=()
 cargo_args=()
 for arg in "$@"; do
@@ -71,6 +72,11 @@ if wants clients; then
   scripts/test-python.sh
   scripts/test-typescript.sh
   done_part clients
+fi
+if wants ops; then
+  begin "ops: alert rules (promtool), the dashboard's and alerts' queries on a real Prometheus"
+  scripts/test-ops.sh
+  done_part ops
 fi
 if wants browser; then
   begin "browser: the demo in Chromium"
