@@ -7,20 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use imclient::{Event, EventKind, EventStream, EventsFrom, GroupStart};
-use imtestkit::{Cluster, NodeOpts, WAIT};
-
-/// Next event for `client`, skipping others.
-async fn next_for(events: &mut EventStream, client: &str) -> Result<Event> {
-    let end = Instant::now() + WAIT;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let (_, ev) = tokio::time::timeout(left, events.next()).await??;
-        if ev.client.as_str() == client {
-            return Ok(ev);
-        }
-    }
-}
+use imclient::{EventKind, EventsFrom, GroupStart};
+use imtestkit::{Cluster, NodeOpts, WAIT, next_event_for};
 
 #[tokio::test]
 async fn a_consumer_group_shares_events_between_replicas() -> Result<()> {
@@ -116,7 +104,7 @@ async fn malformed_entries_in_the_event_stream_are_skipped() -> Result<()> {
         .query_async(&mut redis)
         .await?;
     let _ws = c.connect("after-garbage").await?;
-    let ev = next_for(&mut events, "after-garbage").await?;
+    let ev = next_event_for(&mut events, "after-garbage").await?;
     assert_eq!(ev.kind, EventKind::Online);
     assert_eq!(events.skipped(), 2);
     Ok(())

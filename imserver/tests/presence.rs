@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use imclient::contract::CloseCode;
-use imclient::{Event, EventKind, EventStream, EventsFrom, ImClient};
-use imtestkit::{Cluster, NodeOpts, WAIT, wait_for};
+use imclient::{EventKind, EventsFrom, ImClient};
+use imtestkit::{Cluster, NodeOpts, WAIT, next_event_for, wait_for};
 use serde_json::json;
 
 async fn online(im: &ImClient, client: &str, want: bool) -> Result<()> {
@@ -14,18 +14,6 @@ async fn online(im: &ImClient, client: &str, want: bool) -> Result<()> {
         (im.has_online(client).await.ok()? == want).then_some(())
     })
     .await
-}
-
-/// Next event for `client`, skipping others.
-async fn next_for(events: &mut EventStream, client: &str) -> Result<Event> {
-    let end = Instant::now() + WAIT;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let (_, ev) = tokio::time::timeout(left, events.next()).await??;
-        if ev.client.as_str() == client {
-            return Ok(ev);
-        }
-    }
 }
 
 #[tokio::test]
@@ -74,20 +62,20 @@ async fn events_carry_metadata_and_a_late_reader_sees_what_it_missed() -> Result
     let url =
         c.im.prev_connect_server("erin", json!({"name": "Erin", "plan": "pro"}))?;
     let ws = imtestkit::Ws::connect(&url).await?;
-    let ev = next_for(&mut live, "erin").await?;
+    let ev = next_event_for(&mut live, "erin").await?;
     assert_eq!(ev.kind, EventKind::Online);
     assert_eq!(ev.meta, json!({"name": "Erin", "plan": "pro"}));
     assert_eq!(ev.node.as_str(), c.nodes[0].id);
     drop(ws);
-    let ev = next_for(&mut live, "erin").await?;
+    let ev = next_event_for(&mut live, "erin").await?;
     assert_eq!(ev.kind, EventKind::Offline);
     assert_eq!(ev.meta["name"], "Erin");
 
     // A backend that starts now still reads both, from the beginning of the stream.
     let mut late = c.im.events(EventsFrom::Beginning).await?;
     let kinds = [
-        next_for(&mut late, "erin").await?.kind,
-        next_for(&mut late, "erin").await?.kind,
+        next_event_for(&mut late, "erin").await?.kind,
+        next_event_for(&mut late, "erin").await?.kind,
     ];
     assert_eq!(kinds, [EventKind::Online, EventKind::Offline]);
     Ok(())
@@ -123,7 +111,7 @@ async fn a_node_killed_with_sigkill_has_its_clients_reported_offline_within_the_
     c.nodes[0].signal("KILL");
     c.nodes[0].wait_exit(WAIT).await.ok();
     let killed = Instant::now();
-    let ev = next_for(&mut events, &doomed).await?;
+    let ev = next_event_for(&mut events, &doomed).await?;
     let took = killed.elapsed();
     assert_eq!(ev.kind, EventKind::Offline);
     assert_eq!(ev.node.as_str(), c.nodes[0].id);
@@ -181,7 +169,7 @@ async fn a_restarted_node_purges_its_stale_presence() -> Result<()> {
     // Restart on the same address before any lease could expire.
     let node = imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
     c.nodes[0] = node;
-    let ev = next_for(&mut events, "ghost").await?;
+    let ev = next_event_for(&mut events, "ghost").await?;
     assert_eq!(ev.kind, EventKind::Offline);
     online(&c.im, "ghost", false).await?;
     Ok(())

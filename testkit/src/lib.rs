@@ -17,6 +17,7 @@
 
 mod cluster;
 mod deadline;
+mod events;
 mod http;
 mod metrics;
 mod node;
@@ -27,6 +28,7 @@ mod ws;
 
 pub use cluster::{Cluster, Listed, client_for};
 pub use deadline::{WAIT, wait_for};
+pub use events::next_event_for;
 pub use http::{HttpAnswer, http_get, http_request, http_request_text};
 pub use node::{Node, NodeOpts, imserver_bin, rss_kib};
 pub use port::free_port;
