@@ -168,8 +168,9 @@ start_redis_for() {
 # Starts an imserver node: `start_imserver BIN FIFO LOG ARGS...` runs BIN with ARGS (and
 # RUST_LOG=warn), its stdout through the fifo FIFO (made here) so that its ready line is read
 # as soon as the node serves, its stderr appended to LOG. Waits up to 30 s for that line; adds
-# the node to pids and sets node_pid and node_id (the address it announces, from the line).
-# Exits the script if the node does not start.
+# the node to pids and sets node_pid, node_id (the address it announces, from the line) and
+# node_ready (the whole line, e.g. for its "api" address). Exits the script if the node does
+# not start.
 start_imserver() {
   local bin=$1 fifo=$2 log=$3 ready
   shift 3
@@ -179,6 +180,8 @@ start_imserver() {
   pids+=("$node_pid")
   read -r -t 30 ready <"$fifo" || { echo "imserver did not start: $(tail -3 "$log")" >&2; exit 1; }
   node_id=$(sed -E 's/.*"node":"([^"]+)".*/\1/' <<<"$ready")
+  # shellcheck disable=SC2034 # for the caller
+  node_ready=$ready
 }
 
 # Prints $1 free TCP ports on 127.0.0.1, space-separated: held open together while they are

@@ -7,6 +7,8 @@
 //! instead, for soak tests (`churn.rs`, `scripts/soak.sh`). `--workload drill` holds every
 //! client connected, reconnecting as a browser should, while `scripts/chaos.sh` kills nodes
 //! or Redis, and reports what the clients saw (`drill.rs`).
+//! `--workload api-send` measures a private send through the node's HTTP API against imclient
+//! called directly (`api.rs`, `scripts/bench-api.sh`).
 //! `--procs N` runs the tool as N processes (one process's open-file limit caps its
 //! connections), each opening its share of the clients, and merges their reports, latency
 //! histograms included, into one line (`shard.rs`).
@@ -25,6 +27,7 @@ use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
+mod api;
 mod churn;
 mod drill;
 mod pusher;
@@ -50,6 +53,10 @@ enum Workload {
     /// ends, while messages go to random clients and to `--chans` channels; reports what the
     /// clients saw around the `--drill-marks` (`scripts/chaos.sh`).
     Drill,
+    /// `--messages` private messages to random connected clients at `--concurrency` in flight,
+    /// sent one way per run (`--send-via`): through imclient from this process, or through the
+    /// node's HTTP API; reports calls/s, call latency, the caller's and the nodes' CPU per call.
+    ApiSend,
 }
 
 #[derive(Debug, Parser)]
@@ -125,6 +132,21 @@ struct Args {
     /// mark are followed to their new node.
     #[arg(long)]
     drill_node: Option<String>,
+    /// Api-send: how the messages are sent.
+    #[arg(long, value_enum, default_value = "imclient")]
+    send_via: api::SendVia,
+    /// Api-send: messages to send (after a warm-up of 64 that is not measured).
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Api-send: calls in flight at once (each HTTP call on its own keep-alive connection).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Api-send: the node's API address (its `--api-listen`), for `--send-via http`.
+    #[arg(long)]
+    api_addr: Option<std::net::SocketAddr>,
+    /// Api-send: the API key (one of the node's `--api-key`).
+    #[arg(long, env = "IM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// How long to wait for the last deliveries after sending ends, seconds.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
@@ -357,7 +379,7 @@ async fn send(
         Target::Im(im) => {
             for (to, _, payload) in messages {
                 match workload {
-                    Workload::Private | Workload::Churn | Workload::Drill => {
+                    Workload::Private | Workload::Churn | Workload::Drill | Workload::ApiSend => {
                         im.send_message("bench", [format!("c{to}")], &payload, false)
                             .await?;
                     }
@@ -376,7 +398,10 @@ async fn send(
                 .into_iter()
                 .map(|(to, _, payload)| {
                     let channel = match workload {
-                        Workload::Private | Workload::Churn | Workload::Drill => private_chan(to),
+                        Workload::Private
+                        | Workload::Churn
+                        | Workload::Drill
+                        | Workload::ApiSend => private_chan(to),
                         _ => chan_name(to as usize),
                     };
                     (channel, payload.to_string())
@@ -437,6 +462,13 @@ async fn main() -> Result<()> {
         };
         return drill::run(&args, im).await;
     }
+    if let Workload::ApiSend = args.workload {
+        let Target::Im(im) = target else {
+            bail!("the api-send workload runs against imserver only");
+        };
+        println!("{}", api::run(&args, im).await?);
+        return Ok(());
+    }
     let report = run(&args, target).await?;
     println!("{report}");
     Ok(())
@@ -464,7 +496,11 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
 
     // Memberships are durable: set them up before anyone connects.
     let groups = match args.workload {
-        Workload::Private | Workload::Churn | Workload::Drill | Workload::Broadcast => 0,
+        Workload::Private
+        | Workload::Churn
+        | Workload::Drill
+        | Workload::ApiSend
+        | Workload::Broadcast => 0,
         Workload::Channel => 1,
         Workload::SmallChannels => args.clients.div_ceil(args.chan_size.max(1)),
     };
@@ -487,7 +523,11 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
         let (target, stats, gate) = (target.clone(), stats.clone(), gate.clone());
         // A peer subscribes each socket to the channels it belongs to.
         let channels = match args.workload {
-            Workload::Private | Workload::Churn | Workload::Drill | Workload::Broadcast => {
+            Workload::Private
+            | Workload::Churn
+            | Workload::Drill
+            | Workload::ApiSend
+            | Workload::Broadcast => {
                 vec![private_chan(i as u64)]
             }
             Workload::Channel => vec![chan_name(0)],
@@ -576,7 +616,7 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
     // Deliveries are expected only to connected clients: a client that failed to connect is a
     // connect error in the report, not a loss. Connected members per channel (of this process):
     let members_online: Vec<u64> = match args.workload {
-        Workload::Private | Workload::Churn | Workload::Drill => Vec::new(),
+        Workload::Private | Workload::Churn | Workload::Drill | Workload::ApiSend => Vec::new(),
         Workload::Channel | Workload::Broadcast => vec![connected as u64],
         Workload::SmallChannels => online
             .chunks(args.chan_size.max(1))
@@ -637,7 +677,10 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
                     rng ^= rng << 17;
                     // Receiver: a client id (private) or a channel; and how many get it.
                     let (to, receivers) = match args.workload {
-                        Workload::Private | Workload::Churn | Workload::Drill => {
+                        Workload::Private
+                        | Workload::Churn
+                        | Workload::Drill
+                        | Workload::ApiSend => {
                             let k = rng % (hi - lo) as u64;
                             (lo as u64 + k, u64::from(online[k as usize]))
                         }

@@ -103,10 +103,20 @@ pub fn pong_or(text: &[u8], mut on_event: impl FnMut(&[u8])) -> Flow {
     Flow::Continue
 }
 
-/// An HTTP connection and the bytes read past the last response.
-struct Conn {
+/// An HTTP connection and the bytes read past the last response (also the api-send
+/// workload's connection to the node's API).
+pub(crate) struct Conn {
     tcp: TcpStream,
     buf: Vec<u8>,
+}
+
+impl Conn {
+    pub(crate) fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            buf: Vec::with_capacity(1024),
+        }
+    }
 }
 
 /// Publishes events through the HTTP API over a pool of connections, one request at a time on
@@ -164,10 +174,7 @@ impl Publisher {
             // Sockudo closes the connection after every API response, so this runs once per
             // publish: spread over source addresses, as the subscribers are.
             let tcp = crate::open_tcp(addr, slot).await?;
-            *conn = Some(Conn {
-                tcp,
-                buf: Vec::with_capacity(1024),
-            });
+            *conn = Some(Conn::new(tcp));
         }
         let c = conn.as_mut().context("no connection")?;
         let result = tokio::time::timeout(PUBLISH_TIMEOUT, exchange(c, request.as_bytes()))
@@ -191,13 +198,13 @@ impl Publisher {
 
 /// Writes a request and reads one response. Returns whether the server keeps the connection
 /// open; fails on a non-2xx status.
-async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<bool> {
+pub(crate) async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<bool> {
     conn.tcp.write_all(request).await?;
     loop {
         if let Some(response) = parse_response(&conn.buf)? {
             if !(200..300).contains(&response.status) {
                 let text = String::from_utf8_lossy(&conn.buf[..response.len]);
-                bail!("publish refused: {}", text.trim_end());
+                bail!("request refused: {}", text.trim_end());
             }
             conn.buf.drain(..response.len);
             return Ok(response.keep_alive);
@@ -208,7 +215,7 @@ async fn exchange(conn: &mut Conn, request: &[u8]) -> Result<bool> {
         let mut chunk = [0u8; 4096];
         let n = conn.tcp.read(&mut chunk).await?;
         if n == 0 {
-            bail!("the peer closed the HTTP connection");
+            bail!("the server closed the HTTP connection");
         }
         conn.buf.extend_from_slice(&chunk[..n]);
     }

@@ -117,3 +117,50 @@ async fn imbench_churn_reconnects_and_sees_every_connection_in_order() -> Result
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn imbench_api_send_delivers_every_message_both_ways() -> Result<()> {
+    const KEY: &str = "smoke-api-key-0123456789";
+    let opts = NodeOpts::default()
+        .arg("--api-listen", "127.0.0.1:0")
+        .arg("--api-key", KEY)
+        .arg("--api-rate", 0);
+    let c = Cluster::start(1, opts).await?;
+    let api = c.nodes[0].api.context("the node printed no API address")?;
+    for via in ["imclient", "http"] {
+        let report = run_imbench(
+            &c,
+            &[
+                "--workload",
+                "api-send",
+                "--send-via",
+                via,
+                "--api-addr",
+                &api.to_string(),
+                "--api-key",
+                KEY,
+                "--clients",
+                "20",
+                "--messages",
+                "300",
+                "--concurrency",
+                "4",
+            ],
+        )?;
+        let n = |k: &str| report[k].as_u64().unwrap_or(u64::MAX);
+        assert_eq!(n("clients"), 20, "{via}: {report}");
+        assert_eq!(n("calls"), 300, "{via}: {report}");
+        assert_eq!(n("send_errors"), 0, "{via}: {report}");
+        assert_eq!(n("deliveries_received"), 300, "{via}: {report}");
+        assert_eq!(n("loss"), 0, "{via}: {report}");
+        assert!(
+            report["call_latency_us"]["p99"].as_u64().unwrap_or(0) > 0,
+            "{via}: {report}"
+        );
+        assert!(
+            report["node_cpu_us_per_call"].as_f64().is_some(),
+            "{via}: {report}"
+        );
+    }
+    Ok(())
+}
