@@ -349,7 +349,6 @@ ensure_systemd_analyze() {
   command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 }
 
-# Installs Debian's nginx when it is missing (the proxy test and scripts/cluster.sh use it).
 # Installs a PyPI package for the tests when python3 cannot import it (the module is named as
 # the package, dashes as underscores): e.g. the Standard Webhooks reference library that the
 # webhook receiver of imserver's tests verifies every delivery with.
@@ -361,6 +360,7 @@ ensure_python_package() {
     python3 -m pip install --quiet --break-system-packages "$1" >&2
 }
 
+# Installs Debian's nginx when it is missing (the proxy test and scripts/cluster.sh use it).
 ensure_nginx() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx
 }
