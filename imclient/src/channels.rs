@@ -153,20 +153,10 @@ impl ImClient {
         S: AsRef<str>,
     {
         let chan = ChanName::new(chan)?;
-        let clients = client_ids
-            .into_iter()
-            .map(|c| ClientId::new(c.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
         let ack = new_message_id();
-        let mut expected = 0;
-        for page in clients.chunks(PAGE) {
-            let changes = page
-                .iter()
-                .map(|client| self.membership_change(JOIN_SCRIPT, client, &chan, true, Some(&ack)))
-                .collect::<Result<Vec<_>>>()?;
-            let taken = self.apply(changes).await?;
-            expected += taken.iter().filter(|t| **t > 0).count();
-        }
+        let expected = self
+            .change_many(JOIN_SCRIPT, client_ids, &chan, true, Some(&ack))
+            .await?;
         self.await_join_acks(&ack, expected).await
     }
 
@@ -241,27 +231,46 @@ impl ImClient {
         S: AsRef<str>,
     {
         let chan = ChanName::new(chan)?;
-        let clients = client_ids
-            .into_iter()
-            .map(|c| ClientId::new(c.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
         // As in leave_chan: on a cluster, wait until the nodes have applied the leaves.
         let ack = self.keys().is_sharded().then(new_message_id);
-        let mut expected = 0;
-        for page in clients.chunks(PAGE) {
-            let changes = page
-                .iter()
-                .map(|client| {
-                    self.membership_change(LEAVE_SCRIPT, client, &chan, false, ack.as_deref())
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let taken = self.apply(changes).await?;
-            expected += taken.iter().filter(|t| **t > 0).count();
-        }
+        let expected = self
+            .change_many(LEAVE_SCRIPT, client_ids, &chan, false, ack.as_deref())
+            .await?;
         if let Some(ack) = ack {
             self.await_join_acks(&ack, expected).await?;
         }
         Ok(())
+    }
+
+    /// Runs `script` (a join or a leave) for every client, pipelined a page at a time; returns
+    /// how many changed something (each of those is acknowledged by its node to `ack`). Every
+    /// id is checked before anything is sent.
+    async fn change_many<I, S>(
+        &self,
+        script: &str,
+        client_ids: I,
+        chan: &ChanName,
+        join: bool,
+        ack: Option<&str>,
+    ) -> Result<usize>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let clients = client_ids
+            .into_iter()
+            .map(|c| ClientId::new(c.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut changed = 0;
+        for page in clients.chunks(PAGE) {
+            let changes = page
+                .iter()
+                .map(|client| self.membership_change(script, client, chan, join, ack))
+                .collect::<Result<Vec<_>>>()?;
+            let taken = self.apply(changes).await?;
+            changed += taken.iter().filter(|t| **t > 0).count();
+        }
+        Ok(changed)
     }
 
     /// One page of a channel's members: pass cursor 0 first, then the returned cursor until it
