@@ -144,6 +144,14 @@ impl Params {
             .transpose()
     }
 
+    /// The caller's `message_id` (checked by imclient when sent), or a fresh one: a retried
+    /// request under the same id is shown once.
+    pub fn message_id(&self) -> Result<String, ApiError> {
+        Ok(self
+            .opt_string("message_id")?
+            .unwrap_or_else(imclient::new_message_id))
+    }
+
     /// An optional whole number in `1..=max`.
     pub fn count_or(&self, field: &str, default: usize, max: usize) -> Result<usize, ApiError> {
         let Some(v) = self.get(field) else {

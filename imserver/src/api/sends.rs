@@ -17,9 +17,7 @@ pub async fn send(im: &ImClient, params: Value) -> Result<Value, ApiError> {
     let receivers = p.clients("receivers")?;
     let payload = p.payload("payload")?;
     let receipt = p.bool_or("receipt", false)?;
-    let id = p
-        .opt_string("message_id")?
-        .unwrap_or_else(imclient::new_message_id);
+    let id = p.message_id()?;
     let report = im
         .send_message_with_id(&id, &sender, &receivers, payload, receipt)
         .await?;
@@ -46,9 +44,7 @@ pub async fn send_chan(im: &ImClient, params: Value) -> Result<Value, ApiError> 
     let chan = p.chan("chan")?;
     let payload = p.payload("payload")?;
     let exclude_sender = p.bool_or("exclude_sender", false)?;
-    let id = p
-        .opt_string("message_id")?
-        .unwrap_or_else(imclient::new_message_id);
+    let id = p.message_id()?;
     let report = im
         .send_chan_message_with_id(&id, &sender, &chan, payload, exclude_sender)
         .await?;
@@ -60,9 +56,7 @@ pub async fn broadcast(im: &ImClient, params: Value) -> Result<Value, ApiError> 
     let p = Params::new(params, &["sender", "payload", "message_id"])?;
     let sender = p.client("sender")?;
     let payload = p.payload("payload")?;
-    let id = p
-        .opt_string("message_id")?
-        .unwrap_or_else(imclient::new_message_id);
+    let id = p.message_id()?;
     let report = im.broadcast_with_id(&id, &sender, payload).await?;
     Ok(json!({ "message_id": report.message_id, "nodes": report.nodes }))
 }
