@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use imtestkit::{Cluster, NodeOpts, PREFIX, Redis, SECRET, WAIT, free_port, wait_for};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The rotation's old and new secrets; receivers know only the new one.
 const OLD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -484,26 +483,20 @@ async fn a_node_waiting_to_retry_keeps_its_batch_from_the_other_nodes() -> Resul
 
 /// `POST /api/v1/events` with `params`; the status and the JSON answer.
 async fn pull(api: SocketAddr, params: Value) -> Result<(u16, Value)> {
-    let body = params.to_string();
-    let mut tcp = tokio::net::TcpStream::connect(api).await?;
-    let head = format!(
-        "POST /api/v1/events HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await?;
-    tcp.write_all(body.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(40), tcp.read_to_end(&mut raw))
-        .await
-        .map_err(|_| anyhow!("no answer"))??;
-    let raw = String::from_utf8(raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let auth = format!("Bearer {API_KEY}");
+    let answer = imtestkit::http_request_within(
+        api,
+        "POST",
+        "/api/v1/events",
+        &[("Authorization", &auth)],
+        &params.to_string(),
+        Duration::from_secs(40),
+    )
+    .await?;
+    Ok((
+        answer.status,
+        serde_json::from_str(&answer.body).unwrap_or(Value::Null),
+    ))
 }
 
 #[tokio::test]

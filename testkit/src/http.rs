@@ -74,6 +74,18 @@ pub async fn http_request_text(
     exchange(addr, method, path, headers, Some(body), WAIT).await
 }
 
+/// [`http_request_text`] waiting up to `wait` for the answer (a long poll).
+pub async fn http_request_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    wait: Duration,
+) -> Result<HttpAnswer> {
+    exchange(addr, method, path, headers, Some(body), wait).await
+}
+
 async fn exchange(
     addr: SocketAddr,
     method: &str,

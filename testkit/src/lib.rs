@@ -29,7 +29,7 @@ mod ws;
 pub use cluster::{Cluster, Listed, client_for};
 pub use deadline::{WAIT, wait_for};
 pub use events::next_event_for;
-pub use http::{HttpAnswer, http_get, http_request, http_request_text};
+pub use http::{HttpAnswer, http_get, http_request, http_request_text, http_request_within};
 pub use node::{Node, NodeOpts, imserver_bin, rss_kib};
 pub use port::free_port;
 pub use redis_server::{Redis, cluster_wanted};
