@@ -4,6 +4,7 @@
 # receivers connected (default 1,000), then MESSAGES private messages (default 100,000) with
 # CONCURRENCY in flight (default 16), sent by `imbench --workload api-send` through imclient
 # in one run and through `POST /api/v1/send` in the next, RUNS of each (default 3), alternated,
+# as fast as the senders go or, with CALL_RATE, both ways at that many calls per second,
 # each on a fresh redis-server and node. IMSERVER and IMBENCH name the binaries (else release
 # builds of the work tree). Every run's JSON line goes to target/bench/api.jsonl with the load
 # average before and after it; medians are printed as a Markdown table, with the target's
@@ -36,7 +37,8 @@ one_run() {
   [ -n "$api" ] || { echo "the node's ready line has no API address: $node_ready" >&2; exit 1; }
   IM_API_KEY=$key timeout -k 10 180 "$IMBENCH" --nodes "$node_id" --node-pid "$node_pid" \
     --workload api-send --send-via "$via" --api-addr "$api" --clients "${CLIENTS:-1000}" \
-    --messages "${MESSAGES:-100000}" --concurrency "${CONCURRENCY:-16}"
+    --messages "${MESSAGES:-100000}" --concurrency "${CONCURRENCY:-16}" \
+    --call-rate "${CALL_RATE:-0}"
 }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }

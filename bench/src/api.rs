@@ -54,6 +54,8 @@ struct Plan {
     api_key: String,
     messages: u64,
     concurrency: usize,
+    /// Calls per second in all; 0 for no pacing.
+    call_rate: u64,
     receivers: Vec<u64>,
     pad: String,
 }
@@ -108,6 +110,7 @@ pub async fn run(args: &Args, im: ImClient) -> Result<serde_json::Value> {
         api_key: args.api_key.clone().unwrap_or_default(),
         messages: args.messages,
         concurrency: args.concurrency.max(1),
+        call_rate: args.call_rate,
         receivers,
         pad: "x".repeat(args.payload_bytes.saturating_sub(30)),
     };
@@ -206,8 +209,13 @@ async fn send_all(plan: Plan, warmed: impl FnOnce()) -> Result<Sent> {
         })
         .collect();
     let warm_up = AtomicU64::new(0);
-    futures_util::future::join_all(workers.iter_mut().map(|w| w.run(&warm_up, WARM_UP_SENDS)))
-        .await;
+    let unpaced = Pace::new(0);
+    futures_util::future::join_all(
+        workers
+            .iter_mut()
+            .map(|w| w.run(&warm_up, WARM_UP_SENDS, &unpaced)),
+    )
+    .await;
     if let Some(e) = workers.iter().find_map(|w| w.first_error.clone()) {
         bail!("a warm-up send failed: {e}");
     }
@@ -217,8 +225,14 @@ async fn send_all(plan: Plan, warmed: impl FnOnce()) -> Result<Sent> {
     warmed();
     let next = AtomicU64::new(0);
     let cpu_before = thread_cpu_secs().context("no /proc/thread-self/stat")?;
-    let started = Instant::now();
-    futures_util::future::join_all(workers.iter_mut().map(|w| w.run(&next, plan.messages))).await;
+    let pace = Pace::new(plan.call_rate);
+    let started = pace.start;
+    futures_util::future::join_all(
+        workers
+            .iter_mut()
+            .map(|w| w.run(&next, plan.messages, &pace)),
+    )
+    .await;
     let secs = started.elapsed().as_secs_f64();
     let cpu_secs = thread_cpu_secs().context("no /proc/thread-self/stat")? - cpu_before;
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -240,6 +254,30 @@ async fn send_all(plan: Plan, warmed: impl FnOnce()) -> Result<Sent> {
     })
 }
 
+/// When each call is due: the n-th call of the run at `start + n / rate`, whichever sender
+/// makes it, so the senders together keep the rate.
+struct Pace {
+    start: Instant,
+    /// Calls per second; 0 for as fast as the senders go.
+    rate: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+        }
+    }
+
+    async fn wait_turn(&self, n: u64) {
+        if self.rate > 0 {
+            let due = self.start + Duration::from_secs_f64(n as f64 / self.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
 /// One of the `concurrency` senders.
 struct Worker {
     plan: Arc<Plan>,
@@ -252,9 +290,15 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sends one call at a time while `next` (shared with the other workers) is below `until`.
-    async fn run(&mut self, next: &AtomicU64, until: u64) {
-        while next.fetch_add(1, Relaxed) < until {
+    /// Sends one call at a time while `next` (shared with the other workers) is below `until`,
+    /// each when `pace` says it is due.
+    async fn run(&mut self, next: &AtomicU64, until: u64, pace: &Pace) {
+        loop {
+            let n = next.fetch_add(1, Relaxed);
+            if n >= until {
+                break;
+            }
+            pace.wait_turn(n).await;
             self.rng ^= self.rng << 13;
             self.rng ^= self.rng >> 7;
             self.rng ^= self.rng << 17;

@@ -141,6 +141,11 @@ struct Args {
     /// Api-send: calls in flight at once (each HTTP call on its own keep-alive connection).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Api-send: calls per second in all, spread over the `--concurrency` senders (0: as fast
+    /// as they go). Both ways at the same rate, so that neither is measured at a load where
+    /// batching makes its calls cheaper than the other's.
+    #[arg(long, default_value_t = 0)]
+    call_rate: u64,
     /// Api-send: the node's API address (its `--api-listen`), for `--send-via http`.
     #[arg(long)]
     api_addr: Option<std::net::SocketAddr>,

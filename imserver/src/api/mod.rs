@@ -49,12 +49,15 @@ use self::metrics::ApiMetrics;
 /// Where every route lives.
 pub const ROUTE_PREFIX: &str = "/api/v1/";
 
-/// What every API request shares.
-#[derive(Debug)]
+/// What an API worker's requests share. Each worker thread has an `ImClient` of its own, so
+/// that the Redis connection its calls pipeline on is driven by the same thread: a call then
+/// wakes no other thread on its way to Redis and back. Keys, rate limits and counters are
+/// shared by every worker.
+#[derive(Debug, Clone)]
 pub struct ApiState {
     im: ImClient,
-    keys: ApiKeys,
-    limits: RateLimits,
+    keys: Arc<ApiKeys>,
+    limits: Arc<RateLimits>,
     metrics: Arc<ApiMetrics>,
     /// Longest a call may take.
     timeout: Duration,
@@ -129,16 +132,21 @@ pub fn start(
         tracing::warn!(api = %addr, "DEV MODE: the HTTP API takes calls without a key");
     }
     let metrics = Arc::new(ApiMetrics::default());
-    let state = web::Data::new(ApiState {
+    let state = ApiState {
         im,
-        limits: RateLimits::new(config.api_rate, config.api_burst, keys.count()),
-        keys,
+        limits: Arc::new(RateLimits::new(
+            config.api_rate,
+            config.api_burst,
+            keys.count(),
+        )),
+        keys: Arc::new(keys),
         metrics: metrics.clone(),
         timeout: Duration::from_millis(config.api_timeout_ms),
         max_body_bytes: config.api_max_body_bytes,
         max_batch: config.api_max_batch,
         can_sign,
-    });
+    };
+    let (worker_config, worker_node) = (config.clone(), node.clone());
     let head_timeout = Duration::from_millis(config.request_head_timeout_ms);
     let mut http = actix_server::Server::build()
         .disable_signals()
@@ -150,8 +158,17 @@ pub fn start(
     // answers actix-http writes by itself carry JSON bodies here too.
     let server = http
         .listen("imserver-api", listener, move || {
+            // The first client was built from the same settings, so this cannot fail; should
+            // it, the worker shares the first client's connection.
+            let im = client(&worker_config, &worker_node)
+                .map(|(im, _)| im)
+                .unwrap_or_else(|_| state.im.clone());
+            let state = web::Data::new(ApiState {
+                im,
+                ..state.clone()
+            });
             let app = App::new()
-                .app_data(state.clone())
+                .app_data(state)
                 .default_service(web::to(dispatch))
                 .into_factory()
                 .map_err(|e: actix_web::Error| e.error_response());
