@@ -30,16 +30,15 @@ fn claims(node: &str, client: &str) -> ConnectClaims {
     )
 }
 
-async fn assert_refused(url: &str, status: u16, code: &str) -> Result<()> {
+/// Asserts the refusal's status and code; returns its message.
+async fn assert_refused(url: &str, status: u16, code: &str) -> Result<String> {
     let (got, body) = Ws::refused(url).await?;
     assert_eq!(got, status, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(body["error"], code);
-    assert!(
-        !body["message"].as_str().unwrap_or_default().is_empty(),
-        "a reason is given"
-    );
-    Ok(())
+    let message = body["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.is_empty(), "a reason is given");
+    Ok(message)
 }
 
 #[tokio::test]
@@ -62,12 +61,13 @@ async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
         "token_bad_signature",
     )
     .await?;
-    assert_refused(
+    let message = assert_refused(
         &url_with(&node, &claims(&node, "eve"), "some-other-secret-0123456789"),
         401,
         "token_bad_signature",
     )
     .await?;
+    assert!(message.contains("IM_TOKEN_SECRET"), "{message}");
 
     // A token for node 1 presented to node 0.
     let other = c.nodes[1].id.clone();
@@ -586,12 +586,31 @@ async fn a_node_with_public_keys_only_admits_tokens_of_the_current_keys() -> Res
         "token_unknown_key",
     )
     .await?;
-    assert_refused(
+    // Signed with a secret: the refusal names the secret's setting, which is what the backend
+    // relies on.
+    let message = assert_refused(
         &c.im.prev_connect_server("secret-user", json!(null))?,
         401,
         "token_bad_signature",
     )
     .await?;
+    assert!(message.contains("IM_TOKEN_SECRET"), "{message}");
+    // Signed with a private key whose public half the node does not hold, under a key id it
+    // does: the refusal names the public keys' setting, for each kind of key.
+    let forged_ed = backend("ed2.pem", KeyAlgorithm::EdDsa, "k1")?;
+    let forged_rsa = backend("rsa2.pem", KeyAlgorithm::Rs256, "k2")?;
+    for forged in [&forged_ed, &forged_rsa] {
+        let message = assert_refused(
+            &forged.prev_connect_server("forger", json!(null))?,
+            401,
+            "token_bad_signature",
+        )
+        .await?;
+        assert!(
+            message.contains("IM_TOKEN_KEYS") && !message.contains("IM_TOKEN_SECRET"),
+            "{message}"
+        );
+    }
     // The node works as usual for a client admitted by public key.
     ed.send_message("backend", ["ed-user"], &"signed by k1", false)
         .await?;
