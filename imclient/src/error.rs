@@ -115,12 +115,9 @@ pub enum TokenError {
         /// The node the token was issued for.
         expected: String,
     },
-    /// The token was already used once on this node.
+    /// The token was already used once.
     #[error("token already used: tokens are single use, fetch a fresh connect URL")]
     Replayed,
-    /// The token was issued before this node started, so the node cannot tell whether it was used.
-    #[error("token predates this node's start: fetch a fresh connect URL")]
-    Stale,
     /// The secret is too short to sign with.
     #[error("token secret is shorter than 16 bytes: use a long random secret")]
     WeakSecret,
@@ -188,7 +185,6 @@ impl TokenError {
             TokenError::Expired => "token_expired",
             TokenError::WrongNode { .. } => "token_wrong_node",
             TokenError::Replayed => "token_replayed",
-            TokenError::Stale => "token_stale",
             TokenError::WeakSecret => "token_weak_secret",
             TokenError::NoSecret => "token_no_secret",
             TokenError::DevSecret => "token_dev_secret",

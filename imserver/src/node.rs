@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use imclient::NodeId;
 use imclient::keys::Keys;
+use imclient::link::Link;
+use imclient::store::Store;
 use imclient::token::TokenVerifier;
 
 use crate::admission::Admission;
@@ -36,6 +38,9 @@ struct Shared {
     /// Unique per process run; tells clients and peers that the node restarted.
     epoch: String,
     keys: Keys,
+    /// The Redis connection handshakes share (the used-token marker, the live set when this
+    /// node's view is in doubt).
+    link: Link,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
@@ -62,8 +67,13 @@ pub struct Node(Arc<Shared>);
 
 impl Node {
     /// Builds the node for `config`, known to the cluster as `id`, checking tokens with
-    /// `verifier`.
-    pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::error::Result<Self> {
+    /// `verifier`, its handshakes reaching Redis through `store`.
+    pub fn new(
+        config: &Config,
+        id: NodeId,
+        verifier: TokenVerifier,
+        store: Store,
+    ) -> crate::error::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
         let sharded = imclient::store::cluster_seeds(&config.redis_url).is_some();
@@ -101,6 +111,7 @@ impl Node {
             id,
             epoch,
             keys: Keys::new(config.key_prefix.clone()).sharded(sharded),
+            link: Link::new(store),
             hub,
             metrics,
             work,
@@ -140,6 +151,11 @@ impl Node {
     /// Redis names.
     pub fn keys(&self) -> &Keys {
         &self.0.keys
+    }
+
+    /// The Redis connection handshakes share.
+    pub fn link(&self) -> &Link {
+        &self.0.link
     }
 
     /// The runtime `ws://` sessions run on, if not the accepting HTTP worker's.
@@ -238,7 +254,8 @@ mod tests {
             .expect("parses");
         let verifier = config.validate().expect("valid");
         let id = NodeId::new("ws://c:3").expect("id");
-        let err = Node::new(&config, id, verifier)
+        let store = Store::open("redis://127.0.0.1:1").expect("a URL");
+        let err = Node::new(&config, id, verifier, store)
             .expect_err("c is not in the list")
             .to_string();
         assert!(err.contains("does not list this node (ws://c:3)"), "{err}");

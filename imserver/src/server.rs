@@ -59,12 +59,12 @@ pub async fn run_with_api(
 ) -> Result<()> {
     let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
-    let node = Node::new(&config, id, verifier)?;
+    let store = Store::open(&config.redis_url).map_err(crate::error::Error::Store)?;
+    let node = Node::new(&config, id, verifier, store.clone())?;
     let api = api
         .map(|api| crate::api::start(&config, node.id(), api))
         .transpose()?;
     let api_metrics = api.as_ref().map(crate::api::ApiServer::metrics);
-    let store = Store::open(&config.redis_url).map_err(crate::error::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let commands = broker::Broker {
