@@ -873,3 +873,58 @@ async fn with_redis_down_a_connect_is_refused_with_a_retryable_status() -> Resul
     .await?;
     Ok(())
 }
+
+/// Malformed requests are answered 400 each, but written to the log as a count per interval,
+/// even under a RUST_LOG that does not silence actix-http's dispatcher.
+#[tokio::test]
+async fn malformed_requests_are_counted_in_the_log_not_written_one_by_one() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let log = std::env::temp_dir().join(format!("imtest-badlog-{}.txt", std::process::id()));
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            log_file: Some(log.clone()),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            ..NodeOpts::default()
+        },
+    )
+    .await?;
+    let node = &c.nodes[0];
+    let bytes_before = std::fs::metadata(&log)?.len();
+    for _ in 0..1000 {
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await?;
+        tcp.write_all(b"garbage\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+        assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+    }
+    // The count comes in a summary line within the interval (10 s).
+    let summary = wait_for(
+        "the log says how many bad requests came",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let total: u64 = text
+                .lines()
+                .filter(|l| l.contains("bad HTTP requests"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("count="))
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .sum();
+            (total >= 1000).then_some(total)
+        },
+    )
+    .await?;
+    let grown = std::fs::metadata(&log)?.len() - bytes_before;
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(summary, 1000, "{text}");
+    assert_eq!(node.metric("im_http_bad_requests_total").await?, 1000);
+    assert!(
+        grown < 2_000,
+        "1,000 bad requests grew the log by {grown} bytes:\n{text}"
+    );
+    Ok(())
+}
