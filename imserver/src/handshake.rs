@@ -206,11 +206,16 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
         .headers()
         .get(actix_http::header::ORIGIN)
         .and_then(|o| o.to_str().ok());
-    if !node.origin_allowed(origin) {
+    let host = req
+        .headers()
+        .get(actix_http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !node.origin_allowed(origin, host) {
         return Err(Refused::new(
             403,
             "origin_not_allowed",
-            "this page's origin may not connect; add it to the node's --allowed-origins",
+            "a page of another origin may not connect; add its origin to the node's \
+             --allowed-origins (IM_ALLOWED_ORIGINS)",
         ));
     }
     let accept = req

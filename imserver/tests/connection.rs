@@ -928,3 +928,54 @@ async fn malformed_requests_are_counted_in_the_log_not_written_one_by_one() -> R
     );
     Ok(())
 }
+
+fn with_origin(
+    url: &str,
+    origin: &str,
+) -> Result<tokio_tungstenite::tungstenite::http::Request<()>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert("origin", origin.parse()?);
+    Ok(req)
+}
+
+/// With no --allowed-origins, a page of another origin may not connect (its user's browser would
+/// otherwise let any site open a socket in their name with a URL it got hold of); a page served
+/// from the node's own origin and a client without an Origin header may.
+#[tokio::test]
+async fn by_default_only_same_origin_pages_and_non_browsers_may_connect() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let url = c.im.prev_connect_server("browser", json!(null))?;
+    match tokio_tungstenite::connect_async(with_origin(&url, "https://evil.example.net")?).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())?;
+            assert_eq!(body["error"], "origin_not_allowed");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("--allowed-origins"),
+                "{body}"
+            );
+        }
+        other => panic!("a foreign origin connected: {:?}", other.map(|_| ())),
+    }
+    // Refused before the token is checked: it is still good.
+    let own = format!("http://{}", c.nodes[0].addr);
+    tokio_tungstenite::connect_async(with_origin(&url, &own)?).await?;
+    c.connect("app").await?;
+    Ok(())
+}
+
+/// In dev mode any page may connect, as a local demo serves its page from another port.
+#[tokio::test]
+async fn in_dev_mode_any_origin_may_connect() -> Result<()> {
+    let mut opts = NodeOpts::default();
+    opts.args.push("--dev".into());
+    let c = Cluster::start(1, opts).await?;
+    let url = c.im.prev_connect_server("browser", json!(null))?;
+    tokio_tungstenite::connect_async(with_origin(&url, "http://localhost:5000")?).await?;
+    Ok(())
+}

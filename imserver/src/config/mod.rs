@@ -134,10 +134,11 @@ pub struct Config {
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Origins whose pages may connect, comma-separated (e.g. https://chat.example.com). A
-    /// WebSocket request with an `Origin` header not in the list is refused (403
-    /// `origin_not_allowed`); requests without one (apps, servers) are not browsers and are let
-    /// through. Empty: every origin may connect.
+    /// Origins whose pages may connect besides the node's own, comma-separated (e.g.
+    /// https://chat.example.com). A WebSocket request with an `Origin` header that is neither
+    /// listed nor the node's own (by its `Host` header) is refused (403 `origin_not_allowed`);
+    /// requests without one (apps, servers) are not browsers and are let through. Empty: only
+    /// the node's own origin, or every origin with --dev.
     #[arg(long, env = "IM_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
