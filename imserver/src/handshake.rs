@@ -288,26 +288,36 @@ async fn confirm(node: &Node, admitted: &Admitted) -> Result<(), Refused> {
         .exp
         .saturating_sub(unix_secs(std::time::SystemTime::now()))
         .max(1);
+    // The marker names this node run. An attempt whose reply never came (a timeout, a
+    // connection lost) may still have written it; the client then tries the same URL again,
+    // and finding this run's own mark (while the token is not in memory, where an attempt of
+    // this run that went through would have left it) means that attempt failed: admitted.
+    // NX with GET, one round trip (Redis 7).
     let mut set = redis::cmd("SET");
     set.arg(node.keys().used_token(&claims.jti))
-        .arg(1)
+        .arg(node.epoch())
         .arg("NX")
+        .arg("GET")
         .arg("EX")
         .arg(ttl);
     // A second try on a fresh connection when the shared one turns out broken: after a Redis
     // restart the first command finds the old connection dead, and the link replaces it.
     let mut retried = false;
-    let (first, mut conn) = loop {
+    let (marked_by, mut conn) = loop {
         let mut conn = node.link().get().await.map_err(|e| unavailable(&e))?;
         match set.query_async::<Option<String>>(&mut conn).await {
-            Ok(first) => break (first, conn),
-            Err(e) if !retried && (e.is_io_error() || e.is_connection_dropped()) => {
+            Ok(marked_by) => break (marked_by, conn),
+            Err(e)
+                if !retried
+                    && !e.is_timeout()
+                    && (e.is_io_error() || e.is_connection_dropped()) =>
+            {
                 retried = true;
             }
             Err(e) => return Err(unavailable(&e)),
         }
     };
-    if first.is_none() {
+    if marked_by.is_some_and(|run| run != node.epoch()) {
         return Err(token_refused(TokenError::Replayed));
     }
     if !admitted.home_elsewhere {

@@ -59,7 +59,8 @@ pub async fn run_with_api(
 ) -> Result<()> {
     let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
-    let store = Store::open(&config.redis_url).map_err(crate::error::Error::Store)?;
+    let store = Store::open_with(&config.redis_url, config.redis_timeouts())
+        .map_err(crate::error::Error::Store)?;
     let node = Node::new(&config, id, verifier, store.clone())?;
     let api = api
         .map(|api| crate::api::start(&config, node.id(), api, node.metrics().clone()))

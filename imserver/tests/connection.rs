@@ -979,3 +979,85 @@ async fn in_dev_mode_any_origin_may_connect() -> Result<()> {
     tokio_tungstenite::connect_async(with_origin(&url, "http://localhost:5000")?).await?;
     Ok(())
 }
+
+/// Redis stalls for a second (as on a loaded machine): within the default response timeout
+/// (2 s) a connect and a send made meanwhile wait it out and succeed.
+#[tokio::test]
+async fn a_redis_stall_within_the_response_timeout_delays_but_fails_nothing() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    // Both sides hold a connection before the stall: what is tested is a reply's wait.
+    c.connect("warm").await?;
+    c.im.send_message("backend", ["warm"], &"warm", false)
+        .await?;
+    let url = c.im.prev_connect_server("stalled", json!(null))?;
+    c.redis.pause();
+    let stalled = Instant::now();
+    let connect = tokio::spawn(async move { Ws::connect(&url).await.map(|_| ()) });
+    let im = c.im.clone();
+    let send = tokio::spawn(async move {
+        im.send_message("backend", ["someone"], &"during a stall", false)
+            .await
+            .map(|_| ())
+    });
+    // The stall itself, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.redis.resume();
+    connect.await??;
+    send.await??;
+    eprintln!(
+        "connect and send done {:?} after the stall began",
+        stalled.elapsed()
+    );
+    Ok(())
+}
+
+/// The Redis timeouts are settings: a node and an imclient told to wait 500 ms give up within
+/// a second's stall, the node answering its retryable 503.
+#[tokio::test]
+async fn the_redis_response_timeout_is_a_setting_of_nodes_and_imclient() -> Result<()> {
+    use imclient::store::RedisTimeouts;
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg("--redis-response-timeout-ms", 500),
+    )
+    .await?;
+    let impatient = imclient::ImClient::new(
+        imclient::ImClientOptions::new(c.redis.url(), [c.nodes[0].id.as_str()], SECRET)
+            .key_prefix(imtestkit::PREFIX)
+            .redis_timeouts(RedisTimeouts {
+                response: Duration::from_millis(500),
+                ..RedisTimeouts::default()
+            }),
+    )?;
+    c.connect("warm").await?;
+    impatient
+        .send_message("backend", ["warm"], &"warm", false)
+        .await?;
+    let url = impatient.prev_connect_server("stalled", json!(null))?;
+    c.redis.pause();
+    let send = impatient
+        .send_message("backend", ["someone"], &"during a stall", false)
+        .await;
+    let refused = Ws::refused(&url).await;
+    c.redis.resume();
+    assert!(send.is_err(), "a send outlived its 500 ms timeout");
+    let (status, body) = refused?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis_unavailable"), "{body}");
+    // The refused attempt's write went through once Redis woke up; the retry of the same URL,
+    // as the 503 asks, is not taken for a replay.
+    Ws::connect(&url).await?;
+    // The setting is checked: below 500 ms it cannot work with blocking reads.
+    let err = imclient::ImClient::new(
+        imclient::ImClientOptions::new(c.redis.url(), [c.nodes[0].id.as_str()], SECRET)
+            .redis_timeouts(RedisTimeouts {
+                response: Duration::from_millis(100),
+                ..RedisTimeouts::default()
+            }),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("at least 500 ms"), "{err}");
+    Ok(())
+}
