@@ -857,6 +857,28 @@ async fn a_used_token_is_refused_after_the_node_restarts_at_once() -> Result<()>
     Ok(())
 }
 
+/// Two processes serving one node address (a replacement started before the old one stops,
+/// behind the same proxy route) share what was used: a token used on one is refused by the
+/// other.
+#[tokio::test]
+async fn a_token_used_on_one_process_is_refused_by_another_serving_the_same_node() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let id = c.nodes[0].id.clone();
+    let replacement =
+        imtestkit::Node::start(&c.redis, NodeOpts::default().arg("--node", &id)).await?;
+    let url = c.im.prev_connect_server("blue-green", json!(null))?;
+    drop(Ws::connect(&url).await?);
+    // The same URL, sent to the replacement's port.
+    let elsewhere = url.replacen(
+        &c.nodes[0].addr.to_string(),
+        &replacement.addr.to_string(),
+        1,
+    );
+    assert_ne!(elsewhere, url);
+    assert_refused(&elsewhere, 401, "token_replayed").await?;
+    Ok(())
+}
+
 /// Without Redis a node cannot tell whether a token was used: it refuses with 503 and asks the
 /// client to try again, and the same token connects once Redis is back.
 #[tokio::test]
@@ -866,6 +888,18 @@ async fn with_redis_down_a_connect_is_refused_with_a_retryable_status() -> Resul
     c.redis.kill();
     let message = assert_refused(&url, 503, "redis_unavailable").await?;
     assert!(message.contains("try again"), "{message}");
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        other => panic!("connected without Redis: {:?}", other.map(|_| ())),
+    }
     c.redis.restart()?;
     wait_for("the token connects once Redis is back", WAIT, || async {
         Ws::connect(&url).await.ok().map(|_| ())
