@@ -48,18 +48,22 @@ export IM_TOKEN_SECRET="${IM_TOKEN_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr 
 p1=$(pick_port 6001)
 p2=$(pick_port 6002)
 [ "$p2" = "$p1" ] && p2=$(free_port)
+web=$(pick_port 5000)
+if [ "$web" = "$p1" ] || [ "$web" = "$p2" ]; then web=$(free_port); fi
+# The demo page comes from demo-web's port, another origin than the nodes': they admit it by
+# name (a node admits only its own origin unless told).
+export IM_ALLOWED_ORIGINS="http://127.0.0.1:$web,http://localhost:$web"
 # Nodes and demo-web read the same list: nodes follow the live set (a node that comes back
 # gets its clients back), demo-web sends each client to its live home node.
 export IM_NODES="ws://127.0.0.1:$p1,ws://127.0.0.1:$p2"
 nodes="$IM_NODES"
-printf 'export IM_REDIS_URL=%q IM_TOKEN_SECRET=%q IM_NODES=%q\n' \
-  "$IM_REDIS_URL" "$IM_TOKEN_SECRET" "$IM_NODES" >"$run/env"
+printf 'export IM_REDIS_URL=%q IM_TOKEN_SECRET=%q IM_NODES=%q IM_ALLOWED_ORIGINS=%q\n' \
+  "$IM_REDIS_URL" "$IM_TOKEN_SECRET" "$IM_NODES" "$IM_ALLOWED_ORIGINS" >"$run/env"
 for p in "$p1" "$p2"; do
   "$bin/imserver" --listen "127.0.0.1:$p" >"$run/imserver-$p.log" 2>&1 &
   pids+=($!)
   echo $! >"$run/imserver-$p.pid"
 done
-web=$(pick_port 5000)
 "$bin/demo-web" --listen "127.0.0.1:$web" >"$run/demo-web.log" 2>&1 &
 pids+=($!)
 for p in "$p1" "$p2" "$web"; do wait_http "$p"; done

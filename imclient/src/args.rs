@@ -4,6 +4,7 @@
 use crate::client::ImClient;
 use crate::error::Result;
 use crate::options::ImClientOptions;
+use crate::store::RedisTimeouts;
 use crate::token::{KeyAlgorithm, TokenError, TokenIssuer, resolve_secret};
 
 /// Flags to flatten into a backend's own clap config.
@@ -48,6 +49,15 @@ pub struct ImClientArgs {
     /// The key id put in tokens signed with --token-private-key, for rotation.
     #[arg(long, env = "IM_TOKEN_KEY_ID")]
     pub token_key_id: Option<String>,
+
+    /// Longest wait for a connection to Redis to open, in milliseconds (the nodes' setting of
+    /// the same name).
+    #[arg(long, env = "IM_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_connect_timeout_ms: u64,
+
+    /// Longest wait for each Redis reply, in milliseconds; at least 500.
+    #[arg(long, env = "IM_REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_response_timeout_ms: u64,
 }
 
 impl ImClientArgs {
@@ -72,7 +82,12 @@ impl ImClientArgs {
                 ImClientOptions::new(&self.redis_url, self.nodes.clone(), secret)
             }
         };
-        Ok(options.key_prefix(&self.key_prefix))
+        Ok(options
+            .key_prefix(&self.key_prefix)
+            .redis_timeouts(RedisTimeouts {
+                connect: std::time::Duration::from_millis(self.redis_connect_timeout_ms),
+                response: std::time::Duration::from_millis(self.redis_response_timeout_ms),
+            }))
     }
 
     /// Builds the client.

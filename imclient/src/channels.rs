@@ -177,7 +177,7 @@ impl ImClient {
                 break;
             }
             // Short waits: a blocking command must answer within the connection's response
-            // timeout (half a second by default in redis-rs).
+            // timeout (half a second at the least, see `store::MIN_REDIS_RESPONSE_TIMEOUT`).
             let wait = left.min(ACK_POLL).as_secs_f64().max(0.001);
             let popped: Option<(String, String)> = conn.blpop(&key, wait).await?;
             if popped.is_none() {

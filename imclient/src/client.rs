@@ -77,7 +77,7 @@ impl ImClient {
         let store = match options.redis {
             RedisSource::Pool(pool) => Store::from_pool(pool),
             RedisSource::ClusterPool(pool) => Store::from_cluster_pool(pool),
-            RedisSource::Url(url) => Store::open(&url)?,
+            RedisSource::Url(url) => Store::open_with(&url, options.redis_timeouts)?,
         };
         let im = Self {
             inner: Arc::new(Inner {

@@ -101,9 +101,11 @@ pub enum TokenError {
     /// Not a JWT, or its claims are not ours.
     #[error("malformed token: {0}; fetch a fresh connect URL")]
     Malformed(String),
-    /// The signature does not match the node's secret.
-    #[error("token signature is invalid: the backend and the node must share IM_TOKEN_SECRET")]
-    BadSignature,
+    /// The signature does not match any key the node holds for the token's algorithm. Which
+    /// setting must agree follows from the algorithm: the shared secret for HS256, the
+    /// public keys for EdDSA and RS256.
+    #[error("token signature is invalid: {}", .0.advice())]
+    BadSignature(KeyKind),
     /// The token's expiry has passed.
     #[error("token expired: fetch a fresh connect URL just before connecting")]
     Expired,
@@ -113,12 +115,9 @@ pub enum TokenError {
         /// The node the token was issued for.
         expected: String,
     },
-    /// The token was already used once on this node.
+    /// The token was already used once.
     #[error("token already used: tokens are single use, fetch a fresh connect URL")]
     Replayed,
-    /// The token was issued before this node started, so the node cannot tell whether it was used.
-    #[error("token predates this node's start: fetch a fresh connect URL")]
-    Stale,
     /// The secret is too short to sign with.
     #[error("token secret is shorter than 16 bytes: use a long random secret")]
     WeakSecret,
@@ -144,17 +143,48 @@ pub enum TokenError {
     BadKey(String),
 }
 
+/// The kind of key a token's signature is checked with, named in a refusal so that the
+/// operator knows which setting the backend and the node disagree on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A secret shared by backends and nodes (HS256).
+    Secret,
+    /// A key pair: backends sign with the private half, nodes hold the public one (EdDSA, RS256).
+    PublicKey,
+}
+
+impl KeyKind {
+    /// What must agree for a signature of this kind to verify.
+    ///
+    /// ```
+    /// use imclient::token::KeyKind;
+    /// assert!(KeyKind::Secret.advice().contains("IM_TOKEN_SECRET"));
+    /// assert!(KeyKind::PublicKey.advice().contains("IM_TOKEN_KEYS"));
+    /// ```
+    pub fn advice(self) -> &'static str {
+        match self {
+            KeyKind::Secret => {
+                "the backend and the node must share IM_TOKEN_SECRET (the node also accepts \
+                 IM_TOKEN_SECRET_PREVIOUS during a rotation)"
+            }
+            KeyKind::PublicKey => {
+                "the backend must sign with the private half of a public key the node holds in \
+                 IM_TOKEN_KEYS (--token-key), under the same key id"
+            }
+        }
+    }
+}
+
 impl TokenError {
     /// Short machine-readable code, used in HTTP refusals and metrics labels.
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Missing => "token_missing",
             TokenError::Malformed(_) => "token_malformed",
-            TokenError::BadSignature => "token_bad_signature",
+            TokenError::BadSignature(_) => "token_bad_signature",
             TokenError::Expired => "token_expired",
             TokenError::WrongNode { .. } => "token_wrong_node",
             TokenError::Replayed => "token_replayed",
-            TokenError::Stale => "token_stale",
             TokenError::WeakSecret => "token_weak_secret",
             TokenError::NoSecret => "token_no_secret",
             TokenError::DevSecret => "token_dev_secret",

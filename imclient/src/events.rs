@@ -21,8 +21,9 @@ use crate::ids::{ClientId, NodeId};
 /// The stream entry field that holds the event JSON.
 pub const EVENT_FIELD: &str = "event";
 
-/// How long one blocking read waits, in milliseconds. Kept below redis-rs's default 500 ms
-/// response timeout so a pooled connection can block without tripping it.
+/// How long one blocking read waits, in milliseconds. Kept below the shortest response timeout
+/// allowed ([`crate::store::MIN_REDIS_RESPONSE_TIMEOUT`]) so a pooled connection can block
+/// without tripping it.
 const BLOCK_MS: usize = 250;
 /// Entries fetched per read.
 const BATCH: usize = 128;

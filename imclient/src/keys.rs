@@ -2,7 +2,9 @@
 //! the workspace spells a Redis name; grep this file to find them all.
 //!
 //! Keys carry the prefix as a hash tag (`{prefix}:…`), so that on a Redis Cluster every key of
-//! an app lives in one slot and any script or pipeline may use any of them together. Topics do
+//! an app lives in one slot and any script or pipeline may use any of them together. The one
+//! exception is the used-token marker, only ever written alone and once per connect: it
+//! spreads over the shards. Topics do
 //! not: each topic hashes to a slot of its own, so that on a cluster the message traffic, which
 //! is what needs spreading, spreads over the shards (sharded pub/sub).
 //!
@@ -18,6 +20,7 @@
 //! | `{P}:webhook-dead` | stream | webhook batches given up on after the last attempt |
 //! | `P:chan:{chan}` | pub/sub topic | channel messages and deletion, for nodes with members |
 //! | `P:broadcast` | pub/sub topic | messages for every online client, all nodes subscribe |
+//! | `P:token:{jti}` | string with TTL | a connect token that was used, until it expires; no hash tag, so that these spread over a cluster's shards |
 //! | `{P}:members:{chan}` | set | the channel's member client ids (durable) |
 //! | `{P}:client-chans:{client}` | set | the client's channels (durable) |
 //! | `{P}:chans` | set | channels with at least one member |
@@ -186,6 +189,17 @@ impl Keys {
     /// takes when the client arrives: a move is not reported as offline and online.
     pub fn moving(&self, client: &ClientId) -> String {
         format!("{{{}}}:moving:{}", self.prefix, client)
+    }
+
+    /// The marker of a used connect token (by its `jti`), kept until the token expires: a node
+    /// sets it once, so a token is used once across restarts and nodes.
+    ///
+    /// ```
+    /// use imclient::keys::Keys;
+    /// assert_eq!(Keys::new("chat").used_token("abc"), "chat:token:abc");
+    /// ```
+    pub fn used_token(&self, jti: &str) -> String {
+        format!("{}:token:{}", self.prefix, jti)
     }
 
     /// The stream of online/offline events.

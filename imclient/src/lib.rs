@@ -49,7 +49,7 @@ mod error;
 mod events;
 mod ids;
 pub mod keys;
-mod link;
+pub mod link;
 pub mod node;
 mod nodeset;
 mod options;

@@ -1,8 +1,9 @@
-//! The shared Redis connection of an `ImClient`: one multiplexed connection taken out of the
-//! pool and used by every non-blocking call, so concurrent calls are pipelined on it and no
-//! call pays the pool's per-checkout health check (an UNWATCH and a PING round trip). When a
-//! command fails in a way that may have broken the connection, it is dropped and the next call
-//! takes a fresh one from the pool. Blocking reads (events) take their own pooled connection.
+//! The shared Redis connection of an `ImClient` (and of a node's handshakes): one multiplexed
+//! connection taken out of the pool and used by every non-blocking call, so concurrent calls
+//! are pipelined on it and no call pays the pool's per-checkout health check (an UNWATCH and a
+//! PING round trip). When a command fails in a way that may have broken the connection, it is
+//! dropped and the next call takes a fresh one from the pool. Blocking reads (events) take
+//! their own pooled connection.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -13,14 +14,24 @@ use crate::error::Result;
 use crate::store::{SharedConn, Store};
 
 /// The shared connection and the pool it is replaced from.
-pub(crate) struct Link {
+///
+/// ```no_run
+/// # async fn demo() -> imclient::Result<()> {
+/// use imclient::{link::Link, store::Store};
+/// let link = Link::new(Store::open("redis://127.0.0.1:6379")?);
+/// let mut conn = link.get().await?;
+/// let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut conn).await?;
+/// # Ok(()) }
+/// ```
+pub struct Link {
     store: Store,
     /// The connection in use; `None` until first use and after a failure.
     current: Mutex<Option<SharedConn>>,
 }
 
 impl Link {
-    pub(crate) fn new(store: Store) -> Self {
+    /// A link over `store`'s pool; connects at first use.
+    pub fn new(store: Store) -> Self {
         Self {
             store,
             current: Mutex::new(None),
@@ -32,7 +43,7 @@ impl Link {
     }
 
     /// A handle on the shared connection, connecting first if needed.
-    pub(crate) async fn get(&self) -> Result<LinkConn<'_>> {
+    pub async fn get(&self) -> Result<LinkConn<'_>> {
         if let Some(conn) = self.slot().clone() {
             return Ok(LinkConn { conn, link: self });
         }
@@ -52,8 +63,18 @@ impl Link {
     }
 }
 
-/// A handle on the shared connection that reports failures back to its [`Link`].
-pub(crate) struct LinkConn<'a> {
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("connected", &self.slot().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle on the shared connection that reports failures back to its [`Link`]; see
+/// [`Link::get`].
+#[derive(Debug)]
+pub struct LinkConn<'a> {
     conn: SharedConn,
     link: &'a Link,
 }

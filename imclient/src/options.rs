@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use deadpool_redis::Pool;
 
+use crate::store::RedisTimeouts;
 use crate::token::TokenIssuer;
 
 /// Default lifetime of a connect token: long enough to open a socket, short enough that a
@@ -72,6 +73,9 @@ pub struct ImClientOptions {
     /// Signs tokens instead of the shared secret, e.g. with a private key whose public half
     /// the nodes hold. Default: HS256 with `token_secret`.
     pub signing_key: Option<TokenIssuer>,
+    /// How long to wait for a Redis connection to open and for each reply, when imclient
+    /// builds the pool from a URL. Default [`RedisTimeouts::default`] (2 s and 2 s).
+    pub redis_timeouts: RedisTimeouts,
 }
 
 impl std::fmt::Debug for ImClientOptions {
@@ -83,6 +87,7 @@ impl std::fmt::Debug for ImClientOptions {
             .field("key_prefix", &self.key_prefix)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("join_ack_timeout", &self.join_ack_timeout)
+            .field("redis_timeouts", &self.redis_timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -103,7 +108,23 @@ impl ImClientOptions {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             join_ack_timeout: DEFAULT_JOIN_ACK_TIMEOUT,
             signing_key: None,
+            redis_timeouts: RedisTimeouts::default(),
         }
+    }
+
+    /// Sets how long to wait for a Redis connection to open and for each reply (when the pool
+    /// is built from a URL). The reply timeout must be at least 500 ms.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use imclient::{ImClientOptions, store::RedisTimeouts};
+    /// let opts = ImClientOptions::new("redis://127.0.0.1", ["ws://a:1"], "a-long-random-secret-of-32-bytes")
+    ///     .redis_timeouts(RedisTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(5) });
+    /// assert!(imclient::ImClient::new(opts).is_ok());
+    /// ```
+    pub fn redis_timeouts(mut self, timeouts: RedisTimeouts) -> Self {
+        self.redis_timeouts = timeouts;
+        self
     }
 
     /// Signs connect tokens with `issuer` (e.g. an EdDSA private key, named by a key id for

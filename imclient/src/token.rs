@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-pub use crate::error::TokenError;
+pub use crate::error::{KeyKind, TokenError};
 use crate::ids::{ClientId, NodeId};
 
 /// Shortest secret accepted for signing, in bytes.
@@ -111,6 +111,14 @@ pub enum KeyAlgorithm {
 }
 
 impl KeyAlgorithm {
+    /// The kind of key a token of algorithm `alg` is checked with.
+    fn kind_of(alg: Algorithm) -> KeyKind {
+        match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => KeyKind::Secret,
+            _ => KeyKind::PublicKey,
+        }
+    }
+
     fn jwt(self) -> Algorithm {
         match self {
             KeyAlgorithm::Hs256 => Algorithm::HS256,
@@ -303,13 +311,14 @@ impl TokenVerifier {
             .filter(|k| k.validation.algorithms.contains(&header.alg))
             .filter(|k| header.kid.is_none() || k.kid == header.kid)
             .collect();
+        let bad_signature = TokenError::BadSignature(KeyAlgorithm::kind_of(header.alg));
         if candidates.is_empty() {
             return Err(match header.kid {
                 Some(kid) => TokenError::UnknownKey(kid),
-                None => TokenError::BadSignature,
+                None => bad_signature,
             });
         }
-        let mut error = TokenError::BadSignature;
+        let mut error = bad_signature.clone();
         for key in candidates {
             match jsonwebtoken::decode::<ConnectClaims>(token, &key.key, &key.validation) {
                 Ok(data) => {
@@ -324,7 +333,7 @@ impl TokenVerifier {
                 Err(e) => {
                     error = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(TokenError::Expired),
-                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        ErrorKind::InvalidSignature => bad_signature.clone(),
                         _ => TokenError::Malformed(e.to_string()),
                     };
                 }
@@ -377,12 +386,12 @@ mod tests {
         let forged = TokenIssuer::from_pem(KeyAlgorithm::EdDsa, ED2).expect("ed key");
         assert_eq!(
             v.verify(&token(&forged), &node()).err(),
-            Some(TokenError::BadSignature)
+            Some(TokenError::BadSignature(KeyKind::PublicKey))
         );
         let hs = TokenIssuer::new(b"a-long-random-secret-of-32-bytes").expect("secret");
         assert_eq!(
             v.verify(&token(&hs), &node()).err(),
-            Some(TokenError::BadSignature)
+            Some(TokenError::BadSignature(KeyKind::Secret))
         );
     }
 
@@ -414,7 +423,7 @@ mod tests {
             .with_key_id("k2");
         assert_eq!(
             after.verify(&token(&impostor), &node()).err(),
-            Some(TokenError::BadSignature)
+            Some(TokenError::BadSignature(KeyKind::PublicKey))
         );
         // Two HS256 secrets without key ids: both accepted during the overlap.
         let (s1, s2) = (b"first-secret-0123456789", b"second-secret-0123456789");

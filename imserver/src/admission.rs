@@ -1,11 +1,11 @@
-//! Who may open a socket: token checks and single use. The token names this node, so only this
-//! node could accept it; remembering accepted token ids in memory until they expire is enough
-//! to refuse a replay, with no Redis round trip on the connect path. Across a restart the
-//! memory is gone, so tokens issued before this node started are refused as stale.
+//! Who may open a socket: token checks and the in-memory half of single use. Accepted token ids
+//! are remembered here until they expire, so a replay to the same node run is refused with no
+//! Redis round trip. The other half, which outlives a restart and holds across nodes, is the
+//! used-token marker in Redis that the handshake sets once per connect (see `handshake`).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher as _, RandomState};
-use std::sync::Mutex;
+use std::hash::{BuildHasher as _, Hash, RandomState};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use imclient::NodeId;
@@ -18,7 +18,6 @@ const SHARDS: usize = 16;
 pub struct Admission {
     verifier: TokenVerifier,
     node: NodeId,
-    started_secs: u64,
     /// Accepted token ids and their expiry (seconds). Sharded so concurrent handshakes on
     /// different workers rarely contend; std Mutex, never held across an await.
     used: Vec<Mutex<UsedTokens>>,
@@ -32,7 +31,6 @@ impl Admission {
         Ok(Self {
             verifier,
             node,
-            started_secs: unix_secs(SystemTime::now()),
             used: (0..SHARDS)
                 .map(|_| Mutex::new(UsedTokens::default()))
                 .collect(),
@@ -40,19 +38,12 @@ impl Admission {
         })
     }
 
-    /// Checks `token` and marks it used.
+    /// Checks `token` and marks it used in memory. Its use is recorded in Redis next (the
+    /// handshake does it); when that cannot be done, [`Admission::forget`] it.
     pub fn admit(&self, token: &str) -> Result<ConnectClaims, TokenError> {
         let claims = self.verifier.verify(token, &self.node)?;
-        // JWT times are whole seconds, so a token from the node's starting second may be
-        // older than the node: let that second through.
-        if claims.iat < self.started_secs.saturating_sub(1) {
-            return Err(TokenError::Stale);
-        }
         let now = unix_secs(SystemTime::now());
-        let id = self.hasher.hash_one(&claims.jti);
-        let mut used = self.used[(id % SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let (id, mut used) = self.shard_of(&claims.jti);
         // Forget expired ids at most once a second: an expired token is refused anyway.
         if now > used.pruned_at {
             used.prune(now);
@@ -61,6 +52,22 @@ impl Admission {
             return Err(TokenError::Replayed);
         }
         Ok(claims)
+    }
+
+    /// Forgets that the token of `claims` was used: its use could not be recorded in Redis, so
+    /// the connect was refused and the client may try the same token again.
+    pub fn forget(&self, claims: &ConnectClaims) {
+        let (id, mut used) = self.shard_of(&claims.jti);
+        used.ids.remove(&id);
+    }
+
+    /// The keyed hash of `jti` and its locked shard.
+    fn shard_of(&self, jti: &impl Hash) -> (u64, MutexGuard<'_, UsedTokens>) {
+        let id = self.hasher.hash_one(jti);
+        let shard = self.used[(id % SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (id, shard)
     }
 
     /// Forgets the ids of expired tokens (also when no token arrives to trigger it).

@@ -4,15 +4,20 @@
 //! JSON body with a stable code on every refusal, so the connection's byte stream is wrapped
 //! while it speaks HTTP and those answers are swapped for documented ones on the way out. An
 //! upgraded connection leaves the wrapper behind (see `handshake`), so sessions never pay for it.
+//! Each answer swapped is counted (`im_http_bad_requests_total`): actix-http's own log line for
+//! it is silenced, and the count is what the log says instead (`tasks::bad_requests`).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll, ready};
 
 use actix_tls::accept::rustls_0_23::TlsStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::metrics::Metrics;
 use crate::wire::Wire;
 
 /// A connection in its HTTP phase, whose dispatcher-made error answers get JSON bodies.
@@ -21,12 +26,19 @@ pub struct Answering<T> {
     io: T,
     /// The replacement answer still to be written, from `pending.1` on.
     pending: Option<(Vec<u8>, usize)>,
+    /// Where the answers swapped are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl<T> Answering<T> {
-    /// Wraps a connection that has not sent anything yet.
-    pub fn new(io: T) -> Self {
-        Self { io, pending: None }
+    /// Wraps a connection that has not sent anything yet, counting its bad requests in
+    /// `metrics`.
+    pub fn new(io: T, metrics: Arc<Metrics>) -> Self {
+        Self {
+            io,
+            pending: None,
+            metrics,
+        }
     }
 
     /// The connection itself. Only called at an upgrade, before any answer was written.
@@ -121,6 +133,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Answering<T> {
         if let Some(answer) = replacement(buf) {
             // The dispatcher's answer counts as written; ours goes out in its place.
             this.pending = Some((answer, 0));
+            this.metrics.bad_requests.fetch_add(1, Relaxed);
             let _ = this.poll_pending(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }

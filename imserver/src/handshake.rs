@@ -2,6 +2,14 @@
 //! together with the socket itself, so an admitted connection leaves the HTTP dispatcher (and
 //! its two 8 KiB buffers) behind and its session owns the TCP stream. Refusals are answered
 //! here with the same JSON bodies as any other refusal, then the socket is closed.
+//!
+//! A token is admitted in two steps: the checks this node can make alone (signature, expiry,
+//! a replay to this run, all in memory), then one Redis round trip that records its use
+//! (`SET NX` on its used-token marker, for its remaining lifetime), so that it is used once
+//! across restarts and nodes. When this node's view of the live set says the client's home is
+//! elsewhere, that round trip also reads the set, and Redis has the last word: a backend may
+//! have seen a lapsed lease before this node did. Without Redis the connect is refused with
+//! 503 `redis_unavailable` and `Retry-After`, the token left unused.
 
 use std::net::IpAddr;
 
@@ -9,7 +17,8 @@ use actix_codec::Framed;
 use actix_http::{HttpMessage as _, Request, h1, ws};
 use bytes::BytesMut;
 use imclient::contract::{ResumeFrom, SystemEvent, system_frame};
-use imclient::token::ConnectClaims;
+use imclient::node::{home_node, read_live};
+use imclient::token::{ConnectClaims, TokenError, unix_secs};
 use tokio::net::TcpStream;
 
 use crate::hub::{Refusal, WelcomeInfo};
@@ -85,9 +94,12 @@ async fn serve<T: Into<Wire>>(
     drop(parts.write_buf);
     let peer = io.tcp().peer_addr().map(|a| a.ip()).ok();
     let admitted = match admit(&node, &req, peer) {
-        Ok((accept, claims, since, ip_slot)) => register(&node, &claims, since.as_deref())
-            .await
-            .map(|reg| (accept, claims.sub, reg, ip_slot)),
+        Ok(admitted) => match confirm(&node, &admitted).await {
+            Ok(()) => register(&node, &admitted.claims, admitted.since.as_deref())
+                .await
+                .map(|reg| (admitted.accept, admitted.claims.sub, reg, admitted.ip_slot)),
+            Err(refused) => Err(refused),
+        },
         Err(refused) => Err(refused),
     };
     match admitted {
@@ -194,11 +206,16 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
         .headers()
         .get(actix_http::header::ORIGIN)
         .and_then(|o| o.to_str().ok());
-    if !node.origin_allowed(origin) {
+    let host = req
+        .headers()
+        .get(actix_http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !node.origin_allowed(origin, host) {
         return Err(Refused::new(
             403,
             "origin_not_allowed",
-            "this page's origin may not connect; add it to the node's --allowed-origins",
+            "a page of another origin may not connect; add its origin to the node's \
+             --allowed-origins (IM_ALLOWED_ORIGINS)",
         ));
     }
     let accept = req
@@ -224,19 +241,107 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
     let claims = node
         .admission()
         .admit(&query.token)
-        .map_err(|e| Refused::new(e.http_status(), e.code(), e.to_string()))?;
-    if !node.nodes().owns(node.id(), &claims.sub) {
-        // The backend that issued the token may have seen a change this node has not yet
-        // (a peer that died, whose lease just ran out): read the set again now, so that the
-        // client's next attempt finds it current.
-        node.work().nodeset.notify_one();
-        return Err(Refused::new(
-            421,
-            "client_moved",
-            "this client's home is now another node; fetch a fresh connect URL",
-        ));
+        .map_err(token_refused)?;
+    let home_elsewhere = !node.nodes().owns(node.id(), &claims.sub);
+    Ok(Admitted {
+        accept,
+        claims,
+        since: query.since,
+        ip_slot,
+        home_elsewhere,
+    })
+}
+
+fn token_refused(e: TokenError) -> Refused {
+    Refused::new(e.http_status(), e.code(), e.to_string())
+}
+
+fn client_moved() -> Refused {
+    Refused::new(
+        421,
+        "client_moved",
+        "this client's home is now another node; fetch a fresh connect URL",
+    )
+}
+
+/// The second step of admission, against Redis: records the token's use (refusing a token used
+/// before, by any node or an earlier run of this one) and, when this node's view says the
+/// client's home is elsewhere, reads the live set to decide. One round trip, two when in doubt.
+async fn confirm(node: &Node, admitted: &Admitted) -> Result<(), Refused> {
+    let claims = &admitted.claims;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        // Not used after all: the client may try the same URL again.
+        node.admission().forget(claims);
+        tracing::debug!(node = %node.id(), error = %e, "cannot record a token's use in Redis");
+        Refused {
+            header: Some(("retry-after", "1")),
+            ..Refused::new(
+                503,
+                "redis_unavailable",
+                "the node cannot reach Redis to check that this token was not used before; \
+                 try again in a moment with the same URL",
+            )
+        }
+    };
+    // Kept as long as the token could be presented, and not a second more.
+    let ttl = claims
+        .exp
+        .saturating_sub(unix_secs(std::time::SystemTime::now()))
+        .max(1);
+    // The marker names this node run. An attempt whose reply never came (a timeout, a
+    // connection lost) may still have written it; the client then tries the same URL again,
+    // and finding this run's own mark (while the token is not in memory, where an attempt of
+    // this run that went through would have left it) means that attempt failed: admitted.
+    // NX with GET, one round trip (Redis 7).
+    let mut set = redis::cmd("SET");
+    set.arg(node.keys().used_token(&claims.jti))
+        .arg(node.epoch())
+        .arg("NX")
+        .arg("GET")
+        .arg("EX")
+        .arg(ttl);
+    // A second try on a fresh connection when the shared one turns out broken: after a Redis
+    // restart the first command finds the old connection dead, and the link replaces it.
+    let mut retried = false;
+    let (marked_by, mut conn) = loop {
+        let mut conn = node.link().get().await.map_err(|e| unavailable(&e))?;
+        match set.query_async::<Option<String>>(&mut conn).await {
+            Ok(marked_by) => break (marked_by, conn),
+            Err(e)
+                if !retried
+                    && !e.is_timeout()
+                    && (e.is_io_error() || e.is_connection_dropped()) =>
+            {
+                retried = true;
+            }
+            Err(e) => return Err(unavailable(&e)),
+        }
+    };
+    if marked_by.is_some_and(|run| run != node.epoch()) {
+        return Err(token_refused(TokenError::Replayed));
     }
-    Ok((accept, claims, query.since, ip_slot))
+    if !admitted.home_elsewhere {
+        return Ok(());
+    }
+    // This node's view is behind or the backend's is: the lease keys decide, this node live
+    // among them as it is running. Either way the follower reads the set again now.
+    node.work().nodeset.notify_one();
+    let configured = node.nodes().configured();
+    let live: Vec<_> = read_live(&mut conn, node.keys(), configured)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let live: Vec<_> = configured
+        .iter()
+        .filter(|n| live.contains(n) || *n == node.id())
+        .cloned()
+        .collect();
+    match home_node(&live, claims.sub.as_str()) {
+        Some(home) if home == node.id() => {
+            tracing::debug!(node = %node.id(), client = %claims.sub, "admitted a client this node's view had elsewhere");
+            Ok(())
+        }
+        _ => Err(client_moved()),
+    }
 }
 
 /// How long a connection that resumes a stream of another node waits for that node's
@@ -289,9 +394,18 @@ async fn register(
         })
 }
 
-/// An admitted connection: the `Sec-WebSocket-Accept` value, the token's claims, where it
-/// asks to resume from and the slot it holds of its address's limit.
-type Admitted = (String, ConnectClaims, Option<String>, Option<IpSlot>);
+/// A connection that passed the checks this node makes alone.
+struct Admitted {
+    /// The `Sec-WebSocket-Accept` value.
+    accept: String,
+    claims: ConnectClaims,
+    /// Where it asks to resume from.
+    since: Option<String>,
+    /// The slot it holds of its address's limit.
+    ip_slot: Option<IpSlot>,
+    /// This node's view of the live set has the client's home elsewhere.
+    home_elsewhere: bool,
+}
 
 /// The connect URL's query: the token, and where the client asks to resume from.
 #[derive(Debug, Default, serde::Deserialize)]

@@ -14,10 +14,13 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// The log filter when RUST_LOG is not set. actix-http's dispatcher logs every malformed
-/// request at ERROR: anyone could fill the log with one line per request, so it is off; a
-/// malformed request is the client's problem, answered with 400.
-const DEFAULT_LOG: &str = "info,actix_http::h1::dispatcher=off";
+/// The log filter when RUST_LOG is not set.
+const DEFAULT_LOG: &str = "info";
+/// Added to every filter, RUST_LOG's too unless it names actix_http itself. actix-http's
+/// dispatcher logs every malformed request at ERROR: anyone could fill the log with one line
+/// per request. A malformed request is the client's problem, answered with 400; the node
+/// counts them and logs the count once per interval (`tasks::bad_requests`).
+const QUIET_DISPATCHER: &str = "actix_http::h1::dispatcher=off";
 
 /// The subcommand that posts the dead-lettered webhook batches again.
 const WEBHOOK_REPLAY: &str = "webhook-replay";
@@ -50,7 +53,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -128,6 +131,22 @@ fn webhook_replay(config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The log filter for RUST_LOG's value (the default when unset or invalid), with actix-http's
+/// per-request errors off unless it asks for them by name.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let spec = rust_log.filter(|s| !s.trim().is_empty());
+    let filter = spec
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG));
+    if spec.is_some_and(|s| s.contains("actix_http")) {
+        return filter;
+    }
+    match QUIET_DISPATCHER.parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

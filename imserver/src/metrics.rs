@@ -55,6 +55,9 @@ pub struct Metrics {
     closes: [AtomicU64; 8],
     /// Connections refused at the handshake (bad token, limits).
     pub refused: AtomicU64,
+    /// Requests actix-http answered itself (400, 408, 431), before any handler: malformed,
+    /// too slow or too large. Counted here and summarised in the log, never one line each.
+    pub bad_requests: AtomicU64,
     /// Times the Redis subscriber connection was re-established.
     pub redis_reconnects: AtomicU64,
     /// Presence writes that failed and were retried.
@@ -210,6 +213,12 @@ impl Metrics {
             "counter",
             "Connections refused at the handshake.",
             self.refused.load(Relaxed),
+        );
+        metric(
+            "im_http_bad_requests_total",
+            "counter",
+            "Requests answered 400, 408 or 431 before any handler (malformed, too slow, too large).",
+            self.bad_requests.load(Relaxed),
         );
         metric(
             "im_redis_reconnects_total",

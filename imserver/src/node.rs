@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use imclient::NodeId;
 use imclient::keys::Keys;
+use imclient::link::Link;
+use imclient::store::Store;
 use imclient::token::TokenVerifier;
 
 use crate::admission::Admission;
@@ -36,6 +38,9 @@ struct Shared {
     /// Unique per process run; tells clients and peers that the node restarted.
     epoch: String,
     keys: Keys,
+    /// The Redis connection handshakes share (the used-token marker, the live set when this
+    /// node's view is in doubt).
+    link: Link,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
     metrics: Arc<Metrics>,
@@ -43,8 +48,12 @@ struct Shared {
     limits: SessionLimits,
     lease: Duration,
     events_maxlen: u64,
-    /// Origins allowed to connect; empty allows all.
+    /// Origins allowed to connect besides the node's own; empty: the node's own only, unless
+    /// `any_origin`.
     allowed_origins: Vec<String>,
+    /// Dev mode with no list: every origin may connect (a local demo serves its page from
+    /// another port).
+    any_origin: bool,
     /// The configured nodes and which are live.
     nodes: Arc<NodeSet>,
     /// Per source address limits.
@@ -62,8 +71,13 @@ pub struct Node(Arc<Shared>);
 
 impl Node {
     /// Builds the node for `config`, known to the cluster as `id`, checking tokens with
-    /// `verifier`.
-    pub fn new(config: &Config, id: NodeId, verifier: TokenVerifier) -> crate::error::Result<Self> {
+    /// `verifier`, its handshakes reaching Redis through `store`.
+    pub fn new(
+        config: &Config,
+        id: NodeId,
+        verifier: TokenVerifier,
+        store: Store,
+    ) -> crate::error::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let work = Arc::new(HubWork::default());
         let sharded = imclient::store::cluster_seeds(&config.redis_url).is_some();
@@ -101,6 +115,7 @@ impl Node {
             id,
             epoch,
             keys: Keys::new(config.key_prefix.clone()).sharded(sharded),
+            link: Link::new(store),
             hub,
             metrics,
             work,
@@ -118,6 +133,7 @@ impl Node {
                 .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            any_origin: config.dev && config.allowed_origins.iter().all(|o| o.trim().is_empty()),
             nodes: Arc::new(NodeSet::new(configured)),
             ip_limits: Arc::new(IpLimits::new(
                 config.max_connections_per_ip,
@@ -140,6 +156,11 @@ impl Node {
     /// Redis names.
     pub fn keys(&self) -> &Keys {
         &self.0.keys
+    }
+
+    /// The Redis connection handshakes share.
+    pub fn link(&self) -> &Link {
+        &self.0.link
     }
 
     /// The runtime `ws://` sessions run on, if not the accepting HTTP worker's.
@@ -197,17 +218,17 @@ impl Node {
         &self.0.nodes
     }
 
-    /// Whether a WebSocket request with this `Origin` header may connect.
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        let allowed = &self.0.allowed_origins;
-        match origin {
-            _ if allowed.is_empty() => true,
-            None => true,
-            Some(origin) => {
-                let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-                allowed.contains(&origin)
-            }
-        }
+    /// Whether a WebSocket request with this `Origin` header, sent to this `Host`, may
+    /// connect: one without an Origin (not a browser), a page of the node's own origin, a page
+    /// of a listed origin, or any page in dev mode without a list.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.0.any_origin
+            || self.0.allowed_origins.contains(&origin)
+            || host.is_some_and(|host| same_origin(&origin, host))
     }
 
     /// Whether the Redis subscriber is up.
@@ -226,6 +247,33 @@ impl Node {
     }
 }
 
+/// Whether the page origin `origin` (lowercase `scheme://host[:port]`) is the origin of a
+/// request sent with the `Host` header `host`. A port left out is the scheme's default, on
+/// both sides: a proxy that passes `Host` without its port (nginx's `$host`) is in front of
+/// the default port, or must pass the port (`$http_host`).
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme {
+        "http" | "ws" => "80",
+        "https" | "wss" => "443",
+        _ => return false,
+    };
+    let split = |authority: &str| -> (String, String) {
+        let authority = authority.to_ascii_lowercase();
+        // An IPv6 literal is bracketed: its colons are not the port's.
+        let port_at = authority
+            .rfind(':')
+            .filter(|&i| !authority[i..].contains(']'));
+        match port_at {
+            Some(i) => (authority[..i].to_owned(), authority[i + 1..].to_owned()),
+            None => (authority, default_port.to_owned()),
+        }
+    };
+    split(authority) == split(host.trim())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -233,12 +281,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn same_origin_compares_host_and_port_with_the_scheme_default() {
+        assert!(same_origin("http://127.0.0.1:6001", "127.0.0.1:6001"));
+        assert!(same_origin("https://chat.example.com", "Chat.Example.com"));
+        assert!(same_origin(
+            "https://chat.example.com",
+            "chat.example.com:443"
+        ));
+        assert!(same_origin("http://[::1]:8080", "[::1]:8080"));
+        assert!(!same_origin("http://127.0.0.1:5000", "127.0.0.1:6001"));
+        assert!(!same_origin("http://127.0.0.1:8080", "127.0.0.1"));
+        assert!(!same_origin("https://evil.example.net", "chat.example.com"));
+        assert!(!same_origin("null", "chat.example.com"));
+    }
+
+    #[test]
     fn a_node_list_without_this_node_is_refused() {
         let config = Config::try_parse_from(["imserver", "--dev", "--nodes", "ws://a:1,ws://b:2"])
             .expect("parses");
         let verifier = config.validate().expect("valid");
         let id = NodeId::new("ws://c:3").expect("id");
-        let err = Node::new(&config, id, verifier)
+        let store = Store::open("redis://127.0.0.1:1").expect("a URL");
+        let err = Node::new(&config, id, verifier, store)
             .expect_err("c is not in the list")
             .to_string();
         assert!(err.contains("does not list this node (ws://c:3)"), "{err}");

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::early_answer::Answering;
 use crate::error::Result;
 use crate::node::Node;
-use crate::tasks::{broker, follower, membership, presence, sweeper, webhook};
+use crate::tasks::{bad_requests, broker, follower, membership, presence, sweeper, webhook};
 use crate::{handshake, route, tls};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use tokio::net::TcpStream;
@@ -59,12 +59,13 @@ pub async fn run_with_api(
 ) -> Result<()> {
     let verifier = config.validate()?;
     let id = node_id(&config, &listener)?;
-    let node = Node::new(&config, id, verifier)?;
+    let store = Store::open_with(&config.redis_url, config.redis_timeouts())
+        .map_err(crate::error::Error::Store)?;
+    let node = Node::new(&config, id, verifier, store.clone())?;
     let api = api
-        .map(|api| crate::api::start(&config, node.id(), api))
+        .map(|api| crate::api::start(&config, node.id(), api, node.metrics().clone()))
         .transpose()?;
     let api_metrics = api.as_ref().map(crate::api::ApiServer::metrics);
-    let store = Store::open(&config.redis_url).map_err(crate::error::Error::Store)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let commands = broker::Broker {
@@ -117,6 +118,12 @@ pub async fn run_with_api(
             admission: node.admission().clone(),
             metrics: node.metrics().clone(),
         },
+        stop_rx.clone(),
+    ));
+    // Ends with the others at `stop`; it holds nothing to wait for.
+    tokio::spawn(bad_requests::run(
+        node.id().clone(),
+        node.metrics().clone(),
         stop_rx.clone(),
     ));
     let acker = tokio::spawn(broker::run_publisher(
@@ -209,6 +216,7 @@ pub async fn run_with_api(
             let server_config = server_config.clone();
             http.listen("imserver", listener, move || {
                 let ws_node = ws_node.clone();
+                let answer_metrics = ws_node.metrics().clone();
                 let upgrade = fn_service(move |(req, framed)| {
                     handshake::upgrade::<Answering<TlsStream<TcpStream>>>(
                         ws_node.clone(),
@@ -223,9 +231,12 @@ pub async fn run_with_api(
                 Acceptor::new(server_config.clone())
                     .map_init_err(|_| ())
                     .map_err(|e| tracing::debug!(error = ?e, "TLS handshake failed"))
-                    .and_then(fn_service(|io: TlsStream<TcpStream>| async move {
-                        let peer = io.get_ref().0.peer_addr().ok();
-                        Ok::<_, ()>((Answering::new(io), Protocol::Http1, peer))
+                    .and_then(fn_service(move |io: TlsStream<TcpStream>| {
+                        let metrics = answer_metrics.clone();
+                        async move {
+                            let peer = io.get_ref().0.peer_addr().ok();
+                            Ok::<_, ()>((Answering::new(io, metrics), Protocol::Http1, peer))
+                        }
                     }))
                     .and_then(
                         service.map_err(|e| tracing::debug!(error = ?e, "HTTP dispatch failed")),
@@ -234,6 +245,7 @@ pub async fn run_with_api(
         }
         None => http.listen("imserver", listener, move || {
             let ws_node = ws_node.clone();
+            let answer_metrics = ws_node.metrics().clone();
             let upgrade = fn_service(move |(req, framed)| {
                 handshake::upgrade::<Answering<TcpStream>>(ws_node.clone(), req, framed)
             });
@@ -241,9 +253,12 @@ pub async fn run_with_api(
                 .client_request_timeout(head_timeout)
                 .upgrade(upgrade)
                 .finish(map_config(app(), |_| AppConfig::default()));
-            fn_service(|io: TcpStream| async move {
-                let peer = io.peer_addr().ok();
-                Ok((Answering::new(io), Protocol::Http1, peer))
+            fn_service(move |io: TcpStream| {
+                let metrics = answer_metrics.clone();
+                async move {
+                    let peer = io.peer_addr().ok();
+                    Ok((Answering::new(io, metrics), Protocol::Http1, peer))
+                }
             })
             .and_then(service)
         })?,

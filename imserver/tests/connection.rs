@@ -30,16 +30,15 @@ fn claims(node: &str, client: &str) -> ConnectClaims {
     )
 }
 
-async fn assert_refused(url: &str, status: u16, code: &str) -> Result<()> {
+/// Asserts the refusal's status and code; returns its message.
+async fn assert_refused(url: &str, status: u16, code: &str) -> Result<String> {
     let (got, body) = Ws::refused(url).await?;
     assert_eq!(got, status, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body)?;
     assert_eq!(body["error"], code);
-    assert!(
-        !body["message"].as_str().unwrap_or_default().is_empty(),
-        "a reason is given"
-    );
-    Ok(())
+    let message = body["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.is_empty(), "a reason is given");
+    Ok(message)
 }
 
 #[tokio::test]
@@ -62,12 +61,13 @@ async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
         "token_bad_signature",
     )
     .await?;
-    assert_refused(
+    let message = assert_refused(
         &url_with(&node, &claims(&node, "eve"), "some-other-secret-0123456789"),
         401,
         "token_bad_signature",
     )
     .await?;
+    assert!(message.contains("IM_TOKEN_SECRET"), "{message}");
 
     // A token for node 1 presented to node 0.
     let other = c.nodes[1].id.clone();
@@ -81,10 +81,12 @@ async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
     assert_refused(&format!("{node}/ws"), 401, "token_missing").await?;
     assert_refused(&format!("{node}/ws?token=garbage"), 401, "token_malformed").await?;
 
-    let mut stale = claims(&node, "eve");
-    stale.iat -= 30;
-    assert_refused(&url_with(&node, &stale, SECRET), 401, "token_stale").await?;
-    assert!(c.nodes[0].metric("im_handshakes_refused_total").await? >= 8);
+    // Issued before the node started and never used: its use is recorded in Redis, so the
+    // node needs no start time to go by.
+    let mut early = claims(&node, "eve");
+    early.iat -= 30;
+    Ws::connect(&url_with(&node, &early, SECRET)).await?;
+    assert!(c.nodes[0].metric("im_handshakes_refused_total").await? >= 7);
     Ok(())
 }
 
@@ -586,12 +588,31 @@ async fn a_node_with_public_keys_only_admits_tokens_of_the_current_keys() -> Res
         "token_unknown_key",
     )
     .await?;
-    assert_refused(
+    // Signed with a secret: the refusal names the secret's setting, which is what the backend
+    // relies on.
+    let message = assert_refused(
         &c.im.prev_connect_server("secret-user", json!(null))?,
         401,
         "token_bad_signature",
     )
     .await?;
+    assert!(message.contains("IM_TOKEN_SECRET"), "{message}");
+    // Signed with a private key whose public half the node does not hold, under a key id it
+    // does: the refusal names the public keys' setting, for each kind of key.
+    let forged_ed = backend("ed2.pem", KeyAlgorithm::EdDsa, "k1")?;
+    let forged_rsa = backend("rsa2.pem", KeyAlgorithm::Rs256, "k2")?;
+    for forged in [&forged_ed, &forged_rsa] {
+        let message = assert_refused(
+            &forged.prev_connect_server("forger", json!(null))?,
+            401,
+            "token_bad_signature",
+        )
+        .await?;
+        assert!(
+            message.contains("IM_TOKEN_KEYS") && !message.contains("IM_TOKEN_SECRET"),
+            "{message}"
+        );
+    }
     // The node works as usual for a client admitted by public key.
     ed.send_message("backend", ["ed-user"], &"signed by k1", false)
         .await?;
@@ -806,5 +827,271 @@ async fn sighup_does_not_stop_a_node_without_tls() -> Result<()> {
     c.im.send_message("backend", ["steady"], &"still here", false)
         .await?;
     assert_eq!(ws.next_message().await?.payload, json!("still here"));
+    Ok(())
+}
+
+/// Single use outlives the node: a token used once is refused after the node is killed and
+/// back at once on the same address (the used ids are in Redis, not only in its memory).
+#[tokio::test]
+async fn a_used_token_is_refused_after_the_node_restarts_at_once() -> Result<()> {
+    let mut c = Cluster::start(1, NodeOpts::default()).await?;
+    let addr = c.nodes[0].addr;
+    for round in 0..3 {
+        let url = c.im.prev_connect_server("once", json!(null))?;
+        drop(Ws::connect(&url).await?);
+        c.nodes[0].signal("KILL");
+        c.nodes[0].wait_exit(WAIT).await?;
+        let down = Instant::now();
+        c.nodes[0] =
+            imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
+        eprintln!("round {round}: node back after {:?}", down.elapsed());
+        assert_refused(&url, 401, "token_replayed").await?;
+    }
+    // A token issued before the restart and never used is still good.
+    let unused = c.im.prev_connect_server("fresh", json!(null))?;
+    c.nodes[0].signal("KILL");
+    c.nodes[0].wait_exit(WAIT).await?;
+    c.nodes[0] =
+        imtestkit::Node::start_at(&c.redis, NodeOpts::default(), &addr.to_string()).await?;
+    Ws::connect(&unused).await?;
+    Ok(())
+}
+
+/// Two processes serving one node address (a replacement started before the old one stops,
+/// behind the same proxy route) share what was used: a token used on one is refused by the
+/// other.
+#[tokio::test]
+async fn a_token_used_on_one_process_is_refused_by_another_serving_the_same_node() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let id = c.nodes[0].id.clone();
+    let replacement =
+        imtestkit::Node::start(&c.redis, NodeOpts::default().arg("--node", &id)).await?;
+    let url = c.im.prev_connect_server("blue-green", json!(null))?;
+    drop(Ws::connect(&url).await?);
+    // The same URL, sent to the replacement's port.
+    let elsewhere = url.replacen(
+        &c.nodes[0].addr.to_string(),
+        &replacement.addr.to_string(),
+        1,
+    );
+    assert_ne!(elsewhere, url);
+    assert_refused(&elsewhere, 401, "token_replayed").await?;
+    Ok(())
+}
+
+/// Without Redis a node cannot tell whether a token was used: it refuses with 503 and asks the
+/// client to try again, and the same token connects once Redis is back.
+#[tokio::test]
+async fn with_redis_down_a_connect_is_refused_with_a_retryable_status() -> Result<()> {
+    let mut c = Cluster::start(1, NodeOpts::default()).await?;
+    let url = c.im.prev_connect_server("patient", json!(null))?;
+    c.redis.kill();
+    let message = assert_refused(&url, 503, "redis_unavailable").await?;
+    assert!(message.contains("try again"), "{message}");
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        other => panic!("connected without Redis: {:?}", other.map(|_| ())),
+    }
+    c.redis.restart()?;
+    wait_for("the token connects once Redis is back", WAIT, || async {
+        Ws::connect(&url).await.ok().map(|_| ())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Malformed requests are answered 400 each, but written to the log as a count per interval,
+/// even under a RUST_LOG that does not silence actix-http's dispatcher.
+#[tokio::test]
+async fn malformed_requests_are_counted_in_the_log_not_written_one_by_one() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let log = std::env::temp_dir().join(format!("imtest-badlog-{}.txt", std::process::id()));
+    let c = Cluster::start(
+        1,
+        NodeOpts {
+            log_file: Some(log.clone()),
+            env: vec![("RUST_LOG".into(), "info".into())],
+            ..NodeOpts::default()
+        },
+    )
+    .await?;
+    let node = &c.nodes[0];
+    let bytes_before = std::fs::metadata(&log)?.len();
+    for _ in 0..1000 {
+        let mut tcp = tokio::net::TcpStream::connect(node.addr).await?;
+        tcp.write_all(b"garbage\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+        assert!(answer.starts_with(b"HTTP/1.1 400 "), "{answer:?}");
+    }
+    // The count comes in a summary line within the interval (10 s).
+    let summary = wait_for(
+        "the log says how many bad requests came",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let total: u64 = text
+                .lines()
+                .filter(|l| l.contains("bad HTTP requests"))
+                .filter_map(|l| {
+                    l.split_whitespace()
+                        .find_map(|w| w.strip_prefix("count="))
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .sum();
+            (total >= 1000).then_some(total)
+        },
+    )
+    .await?;
+    let grown = std::fs::metadata(&log)?.len() - bytes_before;
+    let text = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(summary, 1000, "{text}");
+    assert_eq!(node.metric("im_http_bad_requests_total").await?, 1000);
+    assert!(
+        grown < 2_000,
+        "1,000 bad requests grew the log by {grown} bytes:\n{text}"
+    );
+    Ok(())
+}
+
+fn with_origin(
+    url: &str,
+    origin: &str,
+) -> Result<tokio_tungstenite::tungstenite::http::Request<()>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request()?;
+    req.headers_mut().insert("origin", origin.parse()?);
+    Ok(req)
+}
+
+/// With no --allowed-origins, a page of another origin may not connect (its user's browser would
+/// otherwise let any site open a socket in their name with a URL it got hold of); a page served
+/// from the node's own origin and a client without an Origin header may.
+#[tokio::test]
+async fn by_default_only_same_origin_pages_and_non_browsers_may_connect() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let url = c.im.prev_connect_server("browser", json!(null))?;
+    match tokio_tungstenite::connect_async(with_origin(&url, "https://evil.example.net")?).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())?;
+            assert_eq!(body["error"], "origin_not_allowed");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("--allowed-origins"),
+                "{body}"
+            );
+        }
+        other => panic!("a foreign origin connected: {:?}", other.map(|_| ())),
+    }
+    // Refused before the token is checked: it is still good.
+    let own = format!("http://{}", c.nodes[0].addr);
+    tokio_tungstenite::connect_async(with_origin(&url, &own)?).await?;
+    c.connect("app").await?;
+    Ok(())
+}
+
+/// In dev mode any page may connect, as a local demo serves its page from another port.
+#[tokio::test]
+async fn in_dev_mode_any_origin_may_connect() -> Result<()> {
+    let mut opts = NodeOpts::default();
+    opts.args.push("--dev".into());
+    let c = Cluster::start(1, opts).await?;
+    let url = c.im.prev_connect_server("browser", json!(null))?;
+    tokio_tungstenite::connect_async(with_origin(&url, "http://localhost:5000")?).await?;
+    Ok(())
+}
+
+/// Redis stalls for a second (as on a loaded machine): within the default response timeout
+/// (2 s) a connect and a send made meanwhile wait it out and succeed.
+#[tokio::test]
+async fn a_redis_stall_within_the_response_timeout_delays_but_fails_nothing() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    // Both sides hold a connection before the stall: what is tested is a reply's wait.
+    c.connect("warm").await?;
+    c.im.send_message("backend", ["warm"], &"warm", false)
+        .await?;
+    let url = c.im.prev_connect_server("stalled", json!(null))?;
+    c.redis.pause();
+    let stalled = Instant::now();
+    let connect = tokio::spawn(async move { Ws::connect(&url).await.map(|_| ()) });
+    let im = c.im.clone();
+    let send = tokio::spawn(async move {
+        im.send_message("backend", ["someone"], &"during a stall", false)
+            .await
+            .map(|_| ())
+    });
+    // The stall itself, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.redis.resume();
+    connect.await??;
+    send.await??;
+    eprintln!(
+        "connect and send done {:?} after the stall began",
+        stalled.elapsed()
+    );
+    Ok(())
+}
+
+/// The Redis timeouts are settings: a node and an imclient told to wait 500 ms give up within
+/// a second's stall, the node answering its retryable 503.
+#[tokio::test]
+async fn the_redis_response_timeout_is_a_setting_of_nodes_and_imclient() -> Result<()> {
+    use imclient::store::RedisTimeouts;
+    let c = Cluster::start(
+        1,
+        NodeOpts::default().arg("--redis-response-timeout-ms", 500),
+    )
+    .await?;
+    let impatient = imclient::ImClient::new(
+        imclient::ImClientOptions::new(c.redis.url(), [c.nodes[0].id.as_str()], SECRET)
+            .key_prefix(imtestkit::PREFIX)
+            .redis_timeouts(RedisTimeouts {
+                response: Duration::from_millis(500),
+                ..RedisTimeouts::default()
+            }),
+    )?;
+    c.connect("warm").await?;
+    impatient
+        .send_message("backend", ["warm"], &"warm", false)
+        .await?;
+    let url = impatient.prev_connect_server("stalled", json!(null))?;
+    c.redis.pause();
+    let send = impatient
+        .send_message("backend", ["someone"], &"during a stall", false)
+        .await;
+    let refused = Ws::refused(&url).await;
+    c.redis.resume();
+    assert!(send.is_err(), "a send outlived its 500 ms timeout");
+    let (status, body) = refused?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis_unavailable"), "{body}");
+    // The refused attempt's write went through once Redis woke up; the retry of the same URL,
+    // as the 503 asks, is not taken for a replay.
+    Ws::connect(&url).await?;
+    // The setting is checked: below 500 ms it cannot work with blocking reads.
+    let err = imclient::ImClient::new(
+        imclient::ImClientOptions::new(c.redis.url(), [c.nodes[0].id.as_str()], SECRET)
+            .redis_timeouts(RedisTimeouts {
+                response: Duration::from_millis(100),
+                ..RedisTimeouts::default()
+            }),
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("at least 500 ms"), "{err}");
     Ok(())
 }

@@ -253,3 +253,47 @@ async fn after_kill_minus_9_every_client_of_the_dead_node_is_back_on_a_live_one(
     drop(nodes);
     Ok(())
 }
+
+/// A backend that has read the dead node's lapsed lease sends that node's clients to their new
+/// home at once; the new home must admit them even if its own view of the set (read every
+/// second) still has the dead node live.
+#[tokio::test]
+async fn a_client_sent_to_its_new_home_right_after_a_kill_is_admitted() -> Result<()> {
+    let redis = Redis::start()?;
+    let listed = Listed::new(3);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(listed.start(&redis, i).await?);
+    }
+    let im = listed.client(&redis).await?;
+    let clients: Vec<String> = (0..)
+        .map(|n| format!("stray{n}"))
+        .filter(|c| listed.home_among_all(c) == listed.ids[2])
+        .take(10)
+        .collect();
+    nodes[2].signal("KILL");
+    // As a backend would, but reading the lease every 20 ms (its own refresh is once a
+    // second), to be there before the new home's own reading.
+    wait_for("the backend saw the lease lapse", WAIT, || async {
+        im.refresh_nodes().await.ok()?;
+        (!im.live_nodes().iter().any(|n| n.as_str() == listed.ids[2])).then_some(())
+    })
+    .await?;
+    let urls: Vec<String> = clients
+        .iter()
+        .map(|c| im.prev_connect_server(c, json!(null)))
+        .collect::<Result<_, _>>()?;
+    for (client, url) in clients.iter().zip(&urls) {
+        assert!(!url.starts_with(&listed.ids[2]), "{url}");
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(_) => {}
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => panic!(
+                "{client} refused at its new home: {} {}",
+                resp.status(),
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
+            ),
+            Err(e) => panic!("{client} could not connect: {e}"),
+        }
+    }
+    Ok(())
+}

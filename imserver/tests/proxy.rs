@@ -125,6 +125,16 @@ async fn clients_connect_and_receive_through_nginx() -> Result<()> {
             .await?;
         assert_eq!(ws.next_message().await?.payload, json!("through nginx"));
     }
+    // A page served through the same entry (as the demo is under scripts/cluster.sh) is of
+    // the nodes' own origin: nginx passes Host with its port, and the node admits it.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let url = im.prev_connect_server("page", json!(null))?;
+        let mut req = url.into_client_request()?;
+        req.headers_mut()
+            .insert("origin", format!("http://127.0.0.1:{entry}").parse()?);
+        tokio_tungstenite::connect_async(req).await?;
+    }
     drop(nodes);
     Ok(())
 }

@@ -132,6 +132,9 @@ pub struct NodeOpts {
     /// The node serves TLS: its plain /healthz cannot be read, so only the ready line is
     /// waited for.
     pub tls: bool,
+    /// Environment variables set for the node, after the harness's own (so `RUST_LOG` here
+    /// overrides the default filter of `log_file`).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeOpts {
@@ -188,6 +191,7 @@ impl Node {
                 .stderr(Stdio::piped());
             }
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd.spawn().context("cannot start imserver")?;
         if let Some(stderr) = child.stderr.take() {
             // Through eprintln!, which the test harness captures: a passing test does not show

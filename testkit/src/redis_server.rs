@@ -207,6 +207,26 @@ impl Redis {
         }
     }
 
+    /// Stops redis-server in its tracks (SIGSTOP): connections stay open and nothing answers,
+    /// as on a machine too loaded to run it, until [`Redis::resume`].
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused redis-server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&mut self) -> Result<()> {
         if self.cluster.is_some() {

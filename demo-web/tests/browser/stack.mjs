@@ -152,6 +152,9 @@ export function nodeHasFlag(flag) {
  */
 export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {}) {
   const stack = { nodes: [], nodeArgs };
+  // Before the nodes: they admit the demo page's origin by name.
+  stack.webPort = await freePort();
+  stack.web = `http://127.0.0.1:${stack.webPort}`;
   stack.redisPort = await freePort();
   await startRedis(stack);
   stack.redisUrl = `redis://127.0.0.1:${stack.redisPort}`;
@@ -166,12 +169,10 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
     await startNode(stack, node);
     stack.nodes.push(node);
   }
-  stack.webPort = await freePort();
   run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
     IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
   });
   await waitPort(stack.webPort);
-  stack.web = `http://127.0.0.1:${stack.webPort}`;
   return stack;
 }
 
@@ -186,7 +187,7 @@ export async function startNode(stack, node) {
   node.child = run(`imserver-${node.port}`, path.join(binDir, 'imserver'), [
     '--listen', `127.0.0.1:${node.port}`, '--node', node.id, '--redis-url', stack.redisUrl,
     '--heartbeat-interval-ms', '5000', '--heartbeat-timeout-ms', '15000', ...stack.nodeArgs,
-  ], { IM_TOKEN_SECRET: SECRET });
+  ], { IM_TOKEN_SECRET: SECRET, IM_ALLOWED_ORIGINS: stack.web });
   await waitPort(node.port);
   return node;
 }

@@ -86,10 +86,12 @@ pub(super) fn pool(seeds: Vec<String>) -> Result<cluster::Pool> {
 /// SSUBSCRIBE, the channel its shards push messages to, and the topics it should hold.
 pub(super) async fn connect_subscription(
     seeds: &[String],
+    timeouts: &super::RedisTimeouts,
 ) -> RedisResult<(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>, Wanted)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
         .use_protocol(redis::ProtocolVersion::RESP3)
+        .connection_timeout(timeouts.connect)
         .push_sender(tx)
         .build()?;
     let conn = bounded(client.get_async_connection()).await?;

@@ -10,21 +10,94 @@
 //!
 //! The cluster side (seed URLs, hash slots, pipelines split by slot, sharded subscriptions)
 //! lives in its own part of this module; its public items are re-exported here.
+//!
+//! How long a connection may take to open and a reply to come are [`RedisTimeouts`], the same
+//! settings for nodes (`--redis-connect-timeout-ms`, `--redis-response-timeout-ms`) and
+//! imclient ([`crate::ImClientOptions::redis_timeouts`]).
 
 mod cluster;
 
-use deadpool_redis::{Config, Pool, Runtime};
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Msg, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
+use redis::{AsyncConnectionConfig, Cmd, Msg, Pipeline, PushInfo, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
 
 pub use cluster::{ClusterLink, cluster_seeds, slot};
 use cluster::{Wanted, bounded};
 
 use crate::error::{Error, Result};
+
+/// Default longest wait for a connection to Redis to open. A connect on loopback took at most
+/// 2.8 ms over 60 s with the machine's load at 8 on 2 cores (docs/OPERATIONS.md, "Redis
+/// timeouts"); the default leaves room for a remote Redis, TLS and a busy server.
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default longest wait for a reply. redis-rs waits 500 ms, and a loaded test machine once went
+/// past it; measured there, replies took up to 37 ms (p99.9 4.8 ms). Two seconds is far above
+/// any healthy reply and still lets a caller learn of a hung Redis within its own deadlines
+/// (the HTTP API's 5 s, a cluster request's 3 s).
+pub const DEFAULT_REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Shortest reply timeout allowed: blocking reads (events, webhook batches, join
+/// acknowledgements) wait up to 250 ms for data on a pooled connection, and must not trip it.
+pub const MIN_REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long to wait on Redis: for a connection to open, and for each reply. They apply to one
+/// server's pooled connections; on a Redis Cluster the connect timeout applies to the
+/// subscription, and every request is bounded as a whole (3 s, retries included).
+///
+/// ```
+/// use std::time::Duration;
+/// use imclient::store::RedisTimeouts;
+/// let t = RedisTimeouts { response: Duration::from_secs(5), ..RedisTimeouts::default() };
+/// assert!(t.check().is_ok());
+/// let too_short = RedisTimeouts { response: Duration::from_millis(100), ..t };
+/// assert!(too_short.check().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisTimeouts {
+    /// Longest wait for a connection to open (TCP, TLS, AUTH).
+    pub connect: Duration,
+    /// Longest wait for a reply to a command.
+    pub response: Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: DEFAULT_REDIS_CONNECT_TIMEOUT,
+            response: DEFAULT_REDIS_RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+impl RedisTimeouts {
+    /// Refuses timeouts that cannot work: a zero connect timeout, or a reply timeout below
+    /// [`MIN_REDIS_RESPONSE_TIMEOUT`].
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.connect.is_zero() {
+            return Err("the Redis connect timeout must be above zero".into());
+        }
+        if self.response < MIN_REDIS_RESPONSE_TIMEOUT {
+            return Err(format!(
+                "the Redis response timeout ({} ms) must be at least {} ms: blocking reads wait \
+                 up to 250 ms for data",
+                self.response.as_millis(),
+                MIN_REDIS_RESPONSE_TIMEOUT.as_millis()
+            ));
+        }
+        Ok(())
+    }
+
+    fn connection_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect))
+            .set_response_timeout(Some(self.response))
+    }
+}
 
 /// Where imclient and the nodes keep what they share.
 ///
@@ -51,7 +124,7 @@ enum Pooled {
 #[derive(Clone)]
 enum Source {
     Single(Box<redis::Client>),
-    Cluster(Vec<String>),
+    Cluster(Vec<String>, RedisTimeouts),
 }
 
 impl std::fmt::Debug for Store {
@@ -64,22 +137,43 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// A store for one server's URL (`redis://`, `rediss://`) or a cluster's
-    /// (`redis+cluster://seed1,seed2`). Does not connect yet.
+    /// (`redis+cluster://seed1,seed2`), with the default [`RedisTimeouts`]. Does not connect yet.
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, RedisTimeouts::default())
+    }
+
+    /// [`Store::open`] with these timeouts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use imclient::store::{RedisTimeouts, Store};
+    /// let t = RedisTimeouts { connect: Duration::from_secs(1), response: Duration::from_secs(3) };
+    /// assert!(Store::open_with("redis://127.0.0.1:6379", t).is_ok());
+    /// ```
+    pub fn open_with(url: &str, timeouts: RedisTimeouts) -> Result<Self> {
+        timeouts.check().map_err(Error::Options)?;
         match cluster_seeds(url) {
             Some(seeds) if seeds.is_empty() => Err(Error::Options(format!(
                 "{url:?} names no cluster node: list seed addresses after redis+cluster://"
             ))),
             Some(seeds) => Ok(Self {
                 pool: Pooled::Cluster(cluster::pool(seeds.clone())?),
-                source: Some(Source::Cluster(seeds)),
+                source: Some(Source::Cluster(seeds, timeouts)),
             }),
-            None => Ok(Self {
-                pool: Pooled::Single(Config::from_url(url).create_pool(Some(Runtime::Tokio1))?),
-                source: redis::Client::open(url)
-                    .ok()
-                    .map(|c| Source::Single(Box::new(c))),
-            }),
+            None => {
+                let manager = Manager::new_with_config(url, timeouts.connection_config())
+                    .map_err(|e| Error::Options(format!("bad Redis URL {url:?}: {e}")))?;
+                let pool = Pool::builder(manager)
+                    .runtime(Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| Error::Options(format!("cannot build the Redis pool: {e}")))?;
+                Ok(Self {
+                    pool: Pooled::Single(pool),
+                    source: redis::Client::open(url)
+                        .ok()
+                        .map(|c| Source::Single(Box::new(c))),
+                })
+            }
         }
     }
 
@@ -123,13 +217,15 @@ impl Store {
                 }
                 Err(e) => Err(e),
             },
-            Source::Cluster(seeds) => match cluster::connect_subscription(seeds).await {
-                Ok((conn, rx, wanted)) => Ok((
-                    Subscriber::Cluster(conn, wanted.clone()),
-                    Messages::Cluster(rx, wanted),
-                )),
-                Err(e) => Err(e),
-            },
+            Source::Cluster(seeds, timeouts) => {
+                match cluster::connect_subscription(seeds, timeouts).await {
+                    Ok((conn, rx, wanted)) => Ok((
+                        Subscriber::Cluster(conn, wanted.clone()),
+                        Messages::Cluster(rx, wanted),
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
         })
     }
 

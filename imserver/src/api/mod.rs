@@ -124,6 +124,7 @@ pub fn start(
     config: &Config,
     node: &NodeId,
     listener: TcpListener,
+    node_metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) -> crate::error::Result<ApiServer> {
     let (im, can_sign) = client(config, node).map_err(crate::error::Error::Api)?;
     let addr = listener.local_addr()?;
@@ -175,9 +176,13 @@ pub fn start(
             let service = HttpService::build()
                 .client_request_timeout(head_timeout)
                 .finish(map_config(app, |_| AppConfig::default()));
-            fn_service(|io: TcpStream| async move {
-                let peer = io.peer_addr().ok();
-                Ok((Answering::new(io), Protocol::Http1, peer))
+            let node_metrics = node_metrics.clone();
+            fn_service(move |io: TcpStream| {
+                let metrics = node_metrics.clone();
+                async move {
+                    let peer = io.peer_addr().ok();
+                    Ok((Answering::new(io, metrics), Protocol::Http1, peer))
+                }
             })
             .and_then(service)
         })?

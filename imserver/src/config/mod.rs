@@ -51,6 +51,15 @@ pub struct Config {
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Longest wait for a connection to Redis to open, in milliseconds.
+    #[arg(long, env = "IM_REDIS_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_connect_timeout_ms: u64,
+
+    /// Longest wait for each Redis reply, in milliseconds; at least 500 (blocking reads wait
+    /// up to 250 ms for data). A node learns of a hung Redis within it.
+    #[arg(long, env = "IM_REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_response_timeout_ms: u64,
+
     /// Secret shared with imclient to check connect tokens (at least 16 bytes). Required
     /// unless --dev or --token-key.
     #[arg(long, env = "IM_TOKEN_SECRET", hide_env_values = true)]
@@ -134,10 +143,11 @@ pub struct Config {
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
-    /// Origins whose pages may connect, comma-separated (e.g. https://chat.example.com). A
-    /// WebSocket request with an `Origin` header not in the list is refused (403
-    /// `origin_not_allowed`); requests without one (apps, servers) are not browsers and are let
-    /// through. Empty: every origin may connect.
+    /// Origins whose pages may connect besides the node's own, comma-separated (e.g.
+    /// https://chat.example.com). A WebSocket request with an `Origin` header that is neither
+    /// listed nor the node's own (by its `Host` header) is refused (403 `origin_not_allowed`);
+    /// requests without one (apps, servers) are not browsers and are let through. Empty: only
+    /// the node's own origin, or every origin with --dev.
     #[arg(long, env = "IM_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
@@ -293,6 +303,9 @@ pub enum ConfigError {
     /// A zero limit.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// Redis timeouts that cannot work.
+    #[error("--redis-connect-timeout-ms / --redis-response-timeout-ms: {0}")]
+    RedisTimeouts(String),
     /// A key prefix that could collide with another app's.
     #[error("--key-prefix: {0}")]
     KeyPrefix(String),
@@ -360,6 +373,9 @@ impl Config {
             }
         }
         imclient::keys::check_prefix(&self.key_prefix).map_err(ConfigError::KeyPrefix)?;
+        self.redis_timeouts()
+            .check()
+            .map_err(ConfigError::RedisTimeouts)?;
         if self.dev && !self.dev_public && !self.listen.ip().is_loopback() {
             return Err(ConfigError::DevPublic(self.listen));
         }
@@ -412,6 +428,14 @@ impl Config {
         let asked = self.max_connections;
         self.max_connections = room;
         Ok(Some(asked))
+    }
+
+    /// How long to wait on Redis.
+    pub fn redis_timeouts(&self) -> imclient::store::RedisTimeouts {
+        imclient::store::RedisTimeouts {
+            connect: Duration::from_millis(self.redis_connect_timeout_ms),
+            response: Duration::from_millis(self.redis_response_timeout_ms),
+        }
     }
 
     /// The heartbeat interval.

@@ -189,3 +189,25 @@ fn webhooks_need_a_secret_that_decodes_and_never_show_it() {
     let err = with(&["--webhook-url", "ftp://x/", "--webhook-secret", secret]).expect_err("ftp");
     assert!(err.contains("http"), "{err}");
 }
+
+#[test]
+fn redis_timeouts_are_settings_checked_at_start() {
+    let config = Config::try_parse_from([
+        "imserver",
+        "--dev",
+        "--redis-connect-timeout-ms",
+        "1500",
+        "--redis-response-timeout-ms",
+        "3000",
+    ])
+    .expect("parses");
+    config.validate().expect("valid");
+    assert_eq!(
+        config.redis_timeouts().response,
+        std::time::Duration::from_secs(3)
+    );
+    let short = Config::try_parse_from(["imserver", "--dev", "--redis-response-timeout-ms", "100"])
+        .expect("parses");
+    let err = short.validate().expect_err("too short").to_string();
+    assert!(err.contains("--redis-response-timeout-ms"), "{err}");
+}

@@ -7,7 +7,9 @@
 //! - [`sweeper`]: ends recovery windows, trims buffers, prunes token ids.
 //! - [`follower`]: follows the live node set and moves clients to their new home.
 //! - [`webhook`]: posts online/offline events to `--webhook-url` (when set).
+//! - [`bad_requests`]: says in the log how many bad HTTP requests came, once per interval.
 
+pub mod bad_requests;
 pub mod broker;
 pub mod follower;
 pub mod membership;

@@ -36,7 +36,7 @@ pub use post::{Poster, Settings};
 /// by its node id.
 pub const GROUP: &str = "webhooks";
 /// How long one blocking read waits, in milliseconds: below the pooled connection's response
-/// timeout (500 ms), and short enough to claim and measure the lag about once a second.
+/// timeout (500 ms at the least, `imclient::store::MIN_REDIS_RESPONSE_TIMEOUT`), and short enough to claim and measure the lag about once a second.
 const BLOCK_MS: usize = 250;
 /// How often idle batches of other nodes are looked for, and the lag measured.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);

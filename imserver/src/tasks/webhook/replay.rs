@@ -53,7 +53,7 @@ pub async fn replay(config: &Config) -> Result<Replayed, ReplayError> {
         ConfigError::Webhook("webhook-replay needs --webhook-url (and its secrets)".into())
     })?;
     let poster = Poster::new(&settings)?;
-    let store = Store::open(&config.redis_url)?;
+    let store = Store::open_with(&config.redis_url, config.redis_timeouts())?;
     let keys = imclient::keys::Keys::new(&config.key_prefix).sharded(store.is_cluster());
     let key = keys.webhook_dead_letters();
     let mut done = Replayed::default();
