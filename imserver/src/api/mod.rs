@@ -91,9 +91,9 @@ impl ApiServer {
     }
 }
 
-/// The imclient the API calls through: the node's Redis, prefix and node list (this node
-/// alone when the node has no `--nodes`), signing with the node's secret. Also whether it can
-/// sign: a node with public keys only cannot.
+/// The imclient the API calls through: the node's Redis and its timeouts, prefix and node
+/// list (this node alone when the node has no `--nodes`), signing with the node's secret. Also
+/// whether it can sign: a node with public keys only cannot.
 pub fn client(config: &Config, node: &NodeId) -> imclient::Result<(ImClient, bool)> {
     let nodes: Vec<String> = if config.nodes.is_empty() {
         vec![node.to_string()]
@@ -114,7 +114,9 @@ pub fn client(config: &Config, node: &NodeId) -> imclient::Result<(ImClient, boo
         ),
     };
     let im = ImClient::new(
-        ImClientOptions::new(&config.redis_url, nodes, secret).key_prefix(&config.key_prefix),
+        ImClientOptions::new(&config.redis_url, nodes, secret)
+            .key_prefix(&config.key_prefix)
+            .redis_timeouts(config.redis_timeouts()),
     )?;
     Ok((im, can_sign))
 }
