@@ -386,8 +386,8 @@ async fn send_private(
                 .await?;
             // Nobody to push to (no running home node, or no connection there): it waits in
             // the history. Otherwise the receipts say what became of it.
-            let stored = report.unreachable().next().is_some()
-                || !shared.im.has_online(receiver).await?;
+            let stored =
+                report.unreachable().next().is_some() || !shared.im.has_online(receiver).await?;
             Ok::<_, ApiError>(Sent {
                 id: report.message_id,
                 stored,
@@ -418,7 +418,8 @@ async fn chats(req: HttpRequest, state: web::Data<AppState>) -> ApiResult {
 
 /// A private conversation's kept messages, oldest first; the user's own carry `status`:
 /// `delivered` once the other person's page received them, else `stored`. Loading it counts
-/// as seeing it.
+/// as seeing it; messages it hands over for the first time (kept while the user was away)
+/// are announced to their sender's pages, whose marks then say delivered.
 async fn chat_history(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -430,11 +431,31 @@ async fn chat_history(
         .history
         .recent(Conversation::Private(&user.id, &peer.id))
         .await?;
+    let had = state
+        .history
+        .mark_of(&user.id, &peer.id, Mark::Received)
+        .await?;
     if let Some(last) = messages.last() {
         state
             .history
             .mark(&user.id, &peer.id, Mark::Seen, &last.id)
             .await?;
+    }
+    let handed: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.from == peer.id && had.as_deref().is_none_or(|h| m.id.as_str() > h))
+        .map(|m| m.id.as_str())
+        .collect();
+    if !handed.is_empty() {
+        let note = json!({ "kind": "delivered", "by": user.id, "ids": handed });
+        // Only news for the sender's open pages; the history says the same on their next load.
+        if let Err(e) = state
+            .im
+            .send_message("demo-web", [&peer.id], &note, false)
+            .await
+        {
+            tracing::warn!(error = %e, to = %peer.id, "cannot tell the sender their messages were delivered");
+        }
     }
     let got = state
         .history

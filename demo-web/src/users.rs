@@ -169,8 +169,12 @@ impl Users {
         if token.is_empty() {
             return Ok(None);
         }
-        let mut conn = self.storage.conn().await?;
-        let id: Option<String> = conn.get(self.session_key(token)).await?;
+        // The connection goes back to the pool before the next lookup takes one: holding one
+        // while waiting for another deadlocks once every pooled connection is held so.
+        let id: Option<String> = {
+            let mut conn = self.storage.conn().await?;
+            conn.get(self.session_key(token)).await?
+        };
         match id {
             Some(id) => self.by_id(&id).await,
             None => Ok(None),

@@ -167,17 +167,29 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
     stack.nodes.push(node);
   }
   stack.webPort = await freePort();
-  run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
-    IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
-  });
-  await waitPort(stack.webPort);
+  await startWeb(stack);
   stack.web = `http://127.0.0.1:${stack.webPort}`;
   return stack;
 }
 
-/** Starts (or starts again, on the same port) the stack's redis-server. */
+/** Starts (or starts again, on the same port) the stack's demo-web. */
+export async function startWeb(stack) {
+  stack.webChild = run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
+    IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
+  });
+  await waitPort(stack.webPort);
+}
+
+/**
+ * Starts (or starts again, on the same port) the stack's redis-server. It keeps its data on
+ * disk (an append-only file written at every command), as the deployment's Redis does, so
+ * a restart loses neither the IM's state nor demo-web's sessions and history.
+ */
 export async function startRedis(stack) {
-  stack.redis = run('redis', 'redis-server', ['--port', String(stack.redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', artifacts]);
+  const dir = path.join(artifacts, `redis-${stack.redisPort}`);
+  mkdirSync(dir, { recursive: true });
+  stack.redis = run('redis', 'redis-server', ['--port', String(stack.redisPort), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]);
   await waitPort(stack.redisPort);
 }
 
