@@ -798,9 +798,7 @@ function connect() {
     add(key, { key: env.id, id: env.id, from: env.from, fromName: env.payload.from_name, text: env.payload.text, ts: env.ts, mine: false, private: true }, !opensItself);
     if (opensItself) open(key);
     else if (state.current === key) noteArrival();
-    // Tells demo-web this page has it (and has shown it, when open): the sender's mark says
-    // "delivered" after a reload too, and it is not counted unread on the next load.
-    api(`/api/chats/${encodeURIComponent(env.from)}/received`, { id: env.id, seen: state.current === key }).catch(() => {});
+    acknowledge(env.from, env.id, state.current === key);
   });
   conn.addEventListener('channel', (ev) => {
     const env = ev.detail;
@@ -824,6 +822,29 @@ function connect() {
     loadRooms();
   });
   conn.start();
+}
+
+// Acknowledgements per sender: the newest id received (and whether shown), and whether a
+// request is under way.
+const acks = new Map();
+
+/**
+ * Tells demo-web this page has the message `id` from `peer` (and has shown it): the sender's
+ * mark says "delivered" after a reload too, and it is not counted unread on the next load.
+ * One request per sender at a time, for the newest id (the marks only move forward): a page
+ * receiving fifty messages a second must not send fifty requests a second.
+ */
+function acknowledge(peer, id, seen) {
+  const ack = acks.get(peer) || { id: '', seen: false, busy: false };
+  if (id > ack.id) { ack.id = id; ack.seen = seen; ack.sent = false; } else if (id === ack.id && seen && !ack.seen) { ack.seen = true; ack.sent = false; }
+  acks.set(peer, ack);
+  if (ack.busy || ack.sent) return;
+  ack.busy = true;
+  ack.sent = true;
+  api(`/api/chats/${encodeURIComponent(peer)}/received`, { id: ack.id, seen: ack.seen }).catch(() => {}).finally(() => {
+    ack.busy = false;
+    if (!ack.sent) acknowledge(peer, ack.id, ack.seen);
+  });
 }
 
 /** The session ended (signed out elsewhere, or expired): stop, and offer to sign in again. */
