@@ -1,17 +1,22 @@
 //! demo-web: a small but honest business backend on imclient. It signs users in by display
-//! name, owns the rooms, decides who may write where, and keeps the last messages of each
-//! room in memory; imclient carries its decisions to the browsers through imserver.
+//! name, owns the rooms, decides who may write where, and keeps sessions and the last
+//! messages of each conversation in the deployment's Redis, so a restart loses nothing;
+//! imclient carries its decisions to the browsers through imserver.
 //! The page (static/) and the browser client script (static/imclient.js) are served from here.
 
 mod api;
+mod history;
 mod presence_feed;
 mod rooms;
 mod sends;
+mod storage;
 mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use actix_web::http::header::{CACHE_CONTROL, HeaderValue};
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context as _;
 use clap::Parser;
@@ -19,6 +24,9 @@ use imclient::ImClientArgs;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::AppState;
+use crate::history::History;
+use crate::storage::Storage;
+use crate::users::Users;
 
 /// Configuration of the demo backend.
 #[derive(Debug, Parser)]
@@ -36,7 +44,16 @@ fn asset(
     content_type: &'static str,
     body: &'static str,
 ) -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
-    move || std::future::ready(HttpResponse::Ok().content_type(content_type).body(body))
+    // Asked again on every load (a new build must not meet an old script), but kept for
+    // back/forward; API answers are never stored (the default header below).
+    move || {
+        std::future::ready(
+            HttpResponse::Ok()
+                .content_type(content_type)
+                .insert_header((CACHE_CONTROL, "no-cache"))
+                .body(body),
+        )
+    }
 }
 
 fn favicon() -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
@@ -53,10 +70,11 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let im = config.im.client().context("cannot build the imclient")?;
+    let storage = Storage::from(&im);
     let state = AppState {
         im: im.clone(),
-        users: Arc::default(),
-        rooms: Arc::default(),
+        users: Users::new(storage.clone()),
+        history: History::new(storage),
         sends: Arc::default(),
     };
     let consumer = format!("demo-web-{}", config.listen);
@@ -65,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, "demo-web serving");
     HttpServer::new(move || {
         App::new()
+            .wrap(DefaultHeaders::new().add((CACHE_CONTROL, HeaderValue::from_static("no-store"))))
             .app_data(web::Data::new(state.clone()))
             .app_data(api::json_config())
             .configure(api::configure)

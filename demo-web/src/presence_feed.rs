@@ -12,7 +12,7 @@ use crate::users::Users;
 const GROUP: &str = "demo-web";
 
 /// Runs until the process ends, retrying when Redis is away.
-pub async fn run(im: ImClient, users: std::sync::Arc<Users>, consumer: String) {
+pub async fn run(im: ImClient, users: Users, consumer: String) {
     loop {
         let mut events = match im.event_group(GROUP, &consumer, GroupStart::Now).await {
             Ok(events) => events,
@@ -40,8 +40,14 @@ pub async fn run(im: ImClient, users: std::sync::Arc<Users>, consumer: String) {
                     continue;
                 }
             };
-            let name = users
-                .by_id(event.client.as_str())
+            let known = match users.by_id(event.client.as_str()).await {
+                Ok(user) => user,
+                Err(e) => {
+                    tracing::warn!(error = %e, client = %event.client, "cannot look the user up; using the name from the event");
+                    None
+                }
+            };
+            let name = known
                 .map(|u| u.name)
                 .or_else(|| {
                     event

@@ -20,29 +20,50 @@ pub const MAX_KEY_CHARS: usize = 64;
 
 type Key = (String, String);
 
-/// Recent sends by (user, retry key).
-#[derive(Debug, Default)]
-pub struct Sends {
-    /// std Mutex: never held across an await (the cells are awaited outside it).
-    inner: Mutex<Inner>,
+/// What a successful send answered: its id, and for a private message whether it was stored
+/// for later (no running node could take it). A repeat under the same key gets the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id.
+    pub id: String,
+    /// Kept in the history only: the receiver gets it on their next visit.
+    pub stored: bool,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// Per key: the id every attempt sends under, and the id once one attempt succeeded.
-    ids: HashMap<Key, (String, Arc<OnceCell<String>>)>,
+/// Recent sends by (user, retry key), with what each answered (`T`).
+#[derive(Debug)]
+pub struct Sends<T = String> {
+    /// std Mutex: never held across an await (the cells are awaited outside it).
+    inner: Mutex<Inner<T>>,
+}
+
+impl<T> Default for Sends<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                ids: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<T> {
+    /// Per key: the id every attempt sends under, and the answer once one attempt succeeded.
+    ids: HashMap<Key, (String, Arc<OnceCell<T>>)>,
     order: VecDeque<Key>,
 }
 
-impl Sends {
-    /// Runs `send` (given the message id to send under; it returns the id sent) at most once
-    /// per `(user, key)` that succeeds: a repeat gets the first id, a repeat arriving while
-    /// the first is under way waits for it, and a failed send may be tried again, under the
-    /// same id. Without a key, just sends under a new id.
-    pub async fn once<E, F, Fut>(&self, user: &str, key: Option<&str>, send: F) -> Result<String, E>
+impl<T: Clone> Sends<T> {
+    /// Runs `send` (given the message id to send under; it returns the answer) at most once
+    /// per `(user, key)` that succeeds: a repeat gets the first answer, a repeat arriving
+    /// while the first is under way waits for it, and a failed send may be tried again, under
+    /// the same id. Without a key, just sends under a new id.
+    pub async fn once<E, F, Fut>(&self, user: &str, key: Option<&str>, send: F) -> Result<T, E>
     where
         F: FnOnce(String) -> Fut,
-        Fut: Future<Output = Result<String, E>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let Some(key) = key else {
             return send(imclient::new_message_id()).await;
@@ -77,7 +98,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_sends_once_per_user_and_a_failure_may_be_retried() {
-        let sends = Sends::default();
+        let sends = Sends::<String>::default();
         let calls = AtomicUsize::new(0);
         let send = |ok: bool| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
@@ -118,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeat_during_the_first_send_waits_for_its_id() {
-        let sends = Sends::default();
+        let sends = Sends::<String>::default();
         let calls = AtomicUsize::new(0);
         let slow = || async {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -135,7 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_attempt_under_a_key_sends_under_the_same_id() {
-        let sends = Sends::default();
+        let sends = Sends::<String>::default();
         let tried = Mutex::new(Vec::new());
         let attempt = |ok: bool| {
             let tried = &tried;
@@ -169,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn old_keys_are_forgotten() {
-        let sends = Sends::default();
+        let sends = Sends::<String>::default();
         for i in 0..=KEPT {
             let key = format!("k{i}");
             let _ = sends

@@ -1,16 +1,20 @@
-//! Who is signed in: a display name per browser session, kept in memory. The demo's idea of
-//! accounts; a real backend would have its own.
+//! Who is signed in: a display name per browser session, kept in the deployment's Redis so a
+//! reload or a restart of demo-web signs nobody out. The demo's idea of accounts; a real
+//! backend would have its own.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use imclient::ImClient;
+use redis::AsyncCommands as _;
+use serde::{Deserialize, Serialize};
 
-use serde::Serialize;
+use crate::storage::{Storage, StorageError};
 
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
+/// How long a session lasts without signing in again, in seconds (the cookie's max-age too).
+pub const SESSION_SECS: u64 = 30 * 24 * 3600;
 
 /// A signed-in user.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct User {
     /// Client id, used with imclient.
     pub id: String,
@@ -18,13 +22,12 @@ pub struct User {
     pub name: String,
 }
 
-/// Sessions and users, in memory.
-#[derive(Debug, Default)]
+/// Sessions and users, in Redis: `session:{token}` (the cookie) names a user id, `user:{id}`
+/// holds the user (kept after signing out, so old messages keep their names), and
+/// `tags:{name}` the tags taken by that name.
+#[derive(Debug, Clone)]
 pub struct Users {
-    /// Session token (the cookie) to user. std Mutex: never held across an await.
-    sessions: Mutex<HashMap<String, User>>,
-    /// Client id to user, including signed-out users, so old messages keep their names.
-    known: Mutex<HashMap<String, User>>,
+    storage: Storage,
 }
 
 /// Characters of the id the page shows beside a name (a tag, like `Ann #3f2a`), so that two
@@ -36,21 +39,21 @@ pub const TAG_CHARS: usize = 4;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     /// Blank, or nothing in it shows.
-    #[error("name is empty")]
+    #[error("Please type a name.")]
     Empty,
     /// Only marks, joiners and blank-looking characters.
-    #[error("name has no visible characters")]
+    #[error("That name has nothing visible in it: please use letters, digits or symbols.")]
     Invisible,
-    /// Too long.
-    #[error("name is longer than {MAX_NAME_CHARS} characters")]
-    TooLong,
+    /// Too long: how many characters it has.
+    #[error("Names can be at most {MAX_NAME_CHARS} characters; this one has {0}.")]
+    TooLong(usize),
     /// Control characters (line breaks, tabs, escapes).
-    #[error("name holds control characters")]
+    #[error("Names cannot hold line breaks, tabs or other control characters.")]
     Control,
     /// Invisible formatting characters: zero-width ones hide a name inside another, and
     /// direction overrides make "Bob\u{202E}gnp.exe" show as "Bobexe.png".
     #[error(
-        "name holds an invisible formatting character (U+{0:04X}); use letters, digits, spaces and symbols"
+        "Names cannot hold invisible formatting characters (U+{0:04X} here): please use letters, digits, spaces and symbols."
     )]
     Format(u32),
 }
@@ -60,7 +63,7 @@ impl NameError {
     pub fn code(&self) -> &'static str {
         match self {
             NameError::Empty | NameError::Invisible => "name_empty",
-            NameError::TooLong => "name_too_long",
+            NameError::TooLong(_) => "name_too_long",
             NameError::Control | NameError::Format(_) => "name_bad_characters",
         }
     }
@@ -102,7 +105,7 @@ pub fn clean_name(name: &str) -> Result<String, NameError> {
     } else if name.chars().all(shows_nothing) {
         Err(NameError::Invisible)
     } else if name.chars().count() > MAX_NAME_CHARS {
-        Err(NameError::TooLong)
+        Err(NameError::TooLong(name.chars().count()))
     } else {
         Ok(name)
     }
@@ -115,48 +118,108 @@ pub fn tag_of(id: &str) -> &str {
 }
 
 impl Users {
-    /// Signs in `name` with a new client id; returns the session token and the user.
-    pub fn sign_in(&self, name: String) -> (String, User) {
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let user = {
-            let mut known = lock(&self.known);
-            // A new id until its tag differs from every same-named user's (names compared
-            // ignoring case, as people read them).
-            let id = loop {
-                let id = format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-                let clash = known.values().any(|u| {
-                    tag_of(&u.id) == tag_of(&id) && u.name.to_lowercase() == name.to_lowercase()
-                });
-                if !clash {
-                    break id;
-                }
-            };
-            let user = User { id, name };
-            known.insert(user.id.clone(), user.clone());
-            user
+    /// Users kept in `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Self { storage }
+    }
+
+    /// Signs `name` in; returns the session token and the user. A browser already signed in
+    /// under the same name (a second tab, a form shown again) keeps its session and person
+    /// rather than becoming a second person with the same name.
+    pub async fn sign_in(
+        &self,
+        name: String,
+        current: Option<&str>,
+    ) -> Result<(String, User), StorageError> {
+        if let Some(token) = current
+            && let Some(user) = self.by_session(token).await?
+            && user.name.to_lowercase() == name.to_lowercase()
+        {
+            return Ok((token.to_owned(), user));
+        }
+        let mut conn = self.storage.conn().await?;
+        // A new id until its tag differs from every same-named user's (names compared
+        // ignoring case, as people read them); SADD says whether the tag was free.
+        let tags = self.storage.key(&format!("tags:{}", name.to_lowercase()));
+        let id = loop {
+            let id = format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+            let free: i64 = conn.sadd(&tags, tag_of(&id)).await?;
+            if free == 1 {
+                break id;
+            }
         };
-        lock(&self.sessions).insert(token.clone(), user.clone());
-        (token, user)
+        let user = User { id, name };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let json = serde_json::to_string(&user).map_err(StorageError::Json)?;
+        let _: () = conn
+            .set(self.storage.key(&format!("user:{}", user.id)), json)
+            .await?;
+        let _: () = conn
+            .set_ex(self.session_key(&token), &user.id, SESSION_SECS)
+            .await?;
+        Ok((token, user))
+    }
+
+    fn session_key(&self, token: &str) -> String {
+        self.storage.key(&format!("session:{token}"))
     }
 
     /// The user of a session token.
-    pub fn by_session(&self, token: &str) -> Option<User> {
-        lock(&self.sessions).get(token).cloned()
+    pub async fn by_session(&self, token: &str) -> Result<Option<User>, StorageError> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        // The connection goes back to the pool before the next lookup takes one: holding one
+        // while waiting for another deadlocks once every pooled connection is held so.
+        let id: Option<String> = {
+            let mut conn = self.storage.conn().await?;
+            conn.get(self.session_key(token)).await?
+        };
+        match id {
+            Some(id) => self.by_id(&id).await,
+            None => Ok(None),
+        }
     }
 
-    /// Ends a session; returns its user.
-    pub fn sign_out(&self, token: &str) -> Option<User> {
-        lock(&self.sessions).remove(token)
+    /// Ends a session.
+    pub async fn sign_out(&self, token: &str) -> Result<(), StorageError> {
+        let mut conn = self.storage.conn().await?;
+        let _: i64 = conn.del(self.session_key(token)).await?;
+        Ok(())
     }
 
     /// A user by client id, signed in or not.
-    pub fn by_id(&self, id: &str) -> Option<User> {
-        lock(&self.known).get(id).cloned()
+    pub async fn by_id(&self, id: &str) -> Result<Option<User>, StorageError> {
+        Ok(self.by_ids(&[id]).await?.pop().flatten())
+    }
+
+    /// Users by client id, in the same order; `None` for an unknown id. One round trip
+    /// (a pipeline of GETs: on a cluster the keys live in different slots).
+    pub async fn by_ids<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> Result<Vec<Option<User>>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.get(self.storage.key(&format!("user:{}", id.as_ref())));
+        }
+        let mut conn = self.storage.conn().await?;
+        let found: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(found
+            .into_iter()
+            .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
+            .collect())
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// The im client is where the storage comes from; kept here so main builds users in one line.
+impl From<&ImClient> for Users {
+    fn from(im: &ImClient) -> Self {
+        Self::new(Storage::from(im))
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +230,7 @@ mod tests {
     fn names_are_trimmed_and_checked() {
         assert_eq!(clean_name("  Ann "), Ok("Ann".to_owned()));
         assert_eq!(clean_name("   "), Err(NameError::Empty));
-        assert_eq!(clean_name(&"x".repeat(33)), Err(NameError::TooLong));
+        assert_eq!(clean_name(&"x".repeat(33)), Err(NameError::TooLong(33)));
         assert_eq!(clean_name("a\u{7}b"), Err(NameError::Control));
         assert_eq!(clean_name("a\nb"), Err(NameError::Control));
         assert_eq!(clean_name(" Ann \u{3000}  Lee "), Ok("Ann Lee".to_owned()));
@@ -197,14 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn same_named_users_get_different_tags() {
-        let users = Users::default();
-        let mut tags = std::collections::HashSet::new();
-        for i in 0..300 {
-            let name = if i % 2 == 0 { "Ann" } else { "ann" };
-            let (_, user) = users.sign_in(name.to_owned());
-            assert!(tags.insert(tag_of(&user.id).to_owned()), "tag repeated");
-        }
+    fn tags_are_the_ends_of_ids() {
         assert_eq!(tag_of("u-0123456789"), "6789");
     }
 }

@@ -15,8 +15,18 @@
 //   (the message did go out) returns the first id instead of sending it twice.
 // - After a reconnect that the node could not resume (the "recovery" event says
 //   recovered: false, or the first connection) the page reloads everything it derives from
-//   pushes: the online list, the rooms, and the open room's history; private conversations,
-//   which have no history to reload, get a notice that messages may be missing.
+//   pushes: the online list, the rooms, the list of private chats (with unread counts) and the
+//   open conversation's history. demo-web keeps every conversation (rooms and private), so a
+//   reload (F5) or a message sent while this page was away loses nothing.
+// - Marks on one's own private messages follow what is known, never more: "sent" once the
+//   API took it and the receiver is online, "delivered" from the receipt (or, after a reload,
+//   from the history: the receiver's page got it), "kept for later" when the receiver is away
+//   (the API's answer, or an "offline" receipt: the message waits in the history for their next
+//   visit), "not sent yet · retrying" while the API cannot be reached, and "not sent" with the
+//   reason and a Retry button when it was refused.
+// - Navigation: opening a conversation is a browser history entry (#room:lobby, #user:<id>),
+//   so Back returns to the list instead of leaving the app, and a reload reopens it.
+// - A 401 (the session ended elsewhere) stops everything and shows the sign-in form.
 // - The online list: a fetch of /api/online is a snapshot that may be older than presence
 //   events that arrive while it is in flight. Those events are logged and applied again on top
 //   of the snapshot when it arrives; a snapshot older than one already shown is dropped. A
@@ -31,8 +41,12 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   me: null, conn: null, online: new Map(), rooms: [], current: null, convos: new Map(), marks: new Map(),
-  recovery: null, everConnected: false, unread: new Map(),
+  recovery: null, everConnected: false, unread: new Map(), timers: [],
 };
+// Limits of the API (api.rs, users.rs), checked here too so that nothing is cut: a longer
+// text or name is refused with a counter, never truncated.
+const MAX_TEXT = 1000;
+const MAX_NAME = 32;
 const WIDE = window.matchMedia('(min-width: 760px)');
 // Messages from the same sender closer than this show as one group (one name, joined bubbles).
 const GROUP_MS = 5 * 60 * 1000;
@@ -46,6 +60,7 @@ async function api(path, body) {
   const r = await fetch(path, init);
   if (r.status === 204) return null;
   const data = await r.json().catch(() => ({}));
+  if (r.status === 401 && state.me) signedOut();
   if (!r.ok) throw new ApiError(data.message || data.error || r.statusText, r.status, data.error);
   return data;
 }
@@ -125,6 +140,16 @@ function scrollToEnd() {
   });
 }
 
+/** Someone else's message arrived in the open conversation: say so if the view is scrolled up. */
+function noteArrival() {
+  if (follow.on) return;
+  $('new-marker').hidden = false;
+}
+
+function hideNewMarker() {
+  $('new-marker').hidden = true;
+}
+
 /**
  * Adds an item in order; an item whose id is there already is ignored. Returns the item kept.
  * `live`: it just arrived (not from a history load), so it counts as unread when its
@@ -172,9 +197,24 @@ function refresh(item, key) {
 }
 
 const LABELS = {
-  pending: 'sending…', waiting: 'waiting to send…', failed: 'not sent', sent: 'sent',
-  buffered: 'will be delivered', delivered: 'delivered', offline: 'offline',
+  pending: 'sending…', waiting: 'not sent yet · retrying', failed: 'not sent', sent: 'sent',
+  buffered: 'will be delivered', delivered: 'delivered', stored: 'kept for later',
 };
+// What each mark means, in full (the mark's tooltip).
+const TITLES = {
+  sent: 'The server has it and the receiver is online; ✓✓ once their page has it.',
+  buffered: 'The receiver is reconnecting; their page gets it when it is back.',
+  delivered: 'The receiver\'s page has it.',
+  stored: 'The receiver is not connected: the message is kept and shown to them when they come back.',
+};
+
+// Ranks of marks: a receipt never takes a message back from "delivered".
+const RANK = { sent: 1, stored: 2, buffered: 2, delivered: 3 };
+
+function setMark(id, status) {
+  const known = state.marks.get(id);
+  if (!known || RANK[status] >= RANK[known]) state.marks.set(id, status);
+}
 
 function statusOf(m) {
   if (!m.mine) return null;
@@ -208,11 +248,21 @@ function renderItem(m) {
   const status = statusOf(m);
   if (status) {
     const mark = el('span', { class: 'mark', 'data-status': status }, LABELS[status] || status);
-    if (m.error) mark.title = m.error;
+    mark.title = m.error || TITLES[status] || '';
     meta.append(mark);
   }
   bubble.append(el('span', { class: 'text', dir: 'auto' }, m.text), meta);
   li.append(bubble);
+  // Why it did not go out, in words, and a way to send it again.
+  if (status === 'failed' || status === 'waiting') {
+    const why = el('div', { class: 'why' }, el('span', {}, m.error || ''));
+    if (status === 'failed') {
+      const retry = el('button', { class: 'retry-send', type: 'button' }, 'Retry');
+      retry.onclick = () => retrySend(m);
+      why.append(retry);
+    }
+    li.append(why);
+  }
   if (status === 'pending' || status === 'waiting' || status === 'failed') li.classList.add(status === 'failed' ? 'failed' : 'pending');
   return li;
 }
@@ -300,6 +350,36 @@ function personRow(id, name, sub) {
   return li;
 }
 
+/** Private conversations this user has (demo-web keeps them): listed even with people offline. */
+async function loadChats() {
+  const chats = await api('/api/chats').catch(() => null);
+  if (!chats) return;
+  for (const chat of chats) {
+    const key = 'user:' + chat.peer;
+    const c = convo(key);
+    c.name = chat.name;
+    c.known = true;
+    if (state.current === key) continue;
+    if (chat.unread) state.unread.set(key, chat.unread); else state.unread.delete(key);
+  }
+  renderUnread();
+}
+
+/** Loads a private conversation's kept messages (and, for one's own, their marks). */
+async function loadChat(peer) {
+  const key = 'user:' + peer;
+  const history = await api(`/api/chats/${encodeURIComponent(peer)}/messages`).catch(() => null);
+  if (!history) return false;
+  for (const m of history) {
+    if (m.status) setMark(m.id, m.status);
+    const item = add(key, { key: m.id, id: m.id, from: m.from, fromName: m.from_name, text: m.text, ts: m.ts, mine: m.from === state.me.id, private: true });
+    refresh(item, key);
+  }
+  if (history.length) convo(key).known = true;
+  renderOnline();
+  return true;
+}
+
 function renderOnline() {
   if (!state.me) return;
   const ul = $('online-list');
@@ -308,7 +388,7 @@ function renderOnline() {
   $('online-count').textContent = people.length ? '· ' + people.length : '';
   // Conversations with people who are not online (gone, or writing from elsewhere) stay
   // reachable, so their messages and unread counts have somewhere to show.
-  const others = [...state.convos].filter(([key, c]) => key.startsWith('user:') && c.items.length && !state.online.has(key.slice(5)));
+  const others = [...state.convos].filter(([key, c]) => key.startsWith('user:') && (c.items.length || c.known) && !state.online.has(key.slice(5)));
   $('dm-list').replaceChildren(...others.map(([key, c]) => personRow(key.slice(5), c.name || key.slice(5), 'offline')));
   $('dm-section').hidden = !others.length;
   if (state.current && state.current.startsWith('user:')) renderTitle();
@@ -362,6 +442,7 @@ function updateCompose() {
   $('compose-text').disabled = !canWrite;
   $('compose-send').disabled = !canWrite;
   $('compose-text').placeholder = !key ? 'Pick a room or a person' : key.startsWith('user:') ? 'Write a message' : `Message #${key.slice(5)}`;
+  countText();
 }
 
 async function joinOrLeave(room, join) {
@@ -437,7 +518,17 @@ function emptyText(key) {
   return `No messages with ${nameOf(key.slice(5))} yet. Write the first one below.`;
 }
 
-async function open(key) {
+/**
+ * Opens a conversation (or the list, with null). `nav`: 'push' makes it a browser history
+ * entry (what a click does), 'replace' takes the place of the current one, 'none' is for
+ * Back/Forward themselves.
+ */
+async function open(key, nav = 'push') {
+  const url = key ? '#' + key : location.pathname + location.search;
+  if (nav === 'push' && key !== state.current) {
+    // From a conversation to another, Back goes to the list rather than through each.
+    if (state.current && key) history.replaceState({ key }, '', url); else history.pushState({ key }, '', url);
+  } else if (nav === 'replace') history.replaceState({ key }, '', url);
   state.current = key;
   if (key && key.startsWith('user:')) convo(key).name = nameOf(key.slice(5));
   $('app').dataset.view = key ? 'chat' : 'list';
@@ -449,7 +540,9 @@ async function open(key) {
   renderMessages();
   renderUnread();
   if (key && WIDE.matches) $('compose-text').focus({ preventScroll: true });
+  hideNewMarker();
   if (key && key.startsWith('room:')) await loadHistory(key.slice(5));
+  if (key && key.startsWith('user:')) await loadChat(key.slice(5));
 }
 
 // ---- sending: the outbox -----------------------------------------------------------------------
@@ -474,8 +567,9 @@ async function pump() {
     while (outbox.queue.length) {
       const entry = outbox.queue[0];
       try {
-        const { id } = await api(entry.path, entry.body);
+        const { id, status } = await api(entry.path, entry.body);
         outbox.queue.shift();
+        if (status) setMark(id, status);
         confirmSent(entry, id);
         delay = 500;
       } catch (e) {
@@ -484,17 +578,17 @@ async function pump() {
           delay = 500;
           continue;
         }
-        if (!transient(e)) {
+        if (!transient(e) || e.status === 401) {
           outbox.queue.shift();
           entry.item.status = 'failed';
           entry.item.error = e.message;
           entry.item.waiting = false;
           refresh(entry.item, entry.convo);
-          $('compose-error').textContent = `Not sent: ${e.message}`;
+          $('compose-error').textContent = `Your message was not sent. ${e.message}`;
           continue;
         }
         entry.item.waiting = true;
-        entry.item.error = e.message;
+        entry.item.error = e instanceof ApiError ? e.message : 'The chat server cannot be reached; the page keeps trying.';
         refresh(entry.item, entry.convo);
         await new Promise((resolve) => {
           const t = setTimeout(resolve, delay);
@@ -544,29 +638,73 @@ function confirmByPush(key, env) {
   return true;
 }
 
+/** Sends a message that was refused again, under its first retry key. */
+function retrySend(item) {
+  const entry = item.entry;
+  if (!entry || item.status !== 'failed') return;
+  const key = entry.convo;
+  remove(key, item);
+  Object.assign(item, { status: 'pending', error: undefined, waiting: false, key: pendingKey() });
+  add(key, item);
+  outbox.queue.push(entry);
+  pump();
+}
+
+/** Characters as the API counts them (code points of the trimmed text). */
+const charCount = (text) => [...text.trim()].length;
+
 function send(ev) {
   ev.preventDefault();
   const input = $('compose-text');
   const text = input.value.trim();
   $('compose-error').textContent = '';
+  // Focus stays in the box for the next message (a tap on Send took it).
+  input.focus({ preventScroll: true });
   if (!state.current) return;
   if (!text) { $('compose-error').textContent = 'Type a message first.'; return; }
+  if (charCount(text) > MAX_TEXT) {
+    $('compose-error').textContent = `Messages can be at most ${MAX_TEXT} characters; this one has ${charCount(text)}. Shorten it or send it in parts.`;
+    return;
+  }
   const key = state.current;
   const isPrivate = key.startsWith('user:');
   const item = add(key, { key: pendingKey(), from: state.me.id, fromName: state.me.name, text, ts: Date.now(), mine: true, private: isPrivate, status: 'pending' });
   // The same retry_key on every attempt: a retry of a send whose answer was lost gets the
   // first send's id back from the API instead of sending the message twice.
   const retryKey = [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, '0')).join('');
-  outbox.queue.push({
+  const entry = {
     item,
     convo: key,
     retryKey,
     path: isPrivate ? '/api/messages' : `/api/rooms/${key.slice(5)}/messages`,
     body: isPrivate ? { to: key.slice(5), text, retry_key: retryKey } : { text, retry_key: retryKey },
-  });
+  };
+  item.entry = entry;
+  outbox.queue.push(entry);
   input.value = '';
   fitInput();
+  countText();
   pump();
+}
+
+/** The character counter under the message box: shown near the limit, red past it. */
+function countText() {
+  const n = charCount($('compose-text').value);
+  const counter = $('compose-count');
+  counter.hidden = n < MAX_TEXT * 0.8;
+  counter.textContent = `${n} / ${MAX_TEXT}`;
+  counter.classList.toggle('over', n > MAX_TEXT);
+  $('compose-send').disabled = $('compose-text').disabled || n > MAX_TEXT;
+}
+
+/** The same for the name. Spaces are counted as the API does: runs of them count once. */
+const nameCount = (name) => [...name.trim().split(/\s+/).join(' ')].length;
+function countName() {
+  const n = nameCount($('signin-name').value);
+  const counter = $('signin-count');
+  counter.hidden = n < MAX_NAME - 8;
+  counter.textContent = `${n} / ${MAX_NAME}`;
+  counter.classList.toggle('over', n > MAX_NAME);
 }
 
 /** Grows the message box with what is typed, up to its CSS max-height. */
@@ -609,11 +747,11 @@ function showState(s, reason) {
 function reloadAll() {
   loadOnline();
   loadRooms();
+  loadChats();
   if (state.current && state.current.startsWith('room:')) loadHistory(state.current.slice(5));
-  if (state.everConnected) {
-    for (const key of state.convos.keys()) {
-      if (key.startsWith('user:')) notice(key, 'The connection was interrupted: messages sent to you meanwhile may be missing.');
-    }
+  const key = state.current;
+  if (key && key.startsWith('user:')) {
+    loadChat(key.slice(5)).then((ok) => { if (!ok) notice(key, 'This conversation could not be reloaded: messages sent to you meanwhile may be missing until it is opened again.'); });
   }
 }
 
@@ -642,6 +780,16 @@ function connect() {
   });
   conn.addEventListener('message', (ev) => {
     const env = ev.detail;
+    if (env.payload && env.payload.kind === 'delivered') {
+      // Messages kept for someone away reached them when they came back.
+      const key = 'user:' + env.payload.by;
+      for (const id of env.payload.ids || []) {
+        setMark(id, 'delivered');
+        const item = convo(key).byId.get(id);
+        if (item) refresh(item, key);
+      }
+      return;
+    }
     const key = 'user:' + env.from;
     convo(key).name = env.payload.from_name;
     // With nothing open on a wide screen, the conversation opens by itself; on a phone the
@@ -649,16 +797,20 @@ function connect() {
     const opensItself = !state.current && WIDE.matches;
     add(key, { key: env.id, id: env.id, from: env.from, fromName: env.payload.from_name, text: env.payload.text, ts: env.ts, mine: false, private: true }, !opensItself);
     if (opensItself) open(key);
+    else if (state.current === key) noteArrival();
+    acknowledge(env.from, env.id, state.current === key);
   });
   conn.addEventListener('channel', (ev) => {
     const env = ev.detail;
     if (env.from === state.me.id && confirmByPush('room:' + env.chan, env)) return;
+    if (state.current === 'room:' + env.chan && env.from !== state.me.id) noteArrival();
     add('room:' + env.chan, { key: env.id, id: env.id, from: env.from, fromName: env.payload.from_name, text: env.payload.text, ts: env.ts, mine: env.from === state.me.id }, true);
   });
   conn.addEventListener('receipt', (ev) => {
     const { message_id: id, receiver, status } = ev.detail.payload;
-    // "delivered" is final; a later "buffered" or "offline" for the same message is older news.
-    if (state.marks.get(id) !== 'delivered') state.marks.set(id, status);
+    // "delivered" is final; a later "buffered" or "offline" for the same message is older
+    // news. "offline": nobody got it, and demo-web keeps it for the receiver's next visit.
+    setMark(id, status === 'offline' ? 'stored' : status);
     const item = convo('user:' + receiver).byId.get(id);
     if (item) refresh(item, 'user:' + receiver);
   });
@@ -672,6 +824,48 @@ function connect() {
   conn.start();
 }
 
+// Acknowledgements per sender: the newest id received (and whether shown), and whether a
+// request is under way.
+const acks = new Map();
+
+/**
+ * Tells demo-web this page has the message `id` from `peer` (and has shown it): the sender's
+ * mark says "delivered" after a reload too, and it is not counted unread on the next load.
+ * One request per sender at a time, for the newest id (the marks only move forward): a page
+ * receiving fifty messages a second must not send fifty requests a second.
+ */
+function acknowledge(peer, id, seen) {
+  const ack = acks.get(peer) || { id: '', seen: false, busy: false };
+  if (id > ack.id) { ack.id = id; ack.seen = seen; ack.sent = false; } else if (id === ack.id && seen && !ack.seen) { ack.seen = true; ack.sent = false; }
+  acks.set(peer, ack);
+  if (ack.busy || ack.sent) return;
+  ack.busy = true;
+  ack.sent = true;
+  api(`/api/chats/${encodeURIComponent(peer)}/received`, { id: ack.id, seen: ack.seen }).catch(() => {}).finally(() => {
+    ack.busy = false;
+    if (!ack.sent) acknowledge(peer, ack.id, ack.seen);
+  });
+}
+
+/** The session ended (signed out elsewhere, or expired): stop, and offer to sign in again. */
+function signedOut() {
+  if (!state.me) return;
+  state.me = null;
+  if (state.conn) state.conn.close('signed out');
+  state.timers.forEach(clearInterval);
+  state.timers = [];
+  clearTimeout(presence.retry);
+  outbox.queue = [];
+  for (const id of ['app', 'me', 'state', 'signout', 'banner']) $(id).hidden = true;
+  showSignIn('You have been signed out. Sign in again to go on chatting.');
+}
+
+function showSignIn(why = '') {
+  $('signin').hidden = false;
+  $('signin-error').textContent = why;
+  $('signin-name').focus();
+}
+
 function start(me) {
   state.me = me;
   $('me').replaceChildren(avatar(me.name, me.id), nameEl(me.name, me.id));
@@ -683,30 +877,51 @@ function start(me) {
   $('signout').hidden = false;
   $('messages').dataset.empty = emptyText(null);
   connect();
+  loadChats();
   // Online counts of rooms change as members come and go; keep them fresh.
-  setInterval(loadRooms, 3000);
+  state.timers.push(setInterval(loadRooms, 3000));
+  // A reload reopens the conversation that was open (its address), with Back to the list.
+  const key = decodeURIComponent(location.hash.slice(1));
+  if (key.startsWith('room:') || key.startsWith('user:')) {
+    history.replaceState({ key: null }, '', location.pathname + location.search);
+    open(key);
+  } else history.replaceState({ key: null }, '', location.pathname + location.search);
 }
 
 $('signin-form').onsubmit = async (ev) => {
   ev.preventDefault();
   $('signin-error').textContent = '';
-  try { start(await api('/api/signin', { name: $('signin-name').value })); }
-  catch (e) { $('signin-error').textContent = e.message; }
+  const name = $('signin-name').value;
+  if (nameCount(name) > MAX_NAME) {
+    $('signin-error').textContent = `Names can be at most ${MAX_NAME} characters; this one has ${nameCount(name)}.`;
+    return;
+  }
+  try {
+    const me = await api('/api/signin', { name });
+    // Signed in again after the session ended: a fresh page rather than one half torn down.
+    if (state.conn) location.reload(); else start(me);
+  } catch (e) { $('signin-error').textContent = e.message; }
 };
+$('signin-name').addEventListener('input', countName);
 $('compose').onsubmit = send;
-$('compose-text').addEventListener('input', fitInput);
+$('compose-text').addEventListener('input', () => { fitInput(); countText(); });
 $('compose-text').addEventListener('keydown', (ev) => {
   // Enter sends, Shift+Enter starts a new line (and Enter while composing with an IME does not send).
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('compose').requestSubmit(); }
 });
 $('joinbar-btn').onclick = () => { const room = roomOf(state.current); if (room) joinOrLeave(room.name, true); };
-$('back').onclick = () => open(null);
+// Back in the page is Back in the browser: every conversation's entry sits on the list's
+// (open() pushes from the list, replaces between conversations), so both go to the list.
+$('back').onclick = () => { if (history.state && history.state.key) history.back(); else open(null, 'replace'); };
+window.addEventListener('popstate', (ev) => { if (state.me) open((ev.state && ev.state.key) || null, 'none'); });
 $('messages').addEventListener('scroll', () => {
   const ul = $('messages');
   // Still where the last scroll to the end left it (the list grew below), or back near the end:
   // follow. Scrolled up by the user: stay put.
   follow.on = ul.scrollTop >= follow.top - 2 || ul.scrollHeight - ul.scrollTop - ul.clientHeight < 60;
+  if (ul.scrollHeight - ul.scrollTop - ul.clientHeight < 60) hideNewMarker();
 }, { passive: true });
+$('new-marker').onclick = () => { hideNewMarker(); scrollToEnd(); };
 $('retry').onclick = () => { if (state.conn) state.conn.retry(); };
 window.addEventListener('online', kickOutbox);
 $('signout').onclick = async () => {
@@ -716,5 +931,5 @@ $('signout').onclick = async () => {
 };
 
 // 204 (nobody signed in) comes back as null.
-api('/api/me').then((me) => (me ? start(me) : ($('signin').hidden = false)))
-  .catch(() => { $('signin').hidden = false; });
+api('/api/me').then((me) => (me ? start(me) : showSignIn()))
+  .catch((e) => showSignIn(e.message));

@@ -1,6 +1,7 @@
 //! The demo backend against a real Redis and node: two people sign in, one opens the socket
 //! the backend hands out, and a private message sent through the API reaches it with the id
-//! the API answered. (The page itself is tested in a browser: tests/browser.)
+//! the API answered; a message to someone offline is kept, and a restart of demo-web loses
+//! neither sessions nor conversations. (The page itself is tested in a browser: tests/browser.)
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +19,10 @@ struct DemoWeb {
 impl DemoWeb {
     async fn start(c: &Cluster) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_on(c, addr).await
+    }
+
+    async fn start_on(c: &Cluster, addr: SocketAddr) -> Result<Self> {
         let nodes: Vec<&str> = c.nodes.iter().map(|n| n.id.as_str()).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_demo-web"))
             .arg("--listen")
@@ -106,5 +111,64 @@ async fn a_private_message_sent_through_the_api_reaches_the_receivers_socket() -
     assert_eq!(got.payload["text"], "hi Bob");
     assert_eq!(got.payload["from_name"], "Ann");
     assert_eq!(got.id.as_deref(), sent.json()?["id"].as_str());
+    Ok(())
+}
+
+async fn get(web: &DemoWeb, path: &str, cookie: &str) -> Result<imtestkit::HttpAnswer> {
+    http_request(web.addr, "GET", path, &[("Cookie", cookie)], None).await
+}
+
+#[tokio::test]
+async fn a_message_to_someone_offline_is_kept_and_a_restart_loses_nothing() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let web = DemoWeb::start(&c).await?;
+    let (ann, ann_id) = web.sign_in("Ann").await?;
+    let (bob, bob_id) = web.sign_in("Bob").await?;
+
+    // Bob has no socket open: the message is kept for him, and the answer says so.
+    let sent = http_request(
+        web.addr,
+        "POST",
+        "/api/messages",
+        &[("Cookie", &ann)],
+        Some(&json!({ "to": bob_id, "text": "see you at nine" })),
+    )
+    .await?;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(sent.json()?["status"], "stored", "{}", sent.body);
+    let id = sent.json()?["id"].clone();
+
+    let addr = web.addr;
+    drop(web);
+    let web = DemoWeb::start_on(&c, addr).await?;
+
+    let me = get(&web, "/api/me", &bob).await?;
+    assert_eq!(me.status, 200, "Bob is still signed in: {}", me.body);
+    assert_eq!(me.json()?["id"], bob_id.as_str());
+    assert!(
+        me.headers
+            .iter()
+            .any(|(k, v)| k == "cache-control" && v == "no-store"),
+        "API answers must not be cached: {:?}",
+        me.headers
+    );
+
+    let chats = get(&web, "/api/chats", &bob).await?.json()?;
+    assert_eq!(chats[0]["peer"], ann_id.as_str(), "{chats}");
+    assert_eq!(chats[0]["name"], "Ann", "{chats}");
+    assert_eq!(chats[0]["unread"], 1, "{chats}");
+    let history = get(&web, &format!("/api/chats/{ann_id}/messages"), &bob)
+        .await?
+        .json()?;
+    assert_eq!(history[0]["text"], "see you at nine", "{history}");
+    assert_eq!(history[0]["id"], id, "{history}");
+
+    // Bob has now seen it: Ann's copy says delivered, and Bob has nothing unread.
+    let mine = get(&web, &format!("/api/chats/{bob_id}/messages"), &ann)
+        .await?
+        .json()?;
+    assert_eq!(mine[0]["status"], "delivered", "{mine}");
+    let chats = get(&web, "/api/chats", &bob).await?.json()?;
+    assert_eq!(chats[0]["unread"], 0, "{chats}");
     Ok(())
 }

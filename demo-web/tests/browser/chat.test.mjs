@@ -48,12 +48,12 @@ test('two people chat through the whole stack', async (t) => {
       };
     }, ben.me.id);
     assert.deepEqual(results.unknownRoom.slice(0, 2), [404, 'unknown_room']);
-    assert.match(results.unknownRoom[2], /no room "nope"/);
-    assert.deepEqual(results.empty, [400, 'text_empty', 'text is empty']);
+    assert.match(results.unknownRoom[2], /no room called "nope"/);
+    assert.deepEqual(results.empty, [400, 'text_empty', 'Type a message first.']);
     assert.deepEqual(results.tooLong.slice(0, 2), [413, 'text_too_long']);
     assert.deepEqual(results.unknownUser.slice(0, 2), [404, 'unknown_user']);
-    assert.deepEqual(results.notMember, [403, 'not_a_member', 'join rust before writing to it']);
-    assert.deepEqual(results.badName, [400, 'name_empty', 'name is empty']);
+    assert.deepEqual(results.notMember, [403, 'not_a_member', 'Join #rust before writing in it.']);
+    assert.deepEqual(results.badName, [400, 'name_empty', 'Please type a name.']);
     const anon = await fetch(`${stack.web}/prev-connect-imserver`);
     assert.equal(anon.status, 401);
   });

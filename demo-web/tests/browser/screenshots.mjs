@@ -1,5 +1,6 @@
-// Takes the README's screenshots of the demo, desktop (docs/demo.png) and phone
-// (docs/demo-phone.png), from a real stack with a short conversation in it:
+// Takes the README's screenshots of the demo, desktop (docs/demo.png: the #lobby room) and
+// phone (docs/demo-phone.png: a private conversation), from a real stack with a short
+// conversation in it, each taken after a reload of the page (what it shows comes back):
 //   (cd demo-web/tests/browser && node screenshots.mjs [out-dir])
 // after `cargo build -p imserver -p demo-web` (scripts/browser-test.sh sets up the rest).
 import path from 'node:path';
@@ -40,9 +41,19 @@ try {
   await ben.page.fill('#compose-text', 'My treat!');
   await ben.page.click('#compose-send');
   await until('Ben\'s messages to be delivered', async () => (await ben.page.locator('#messages li.mine .mark[data-status="delivered"]').count()) === 2);
-  await ben.page.click('#back');
-  await ben.page.click('#rooms li[data-room="lobby"]');
-  await messageText(ben.page, 'Nothing lost').waitFor({ timeout: WAIT });
+  await ann.page.click(`#online-list li[data-user="${ben.me.id}"]`);
+  await ann.page.fill('#compose-text', 'Deal. Ten minutes after the tag?');
+  await ann.page.click('#compose-send');
+  await messageText(ben.page, 'Ten minutes').waitFor({ timeout: WAIT });
+  await ann.page.click('#rooms li[data-room="lobby"]');
+  // F5 on both: the room and the private conversation come back as they were.
+  for (const [user, text] of [[ann, 'Nothing lost'], [ben, 'Ten minutes']]) {
+    await user.page.reload();
+    await user.page.locator('#state[data-state="connected"]').waitFor({ timeout: WAIT });
+    await messageText(user.page, text).waitFor({ timeout: WAIT });
+  }
+  await until('the marks to come back', async () => (await ben.page.locator('#messages li.mine .mark[data-status="delivered"]').count()) === 2);
+  await ann.page.mouse.move(0, 0);
   await ann.page.screenshot({ path: path.join(out, 'demo.png') });
   await ben.page.screenshot({ path: path.join(out, 'demo-phone.png') });
   console.log(`screenshots: ${out}/demo.png, ${out}/demo-phone.png`);

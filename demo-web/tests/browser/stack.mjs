@@ -169,16 +169,30 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
     await startNode(stack, node);
     stack.nodes.push(node);
   }
-  run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
-    IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
-  });
-  await waitPort(stack.webPort);
+  await startWeb(stack);
   return stack;
 }
 
-/** Starts (or starts again, on the same port) the stack's redis-server. */
+/** Starts (or starts again, on the same port) the stack's demo-web. */
+export async function startWeb(stack) {
+  stack.webChild = run('demo-web', path.join(binDir, 'demo-web'), ['--listen', `127.0.0.1:${stack.webPort}`], {
+    IM_REDIS_URL: stack.redisUrl, IM_NODES: stack.nodes.map((n) => n.id).join(','), IM_TOKEN_SECRET: SECRET,
+  });
+  await waitPort(stack.webPort);
+}
+
+/**
+ * Starts (or starts again, on the same port) the stack's redis-server. It keeps its data in an
+ * append-only file, as the deployment's Redis does, so a restart loses neither the IM's state
+ * nor demo-web's sessions and history. Written before each answer but never fsynced: a killed
+ * process loses nothing (the kernel has the writes), and an fsync per command made Redis time
+ * out on a busy disk.
+ */
 export async function startRedis(stack) {
-  stack.redis = run('redis', 'redis-server', ['--port', String(stack.redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', artifacts]);
+  const dir = path.join(artifacts, `redis-${stack.redisPort}`);
+  mkdirSync(dir, { recursive: true });
+  stack.redis = run('redis', 'redis-server', ['--port', String(stack.redisPort), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'yes', '--appendfsync', 'no', '--dir', dir]);
   await waitPort(stack.redisPort);
 }
 
