@@ -407,3 +407,49 @@ async fn a_moved_client_is_not_counted_twice() -> Result<()> {
     assert!(im.has_online(&mover).await?);
     Ok(())
 }
+
+/// A stopping node's clients are moved, not reported offline and online again; one that does
+/// not reach its new home by the end of the stopping node's grace is reported offline.
+#[tokio::test]
+async fn a_stopping_nodes_clients_move_without_presence_events() -> Result<()> {
+    use imclient::{EventKind, EventsFrom};
+    let redis = Redis::start()?;
+    let listed = Listed::new(2);
+    let mut a = listed.start(&redis, 0).await?;
+    let _b = listed.start(&redis, 1).await?;
+    let im = listed.client(&redis).await?;
+    let mut on_a = (0..)
+        .map(|i| format!("s{i}"))
+        .filter(|c| listed.home_among_all(c) == listed.ids[0]);
+    let (mover, leaver) = (on_a.next().unwrap(), on_a.next().unwrap());
+    let mut wm = connect_as_a_browser(&im, &mover, None).await?;
+    let mut wl = connect_as_a_browser(&im, &leaver, None).await?;
+    wait_for("both online", WAIT, || async {
+        (im.online_count().await.ok()? == 2).then_some(())
+    })
+    .await?;
+    let mut events = im.events(EventsFrom::Now).await?;
+
+    a.signal("TERM");
+    for ws in [&mut wm, &mut wl] {
+        assert_eq!(ws.closed().await?, Some(CloseCode::Moved.code()));
+    }
+    // The mover reconnects to its new home at once; the leaver does not come back.
+    let moved = connect_as_a_browser(&im, &mover, Some((&wm.epoch(), wm.welcome_seq()))).await?;
+    assert_eq!(moved.welcome.payload["node"], json!(listed.ids[1]));
+    assert_eq!(moved.recovered(), Some(true));
+    ensure!(a.wait_exit(WAIT).await?, "node a did not stop cleanly");
+    // The leaver was reported offline when the stopping node ended; nothing about the mover.
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, ev) = tokio::time::timeout_at(end, events.next()).await??;
+        assert_ne!(ev.client.as_str(), mover, "the move was reported: {ev:?}");
+        if ev.client.as_str() == leaver {
+            assert_eq!(ev.kind, EventKind::Offline);
+            break;
+        }
+    }
+    assert!(im.has_online(&mover).await?);
+    assert!(!im.has_online(&leaver).await?);
+    Ok(())
+}

@@ -189,3 +189,26 @@ fn webhooks_need_a_secret_that_decodes_and_never_show_it() {
     let err = with(&["--webhook-url", "ftp://x/", "--webhook-secret", secret]).expect_err("ftp");
     assert!(err.contains("http"), "{err}");
 }
+
+#[test]
+fn the_shutdown_grace_leaves_the_rest_of_the_shutdown_time() {
+    assert!(parse(&["--dev"]).validate().is_ok());
+    assert!(matches!(
+        parse(&["--dev", "--shutdown-grace-ms", "5000"]).validate(),
+        Err(ConfigError::ShutdownGrace {
+            grace: 5000,
+            timeout: 10_000
+        })
+    ));
+    assert!(
+        parse(&[
+            "--dev",
+            "--shutdown-grace-ms",
+            "5000",
+            "--shutdown-timeout-ms",
+            "12000"
+        ])
+        .validate()
+        .is_ok()
+    );
+}
