@@ -276,8 +276,10 @@ pub async fn run_with_api(
     if let Some(api) = &api {
         api.stop(config.shutdown_timeout() / 4).await;
     }
+    // New sockets are refused (503, fetch a fresh URL) from now on; the listener keeps
+    // answering until the grace is over, so that a client sent here by a backend that has not
+    // seen the change yet learns it at once instead of waiting in the accept queue.
     node.health().begin_shutdown();
-    handle.pause().await;
     // The lease goes first, so that backends route this node's clients to the nodes that win
     // them while they are being handed over; those nodes keep what arrives until the streams do.
     let _ = release_tx.send(true);
@@ -314,6 +316,7 @@ pub async fn run_with_api(
         tracing::info!(node = %node.id(), clients = moved, grace_ms = config.shutdown_grace_ms, "handed clients over; passing on what arrives for them");
         tokio::time::sleep_until((handed_at + config.shutdown_grace()).min(deadline)).await;
     }
+    handle.pause().await;
     let _ = stop_tx.send(true);
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     if timeout(left, writer).await.is_err() {
