@@ -387,7 +387,7 @@ for d in $drills; do
     finish_bench
     j="$out/drill5.json"
     common_lines "$j"
-    jq -r '(.restarts[] | "  node \(.node): stopped \(.stop_ms) ms after SIGTERM, ready \(.start_ms) ms after that; \(.clients_back) clients back on it, the last \(.back_ms_max) ms after it was ready"),
+    jq -r '(.restarts[] | "  node \(.node): stopped \(.stop_ms) ms after SIGTERM, ready \(.start_ms) ms after that; \(.clients_back) of its \(.clients) clients back on it, the last \(.back_ms_max) ms after it was ready"),
       (.action | "  after the first SIGTERM: clients away (close to welcome) \(.reconnects) times, p50 \(.reconnect_ms_p50) ms, p90 \(.reconnect_ms_p90) ms, max \(.reconnect_ms_max) ms",
         "  resumes: recovered:true \(.welcomes_after.recovered_true), recovered:false \(.welcomes_after.recovered_false) \(.welcomes_after.reasons)",
         "  longest pause between deliveries to one node'"'"'s clients: \(.group_max_gap_ms) ms (\(.group_max_gap_before_ms) ms before the first SIGTERM); all clients together \(.all_max_gap_ms) ms")' "$j"
@@ -400,7 +400,8 @@ for d in $drills; do
       fails+=("resumes with recovered:false")
     jq -e '(.disconnects.codes | keys) == ["4003"]' "$j" >/dev/null || fails+=("closes other than 4003")
     jq -e '.action.reconnect_ms_max < 1000' "$j" >/dev/null || fails+=("a client away for a second or more")
-    echo "  rule: nothing lost, no seq gap or duplicate, every resume recovered:true, every close 4003, no client away for a second"
+    jq -e 'all(.restarts[]; .clients_back == .clients)' "$j" >/dev/null || fails+=("a node's clients not all back on it")
+    echo "  rule: nothing lost, no seq gap or duplicate, every resume recovered:true, every close 4003, no client away for a second, every node's clients back on it"
     verdict "rolling restart of three nodes" "${fails[@]}"
     ;;
   *)

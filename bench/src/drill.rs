@@ -1008,7 +1008,8 @@ fn outage(drill: &Drill, logs: &[Log], w: &Window<'_>, down: u64) -> Value {
 
 /// For each node restarted in place (marks `stop<k>`, `stopped<k>`, `started<k>`, `k` its
 /// place in the node list): how long it took to stop and to start, and how soon the clients
-/// it wins were back on it (their first welcome after it started that came from it).
+/// it held when it got its signal were back on it (their first welcome from it after it
+/// started).
 fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
     let mark = |n: String| w.marks.iter().find(|(m, _)| *m == n).map(|(_, t)| *t);
     let mut out = Vec::new();
@@ -1022,6 +1023,7 @@ fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
         };
         let back: Vec<u64> = logs
             .iter()
+            .filter(|log| log.node_at(stop) == Some(k))
             .filter_map(|log| {
                 log.welcomes()
                     .find(|(at, wl)| *at > started && wl.node == k)
@@ -1032,6 +1034,7 @@ fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
             "node": k,
             "stop_ms": stopped - stop,
             "start_ms": started - stopped,
+            "clients": logs.iter().filter(|log| log.node_at(stop) == Some(k)).count(),
             "clients_back": back.len(),
             "back_ms_max": back.iter().max(),
         }));
@@ -1143,9 +1146,12 @@ fn action(drill: &Drill, logs: &[Log], w: &Window<'_>, t0: u64, all: &[bool]) ->
     };
     // The longest pause in the deliveries to one group of clients (those first on one node),
     // before and after t0: a pause of all clients together hides one group's.
+    let groups: std::collections::BTreeSet<usize> =
+        logs.iter().filter_map(|log| log.start_node).collect();
     let group_gap = |from: u64, to: u64| {
-        (0..=nodes.len())
-            .map(|g| tl.max_gap(&tl.occupied(|h, _| h == g), from, to))
+        groups
+            .iter()
+            .map(|&g| tl.max_gap(&tl.occupied(|h, _| h == g), from, to))
             .max()
             .unwrap_or(0)
     };
