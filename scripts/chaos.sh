@@ -387,7 +387,7 @@ for d in $drills; do
     finish_bench
     j="$out/drill5.json"
     common_lines "$j"
-    jq -r '(.restarts[] | "  node \(.node): stopped \(.stop_ms) ms after SIGTERM, ready \(.start_ms) ms after that; \(.clients_back) of its \(.clients) clients back on it, the last \(.back_ms_max) ms after it was ready"),
+    jq -r '(.restarts[] | "  node \(.node): stopped \(.stop_ms) ms after SIGTERM, started again and ready \(.start_ms) ms after that; \(.clients_back) of its \(.clients) clients back on it, the last \(.back_ms_max) ms after the old process exited"),
       (.action | "  after the first SIGTERM: clients away (close to welcome) \(.reconnects) times, p50 \(.reconnect_ms_p50) ms, p90 \(.reconnect_ms_p90) ms, max \(.reconnect_ms_max) ms",
         "  resumes: recovered:true \(.welcomes_after.recovered_true), recovered:false \(.welcomes_after.recovered_false) \(.welcomes_after.reasons)",
         "  longest pause between deliveries to one node'"'"'s clients: \(.group_max_gap_ms) ms (\(.group_max_gap_before_ms) ms before the first SIGTERM); all clients together \(.all_max_gap_ms) ms")' "$j"

@@ -1008,8 +1008,9 @@ fn outage(drill: &Drill, logs: &[Log], w: &Window<'_>, down: u64) -> Value {
 
 /// For each node restarted in place (marks `stop<k>`, `stopped<k>`, `started<k>`, `k` its
 /// place in the node list): how long it took to stop and to start, and how soon the clients
-/// it held when it got its signal were back on it (their first welcome from it after it
-/// started).
+/// it held when it got its signal were back on it: their first welcome from it after the old
+/// process exited, in ms after that (the new one may welcome them before the script has
+/// written its `started` mark).
 fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
     let mark = |n: String| w.marks.iter().find(|(m, _)| *m == n).map(|(_, t)| *t);
     let mut out = Vec::new();
@@ -1026,8 +1027,8 @@ fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
             .filter(|log| log.node_at(stop) == Some(k))
             .filter_map(|log| {
                 log.welcomes()
-                    .find(|(at, wl)| *at > started && wl.node == k)
-                    .map(|(at, _)| at - started)
+                    .find(|(at, wl)| *at > stopped && wl.node == k)
+                    .map(|(at, _)| at - stopped)
             })
             .collect();
         out.push(json!({
