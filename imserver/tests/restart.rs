@@ -204,7 +204,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
     };
     flow(&log, 200, "messages flow").await?;
 
-    for i in 0..3 {
+    for (i, node) in nodes.iter_mut().enumerate() {
         let homed: Vec<&String> = clients
             .iter()
             .filter(|c| listed.home_among_all(c) == listed.ids[i])
@@ -214,17 +214,14 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
             homed.iter().map(|c| log[*c].resumes.len()).sum()
         };
         let before = resumed(&log);
-        nodes[i].signal("TERM");
-        ensure!(
-            nodes[i].wait_exit(WAIT).await?,
-            "node {i} did not stop cleanly"
-        );
+        node.signal("TERM");
+        ensure!(node.wait_exit(WAIT).await?, "node {i} did not stop cleanly");
         ensure!(
             resumed(&log) >= before + homed.len(),
             "node {i}'s clients had not all moved when it stopped"
         );
         flow(&log, 200, &format!("messages flow while node {i} is down")).await?;
-        nodes[i] = listed.start(&redis, i).await?;
+        *node = listed.start(&redis, i).await?;
         wait_for(&format!("node {i}'s clients back on it"), WAIT, || async {
             let log = log.lock().unwrap();
             homed
