@@ -45,12 +45,10 @@ pub async fn clear(presence: &Presence, store: &Store) -> redis::RedisResult<usi
     Ok(n)
 }
 
-/// Gives up the lease of a node that stops on purpose, then announces that it is handing its
-/// clients over (see [`NodeAnnouncement`]): backends route to the nodes that win its clients
-/// from now on, and those nodes keep what arrives for them until their streams do. Its
-/// presence stays until its clients have moved. Two round trips, not one pipeline: on a Redis
-/// Cluster the announcement's topic is on another shard, and a reader that applies the
-/// announcement and then reads the lease must find it gone.
+/// Gives up the lease of a node that stops on purpose, and announces in the same pipeline that
+/// it is handing its clients over (see [`NodeAnnouncement`]): backends route to the nodes that
+/// win its clients from now on, and those nodes keep what arrives for them until their streams
+/// do. Its presence stays until its clients have moved.
 pub(super) async fn release(
     conn: &mut imclient::store::Conn,
     keys: &Keys,
@@ -62,18 +60,14 @@ pub(super) async fn release(
         live: false,
         handing_over: Some(run.to_owned()),
     };
-    let _: () = redis::pipe()
-        .del(keys.lease(node))
+    let mut pipe = redis::pipe();
+    pipe.del(keys.lease(node))
         .ignore()
         .srem(keys.nodes(), node.as_str())
-        .ignore()
-        .query_async(conn)
-        .await?;
-    let _: i64 = keys
-        .publish(&keys.nodeset_topic(), json(&announcement))
-        .query_async(conn)
-        .await?;
-    Ok(())
+        .ignore();
+    pipe.add_command(keys.publish(&keys.nodeset_topic(), json(&announcement)))
+        .ignore();
+    pipe.query_async::<()>(conn).await
 }
 
 /// Tells whoever follows the live node set (imclient, the other nodes) that `node` came or
