@@ -27,6 +27,14 @@
 #      node is picked so that its topic's master is not the one that holds the app's keys (the
 #      `{prefix}` hash tag: presence, leases, memberships); CLUSTER_KILL=data kills that master
 #      instead, to see what losing the keys' shard for a moment does.
+#   5. a rolling restart: each of three nodes in turn gets SIGTERM, is started again on the same
+#      address once it has exited, and the next one follows RESTART_GAP seconds after it is
+#      ready. A stopping node hands its clients to the nodes that win them and closes them with
+#      4003; the node that starts takes its clients back the same way. Per node: how long it
+#      took to stop and to start, how soon its clients were back on it; over the drill: the
+#      longest pause in the deliveries to one node's clients, how long clients were away
+#      (close to welcome), the resumes that recovered, and what was lost. Run it with the load
+#      of a small deployment: DRILLS=5 CLIENTS=30 RATE=50.
 #
 # How the timing works: imbench connects every client, prints `drill: ready` on stderr and
 # sends for DURATION seconds; the script waits for that line, lets traffic flow for ACT_AFTER
@@ -37,15 +45,18 @@
 # a summary and PASS or FAIL per drill, and exits non-zero when one fails. Logs and the JSON
 # lines go to target/chaos/.
 #
-#   scripts/chaos.sh                    # all drills, 3000 clients
+#   scripts/chaos.sh                    # drills 1-4, 3000 clients
 #   DRILLS="1 3" CLIENTS=1000 scripts/chaos.sh
+#   DRILLS=5 CLIENTS=30 RATE=50 scripts/chaos.sh
 #
-# Settings (environment): DRILLS ("1 2 3 4"), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
+# Settings (environment): DRILLS ("1 2 3 4"; 5 on request), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
 # set), DURATION (15 s of sending per drill), ACT_AFTER (3 s of traffic before the action),
 # REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file), CLUSTER_KILL (topic:
 # drill 4 kills the master of a node's topic; data: the master of the app's keys), IM_KEY_PREFIX
-# (im). IMSERVER and IMBENCH name other binaries (then nothing is built).
+# (im), RESTART_GAP (2 s between one node being ready again and the next one's SIGTERM),
+# ROLL_DURATION (30 s of sending for drill 5). IMSERVER and IMBENCH name other binaries (then
+# nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -62,6 +73,8 @@ redis_down="${REDIS_DOWN_SECS:-2}"
 if [ "${REDIS_PERSIST:-1}" = 1 ]; then aof=yes; else aof=no; fi
 cluster_kill="${CLUSTER_KILL:-topic}"
 prefix="${IM_KEY_PREFIX:-im}"
+restart_gap="${RESTART_GAP:-2}"
+roll_duration="${ROLL_DURATION:-30}"
 
 ensure_redis_server
 command -v jq >/dev/null 2>&1 || apt_install jq
@@ -353,6 +366,43 @@ for d in $drills; do
     jq -e '.outage.missed_before_down == 0' "$j" >/dev/null || fails+=("missed before the kill")
     echo "  rule: no client disconnected, private and channel deliveries both resumed within 10 s of the kill, every client of the node whose topic's shard was lost told missed (a private message taken by a node and never delivered is a warning)"
     verdict "Redis Cluster master stopped" "${fails[@]}"
+    ;;
+  5)
+    echo "== drill 5: rolling restart of three nodes under load"
+    setup 3 3
+    all_duration=$duration
+    duration=$roll_duration
+    start_bench
+    duration=$all_duration
+    for k in 0 1 2; do
+      mark "stop$k"
+      kill -TERM "${npids[$k]}"
+      wait "${npids[$k]}" 2>/dev/null || true
+      mark "stopped$k"
+      rm -f "$run/ready-$d-$k"
+      start_node "$k"
+      mark "started$k"
+      [ "$k" = 2 ] || sleep "$restart_gap"
+    done
+    finish_bench
+    j="$out/drill5.json"
+    common_lines "$j"
+    jq -r '(.restarts[] | "  node \(.node): stopped \(.stop_ms) ms after SIGTERM, started again and ready \(.start_ms) ms after that; \(.clients_back) of its \(.clients) clients back on it, the last \(.back_ms_max) ms after the old process exited"),
+      (.action | "  after the first SIGTERM: clients away (close to welcome) \(.reconnects) times, p50 \(.reconnect_ms_p50) ms, p90 \(.reconnect_ms_p90) ms, max \(.reconnect_ms_max) ms",
+        "  resumes: recovered:true \(.welcomes_after.recovered_true), recovered:false \(.welcomes_after.recovered_false) \(.welcomes_after.reasons)",
+        "  longest pause between deliveries to one node'"'"'s clients: \(.group_max_gap_ms) ms (\(.group_max_gap_before_ms) ms before the first SIGTERM); all clients together \(.all_max_gap_ms) ms")' "$j"
+    base_checks "$j"
+    lost_warning "$j"
+    jq -e '.private_lost.count == 0' "$j" >/dev/null || fails+=("private messages lost")
+    jq -e '.seq.gaps == 0 and .seq.duplicates == 0 and .seq.epoch_mismatch == 0' "$j" >/dev/null ||
+      fails+=("seq gaps or duplicates")
+    jq -e '.action.welcomes_after.recovered_false == 0 and .action.welcomes_after.recovered_true > 0' "$j" >/dev/null ||
+      fails+=("resumes with recovered:false")
+    jq -e '(.disconnects.codes | keys) == ["4003"]' "$j" >/dev/null || fails+=("closes other than 4003")
+    jq -e '.action.reconnect_ms_max < 1000' "$j" >/dev/null || fails+=("a client away for a second or more")
+    jq -e 'all(.restarts[]; .clients_back == .clients)' "$j" >/dev/null || fails+=("a node's clients not all back on it")
+    echo "  rule: nothing lost, no seq gap or duplicate, every resume recovered:true, every close 4003, no client away for a second, every node's clients back on it"
+    verdict "rolling restart of three nodes" "${fails[@]}"
     ;;
   *)
     echo "unknown drill $d" >&2

@@ -921,6 +921,10 @@ fn report(drill: &Drill, logs: &[Log], w: &Window<'_>) -> Value {
         if let Some(down) = mark("down") {
             r.insert("outage".into(), outage(drill, logs, w, down));
         }
+        let restarts = restarts(logs, w);
+        if !restarts.is_empty() {
+            r.insert("restarts".into(), restarts.into());
+        }
     }
     report
 }
@@ -1000,6 +1004,43 @@ fn outage(drill: &Drill, logs: &[Log], w: &Window<'_>, down: u64) -> Value {
         "max_gap_ms": worst.2,
         "nodes": per_node,
     })
+}
+
+/// For each node restarted in place (marks `stop<k>`, `stopped<k>`, `started<k>`, `k` its
+/// place in the node list): how long it took to stop and to start, and how soon the clients
+/// it held when it got its signal were back on it: their first welcome from it after the old
+/// process exited, in ms after that (the new one may welcome them before the script has
+/// written its `started` mark).
+fn restarts(logs: &[Log], w: &Window<'_>) -> Vec<Value> {
+    let mark = |n: String| w.marks.iter().find(|(m, _)| *m == n).map(|(_, t)| *t);
+    let mut out = Vec::new();
+    for k in 0.. {
+        let (Some(stop), Some(stopped), Some(started)) = (
+            mark(format!("stop{k}")),
+            mark(format!("stopped{k}")),
+            mark(format!("started{k}")),
+        ) else {
+            break;
+        };
+        let back: Vec<u64> = logs
+            .iter()
+            .filter(|log| log.node_at(stop) == Some(k))
+            .filter_map(|log| {
+                log.welcomes()
+                    .find(|(at, wl)| *at > stopped && wl.node == k)
+                    .map(|(at, _)| at - stopped)
+            })
+            .collect();
+        out.push(json!({
+            "node": k,
+            "stop_ms": stopped - stop,
+            "start_ms": started - stopped,
+            "clients": logs.iter().filter(|log| log.node_at(stop) == Some(k)).count(),
+            "clients_back": back.len(),
+            "back_ms_max": back.iter().max(),
+        }));
+    }
+    out
 }
 
 /// The figures relative to the first mark `t0`, the action.
@@ -1091,6 +1132,30 @@ fn action(drill: &Drill, logs: &[Log], w: &Window<'_>, t0: u64, all: &[bool]) ->
         (!back.is_empty()).then(|| back[((back.len() - 1) as f64 * q).round() as usize])
     };
     let other_groups = tl.occupied(|g, _| Some(g) != x);
+    // Every close after t0 to the client's next welcome: how long it was away.
+    let mut away: Vec<u64> = logs
+        .iter()
+        .flat_map(|log| {
+            log.closes_from(t0)
+                .filter_map(|(at, _)| log.first_welcome_after(at).map(|(back, _)| back - at))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    away.sort_unstable();
+    let away_pct = |q: f64| -> Option<u64> {
+        (!away.is_empty()).then(|| away[((away.len() - 1) as f64 * q).round() as usize])
+    };
+    // The longest pause in the deliveries to one group of clients (those first on one node),
+    // before and after t0: a pause of all clients together hides one group's.
+    let groups: std::collections::BTreeSet<usize> =
+        logs.iter().filter_map(|log| log.start_node).collect();
+    let group_gap = |from: u64, to: u64| {
+        groups
+            .iter()
+            .map(|&g| tl.max_gap(&tl.occupied(|h, _| h == g), from, to))
+            .max()
+            .unwrap_or(0)
+    };
     json!({
         "mark": w.marks.first().map(|(n, _)| n.clone()),
         "at_ms": t0 as i64 - w.ready_ms as i64,
@@ -1111,6 +1176,12 @@ fn action(drill: &Drill, logs: &[Log], w: &Window<'_>, t0: u64, all: &[bool]) ->
         "others_max_gap_ms": tl.max_gap(&other_groups, t0, w.end_ms),
         "others_max_gap_before_ms": tl.max_gap(&other_groups, w.ready_ms, t0),
         "all_max_gap_ms": tl.max_gap(all, t0, w.end_ms),
+        "group_max_gap_ms": group_gap(t0, w.end_ms),
+        "group_max_gap_before_ms": group_gap(w.ready_ms, t0),
+        "reconnects": away.len(),
+        "reconnect_ms_p50": away_pct(0.5),
+        "reconnect_ms_p90": away_pct(0.9),
+        "reconnect_ms_max": away.last(),
         "clients_disconnected": clients_disconnected,
         "moved": moved,
         "moved_fraction": moved as f64 / logs.len().max(1) as f64,

@@ -3,12 +3,16 @@
 //! sent elsewhere and a node that comes back gets its clients again.
 //!
 //! Kept fresh by a watcher task: nodes announce every start, stop and purge on the node-set
-//! topic, and a refresh every second covers a missed announcement. Until the first refresh,
-//! and whenever Redis cannot be read, the configured list stands in for the live one.
+//! topic, and a refresh every second covers a missed announcement. An announcement is applied
+//! at once, before the leases are read again: a node announces only once its lease is taken
+//! or gone, and a node that stops closes its clients right after, so they must not be sent
+//! back to it while the read is under way. Until the first refresh, and whenever Redis cannot
+//! be read, the configured list stands in for the live one.
 
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use crate::contract::NodeAnnouncement;
 use crate::error::Result;
 use crate::ids::NodeId;
 use crate::keys::Keys;
@@ -46,6 +50,25 @@ impl NodeSet {
 
     fn set_live(&self, live: Option<Vec<NodeId>>) {
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
+    }
+
+    /// Applies an announcement to the known live set (in the configured order); nothing while
+    /// the live set is not known, or for a node not configured.
+    fn announced(&self, announcement: &NodeAnnouncement) {
+        if !self.configured.contains(&announcement.node) {
+            return;
+        }
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let Some(nodes) = live.as_mut() else { return };
+        let node = &announcement.node;
+        if announcement.live {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+                nodes.sort_by_key(|n| self.configured.iter().position(|c| c == n));
+            }
+        } else {
+            nodes.retain(|n| n != node);
+        }
     }
 
     /// The home of `client`: the rendezvous winner among the live nodes, or among the
@@ -106,16 +129,22 @@ pub(crate) async fn watch<W: Watched>(client: Weak<W>) {
         drop(c);
         let announced = async {
             match announcements.as_mut() {
-                Some((_, messages)) => messages.next().await.is_some(),
+                Some((_, messages)) => messages.next().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             _ = tick.tick() => {}
-            still_open = announced => {
-                if !still_open {
-                    announcements = None;
+            message = announced => match message {
+                Some(message) => {
+                    if let (Some(c), Ok(announcement)) = (
+                        client.upgrade(),
+                        serde_json::from_slice::<NodeAnnouncement>(message.get_payload_bytes()),
+                    ) {
+                        c.node_set().announced(&announcement);
+                    }
                 }
+                None => announcements = None,
             }
         }
     }
@@ -144,5 +173,41 @@ pub(crate) fn spawn_watch<W: Watched>(client: &Arc<W>) -> bool {
             true
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: &str) -> NodeId {
+        NodeId::new(n).expect("valid node")
+    }
+
+    fn announcement(n: &str, live: bool) -> NodeAnnouncement {
+        NodeAnnouncement {
+            node: node(n),
+            live,
+            handing_over: None,
+        }
+    }
+
+    #[test]
+    fn announcements_change_the_known_live_set_at_once() {
+        let set = NodeSet::new(vec![node("ws://a:1"), node("ws://b:2"), node("ws://c:3")]);
+        set.announced(&announcement("ws://a:1", false));
+        assert_eq!(set.live(), None, "nothing known yet: nothing to change");
+        set.set_live(Some(vec![node("ws://a:1"), node("ws://b:2")]));
+        set.announced(&announcement("ws://a:1", false));
+        assert_eq!(set.live(), Some(vec![node("ws://b:2")]));
+        set.announced(&announcement("ws://c:3", true));
+        set.announced(&announcement("ws://a:1", true));
+        set.announced(&announcement("ws://a:1", true));
+        assert_eq!(
+            set.live(),
+            Some(vec![node("ws://a:1"), node("ws://b:2"), node("ws://c:3")])
+        );
+        set.announced(&announcement("ws://elsewhere:4", true));
+        assert_eq!(set.live().map(|l| l.len()), Some(3), "not configured");
     }
 }

@@ -1,7 +1,9 @@
 //! Starting and stopping a node: wire the node state, start the broker and the presence writer,
 //! serve HTTP on the given listener, and on shutdown run the steps in order — stop accepting,
-//! close every session with 1001, clear this node's presence (emitting offline events), stop
-//! the broker — bounded by the shutdown timeout.
+//! give up the lease, hand every client to the live node that wins it (closing its sockets with
+//! 4003) and pass on what still arrives for them for the grace period, or close them with 1001
+//! when no other node is live; then clear this node's presence (emitting offline events for
+//! those that did not move), stop the broker — bounded by the shutdown timeout.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -94,10 +96,16 @@ pub async fn run_with_api(
         lease: node.lease(),
         events_maxlen: node.events_maxlen(),
     };
+    let (release_tx, release_rx) = watch::channel(false);
+    let (released_tx, mut released_rx) = watch::channel(false);
     let writer = tokio::spawn(presence::run(
         writing.clone(),
         store.clone(),
         stop_rx.clone(),
+        presence::Release {
+            asked: release_rx,
+            done: released_tx,
+        },
     ));
     let loader = tokio::spawn(membership::run(
         membership::Loader {
@@ -131,16 +139,17 @@ pub async fn run_with_api(
         store.clone(),
         stop_rx.clone(),
     ));
+    let following = follower::Follower {
+        node: node.id().clone(),
+        keys: node.keys().clone(),
+        nodes: node.nodes().clone(),
+        hub: node.hub().clone(),
+        work: node.work().clone(),
+        metrics: node.metrics().clone(),
+        health: node.health().clone(),
+    };
     let follower = tokio::spawn(follower::run(
-        follower::Follower {
-            node: node.id().clone(),
-            keys: node.keys().clone(),
-            nodes: node.nodes().clone(),
-            hub: node.hub().clone(),
-            work: node.work().clone(),
-            metrics: node.metrics().clone(),
-            health: node.health().clone(),
-        },
+        following.clone(),
         store.clone(),
         stop_rx.clone(),
     ));
@@ -282,8 +291,33 @@ pub async fn run_with_api(
     if let Some(api) = &api {
         api.stop(config.shutdown_timeout() / 4).await;
     }
+    // New sockets are refused (503, fetch a fresh URL) from now on; the listener keeps
+    // answering until the grace is over, so that a client sent here by a backend that has not
+    // seen the change yet learns it at once instead of waiting in the accept queue.
     node.health().begin_shutdown();
-    handle.pause().await;
+    // The lease goes first, so that backends route this node's clients to the nodes that win
+    // them while they are being handed over; those nodes keep what arrives until the streams do.
+    let _ = release_tx.send(true);
+    let released = timeout(
+        config.shutdown_timeout() / 4,
+        released_rx.wait_for(|done| *done),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let moved = if released {
+        match follower::leave(&following, &store).await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::warn!(node = %node.id(), error = %e, "cannot read the live node set; closing sessions without handing them over");
+                0
+            }
+        }
+    } else {
+        tracing::warn!(node = %node.id(), "cannot give up the lease; closing sessions without handing them over");
+        0
+    };
+    let handed_at = tokio::time::Instant::now();
+    // Whoever was not handed over (no other node is live, or it connected meanwhile).
     node.hub().close_all(CloseCode::GoingAway);
     if timeout(config.shutdown_timeout() / 2, node.hub().wait_empty())
         .await
@@ -291,8 +325,18 @@ pub async fn run_with_api(
     {
         tracing::warn!(node = %node.id(), left = node.hub().connections(), "sessions did not close in time");
     }
+    if moved > 0 {
+        // Backends that have not seen the change yet, and channel topics not yet subscribed at
+        // the new homes, still bring messages here: they are passed on meanwhile.
+        tracing::info!(node = %node.id(), clients = moved, grace_ms = config.shutdown_grace_ms, "handed clients over; passing on what arrives for them");
+        tokio::time::sleep_until((handed_at + config.shutdown_grace()).min(deadline)).await;
+    }
+    handle.pause().await;
     let _ = stop_tx.send(true);
-    let _ = writer.await;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if timeout(left, writer).await.is_err() {
+        tracing::warn!(node = %node.id(), "the presence writer did not finish in time");
+    }
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     match timeout(left, presence::clear(&writing, &store)).await {
         Ok(Ok(n)) => tracing::info!(node = %node.id(), clients = n, "presence cleared"),

@@ -7,7 +7,7 @@
 pub enum CloseCode {
     /// 1000: normal close.
     Normal,
-    /// 1001: the node is shutting down.
+    /// 1001: the node is shutting down and no other node is live to take the client.
     GoingAway,
     /// 1008: the client sent a frame the protocol does not allow.
     PolicyViolation,
@@ -19,8 +19,8 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4002: the business disconnected the client (force_offline).
     Kicked,
-    /// 4003: the client's home is now another node (one came back or was added): reconnect at
-    /// once, without backoff, with a fresh URL.
+    /// 4003: the client's home is now another node (one came back or was added, or its node is
+    /// stopping and handed it over): reconnect at once, without backoff, with a fresh URL.
     Moved,
 }
 

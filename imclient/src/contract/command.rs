@@ -1,7 +1,8 @@
 //! The commands that travel between backends and nodes on Redis topics: what a backend
 //! publishes to a node (deliver, receipts, kick, join, leave), to a channel's or the broadcast
 //! topic (fan-outs, a deleted channel), and what one node passes to another when a client moves
-//! (handover, forward). The node never parses a payload: it stays raw JSON.
+//! (handover, forward), and what a node announces on the node-set topic when it starts or
+//! stops. The node never parses a payload: it stays raw JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -159,6 +160,33 @@ pub struct ReceiptResult {
 pub struct Kick {
     /// The client to disconnect.
     pub client: ClientId,
+}
+
+/// What a node announces on the node-set topic (`p:nodeset`) when it starts, stops or purges
+/// a dead peer: whoever follows the live set reads the leases again at once.
+///
+/// ```
+/// use imclient::{NodeId, contract::NodeAnnouncement};
+/// let leaving = NodeAnnouncement {
+///     node: NodeId::new("ws://127.0.0.1:6001").unwrap(),
+///     live: false,
+///     handing_over: Some("0193a1b2c3".into()),
+/// };
+/// let text = serde_json::to_string(&leaving).unwrap();
+/// assert_eq!(text, r#"{"node":"ws://127.0.0.1:6001","live":false,"handing_over":"0193a1b2c3"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAnnouncement {
+    /// The node that came or went.
+    pub node: NodeId,
+    /// Whether it holds its lease now.
+    pub live: bool,
+    /// Set by a node that stops on purpose: the epoch (run id) of the node, whose clients'
+    /// streams it is handing to the nodes that win them now. Those nodes keep what arrives
+    /// for such a client until its stream does, and a client resuming a stream of that run
+    /// waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handing_over: Option<String>,
 }
 
 #[cfg(test)]

@@ -143,6 +143,12 @@ pub struct Config {
     #[arg(long, env = "IM_SHUTDOWN_TIMEOUT_MS", default_value_t = 10_000)]
     pub shutdown_timeout_ms: u64,
 
+    /// How long a stopping node passes on what still arrives for the clients it handed to
+    /// other nodes, in milliseconds (a rolling restart loses nothing sent meanwhile). Spent
+    /// only when it handed some over; must be under half of --shutdown-timeout-ms.
+    #[arg(long, env = "IM_SHUTDOWN_GRACE_MS", default_value_t = 3_000)]
+    pub shutdown_grace_ms: u64,
+
     /// Origins whose pages may connect besides the node's own, comma-separated (e.g.
     /// https://chat.example.com). A WebSocket request with an `Origin` header that is neither
     /// listed nor the node's own (by its `Host` header) is refused (403 `origin_not_allowed`);
@@ -292,6 +298,16 @@ pub enum ConfigError {
     /// No usable token secret: missing, the dev secret outside dev mode, or too short.
     #[error(transparent)]
     Secret(#[from] imclient::token::TokenError),
+    /// A shutdown grace that leaves the rest of the shutdown no time.
+    #[error(
+        "shutdown grace ({grace} ms) must be under half of the shutdown timeout ({timeout} ms)"
+    )]
+    ShutdownGrace {
+        /// Grace in ms.
+        grace: u64,
+        /// Timeout in ms.
+        timeout: u64,
+    },
     /// Heartbeat settings that would close healthy connections.
     #[error("heartbeat timeout ({timeout} ms) must be at least twice the interval ({interval} ms)")]
     Heartbeat {
@@ -384,6 +400,12 @@ impl Config {
         if self.lease_ms < 300 {
             return Err(ConfigError::Zero("lease-ms (at least 300)"));
         }
+        if self.shutdown_grace_ms * 2 >= self.shutdown_timeout_ms {
+            return Err(ConfigError::ShutdownGrace {
+                grace: self.shutdown_grace_ms,
+                timeout: self.shutdown_timeout_ms,
+            });
+        }
         Ok(verifier)
     }
 
@@ -468,6 +490,11 @@ impl Config {
     /// The shutdown bound.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// How long a stopping node forwards for the clients it handed over.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 }
 

@@ -211,3 +211,26 @@ fn redis_timeouts_are_settings_checked_at_start() {
     let err = short.validate().expect_err("too short").to_string();
     assert!(err.contains("--redis-response-timeout-ms"), "{err}");
 }
+
+#[test]
+fn the_shutdown_grace_leaves_the_rest_of_the_shutdown_time() {
+    assert!(parse(&["--dev"]).validate().is_ok());
+    assert!(matches!(
+        parse(&["--dev", "--shutdown-grace-ms", "5000"]).validate(),
+        Err(ConfigError::ShutdownGrace {
+            grace: 5000,
+            timeout: 10_000
+        })
+    ));
+    assert!(
+        parse(&[
+            "--dev",
+            "--shutdown-grace-ms",
+            "5000",
+            "--shutdown-timeout-ms",
+            "12000"
+        ])
+        .validate()
+        .is_ok()
+    );
+}

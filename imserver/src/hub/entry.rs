@@ -220,8 +220,13 @@ pub(super) enum Detached {
     /// The connection was not there (already removed).
     Unknown,
     /// Other connections remain, or the entry stays as it was (a window already open, or
-    /// forwarding until the sweeper ends it).
-    Stays { went_offline: bool },
+    /// forwarding until the sweeper ends it). A forwarding entry that lost its last
+    /// connection names its channels: its client is no longer online here, though it stays a
+    /// member until the forwarding ends.
+    Stays {
+        went_offline: bool,
+        chans: Vec<ChanName>,
+    },
     /// The last connection went and the recovery window opened: the channels whose online
     /// count changes.
     WindowOpened(Vec<ChanName>),
@@ -402,8 +407,17 @@ impl ClientInner {
         let went_offline = self.conns.is_empty();
         let forwarding = matches!(self.moving, Move::Forwarding { .. });
         if !went_offline || self.detached.is_some() || forwarding {
-            // A handed-over entry stays, passing deliveries on, until the sweeper ends it.
-            Detached::Stays { went_offline }
+            // A handed-over entry stays, passing deliveries on, until the sweeper ends it; its
+            // client counts as online at its new home from now on, not here.
+            let chans = if went_offline && forwarding {
+                self.chans.iter().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            Detached::Stays {
+                went_offline,
+                chans,
+            }
         } else if recover && !self.kicked && self.ready {
             self.detached = Some(now);
             Detached::WindowOpened(self.chans.iter().cloned().collect())

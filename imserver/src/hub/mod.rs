@@ -255,7 +255,13 @@ impl Hub {
         };
         let went_offline = match detached {
             Detached::Unknown => return,
-            Detached::Stays { went_offline } => went_offline,
+            Detached::Stays {
+                went_offline,
+                chans,
+            } => {
+                self.work.chan_counts.mark_all(chans);
+                went_offline
+            }
             Detached::WindowOpened(chans) => {
                 self.metrics.recovery_windows.fetch_add(1, Relaxed);
                 self.work.chan_counts.mark_all(chans);

@@ -10,8 +10,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use imclient::contract::{
-    CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeCommand, ReceiptPayload, ReceiptResult,
-    ReceiptStatus, Receipts, RecoveryRefusal, SystemEvent, envelope_body, system_frame,
+    CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeAnnouncement, NodeCommand, ReceiptPayload,
+    ReceiptResult, ReceiptStatus, Receipts, RecoveryRefusal, SystemEvent, envelope_body,
+    system_frame,
 };
 use imclient::keys::Keys;
 use imclient::store::{Store, Subscriber};
@@ -123,7 +124,10 @@ pub async fn run(broker: Broker, store: Store, mut stop: watch::Receiver<bool>) 
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
-                    Some(msg) if msg.get_channel_name() == nodeset => broker.work.nodeset.notify_one(),
+                    Some(msg) if msg.get_channel_name() == nodeset => {
+                        announced(&broker, msg.get_payload_bytes());
+                        broker.work.nodeset.notify_one();
+                    }
                     Some(msg) => handle(&broker, &store, msg.get_payload_bytes()),
                     None => break,
                 },
@@ -341,6 +345,22 @@ async fn send(broker: &Broker, store: &Store, pipe: &redis::Pipeline) {
     };
     if let Err(error) = sent.await {
         tracing::warn!(node = %broker.id, %error, "cannot send receipts or join acknowledgements");
+    }
+}
+
+/// A node announced a change of the live set. One that leaves and hands its clients over is
+/// taken out of the set here and now, before any message routed to its winners can be handled
+/// (they come after the announcement on this connection): their deliveries are kept until the
+/// streams arrive. The follower reads the leases for the rest.
+fn announced(broker: &Broker, bytes: &[u8]) {
+    let Ok(announcement) = serde_json::from_slice::<NodeAnnouncement>(bytes) else {
+        return;
+    };
+    if let Some(run) = announcement.handing_over
+        && !announcement.live
+        && broker.nodes.leaving(&broker.id, &announcement.node, run)
+    {
+        tracing::info!(node = %broker.id, leaving = %announcement.node, "a node is leaving and handing its clients over");
     }
 }
 

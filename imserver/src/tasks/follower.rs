@@ -1,7 +1,8 @@
 //! The node-set follower: reads which configured nodes hold their lease, every second and
 //! whenever a node announces a change on the node-set topic (the broker wakes it), and moves
 //! the clients this node no longer owns to their new home: their stream is handed over and
-//! their connections closed with 4003 (without recovery, they are only closed).
+//! their connections closed with 4003 (without recovery, they are only closed). When the node
+//! stops, [`leave`] moves every client the same way, to the node that wins it among the others.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -10,7 +11,6 @@ use std::time::Duration;
 use imclient::NodeId;
 use imclient::contract::CloseCode;
 use imclient::keys::Keys;
-use imclient::node::read_live;
 use imclient::store::Store;
 use tokio::sync::watch;
 
@@ -59,6 +59,8 @@ pub async fn run(follower: Follower, store: Store, mut stop: watch::Receiver<boo
             return;
         }
         match follower.read(&store).await {
+            // Shutdown began during the read: the node's set is `leave`'s now.
+            Ok(_) if follower.health.shutting_down() => return,
             Ok(live) => {
                 if follower.nodes.set_live(&follower.node, live.clone()) {
                     tracing::info!(node = %follower.node, live = ?live, "live node set changed");
@@ -74,22 +76,30 @@ pub async fn run(follower: Follower, store: Store, mut stop: watch::Receiver<boo
 
 impl Follower {
     /// The configured nodes holding a lease, this node always among them: it is running.
-    async fn read(&self, store: &Store) -> Result<Vec<NodeId>, String> {
+    /// With the run holding each lease: a node that announced it is leaving still holds it
+    /// for a moment in a read that raced its release.
+    async fn read(&self, store: &Store) -> Result<Vec<(NodeId, Option<String>)>, String> {
         let configured = self.nodes.configured();
         let mut conn = store.get().await.map_err(|e| e.to_string())?;
-        let live = read_live(&mut conn, &self.keys, configured)
+        let mut pipe = redis::pipe();
+        for node in configured {
+            pipe.get(self.keys.lease(node));
+        }
+        let runs: Vec<Option<String>> = pipe
+            .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
         Ok(configured
             .iter()
-            .filter(|peer| live.contains(peer) || **peer == self.node)
-            .cloned()
+            .zip(runs)
+            .filter(|(peer, run)| run.is_some() || **peer == self.node)
+            .map(|(peer, run)| (peer.clone(), run))
             .collect())
     }
 
     /// Moves every client whose home is now another node: hands its stream over to the new
-    /// home, then closes its connections with 4003 (see `Hub::hand_over`).
-    fn move_clients(&self) {
+    /// home, then closes its connections with 4003 (see `Hub::hand_over`). Returns how many.
+    fn move_clients(&self) -> u64 {
         let mut moved = 0;
         for client in self.hub.clients() {
             if self.nodes.owns(&self.node, &client) {
@@ -112,5 +122,28 @@ impl Follower {
             self.metrics.clients_moved.fetch_add(moved, Relaxed);
             tracing::info!(node = %self.node, clients = moved, "moved clients to their new home");
         }
+        moved
     }
+}
+
+/// Moves every client of a node that is stopping, once it gave up its lease: reads which other
+/// nodes are live, and hands each client over to the one that wins it (see
+/// `Follower::move_clients`). Returns how many moved: none when no other node is live (or
+/// without a node list), and the caller closes them as before.
+pub async fn leave(follower: &Follower, store: &Store) -> Result<u64, String> {
+    if follower.nodes.configured().is_empty() {
+        return Ok(0);
+    }
+    let others: Vec<(NodeId, Option<String>)> = follower
+        .read(store)
+        .await?
+        .into_iter()
+        .filter(|(node, _)| *node != follower.node)
+        .collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    tracing::info!(node = %follower.node, live = ?others, "leaving: handing every client to the node that wins it");
+    follower.nodes.set_live(&follower.node, others);
+    Ok(follower.move_clients())
 }

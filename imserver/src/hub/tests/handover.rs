@@ -137,3 +137,21 @@ async fn a_connection_waiting_for_its_stream_hears_of_the_handover() {
             .await
     );
 }
+
+#[test]
+fn a_handed_over_client_stops_counting_online_in_its_channels_when_its_connection_ends() {
+    let (old, _, work) = hub();
+    let reg = connect(&old, "ann", None);
+    load(&old, "ann", &["room"]);
+    assert_eq!(old.chan_online(&chan("room")), 1);
+    old.hand_over(&client("ann"), "home-topic".into());
+    let _ = work.chan_counts.take();
+    old.unregister(&client("ann"), reg.id);
+    assert_eq!(old.state_of(&client("ann")), Some(State::Forwarding));
+    assert_eq!(old.chan_online(&chan("room")), 0);
+    assert_eq!(
+        work.chan_counts.take(),
+        vec![chan("room")],
+        "the count is written again now, not when the forwarding ends"
+    );
+}

@@ -8,6 +8,11 @@
 //! the lease; when the lease had lapsed (Redis restarted, or a peer purged us) it re-reads the
 //! hash and rewrites what differs. Each renewal also checks the peers' leases and purges the
 //! presence of a node whose lease expired, emitting offline events for its clients.
+//!
+//! When the node stops, the writer gives up the lease when asked ([`Release`]), between two of
+//! its own renewals so that none can take it back, and announces that the node is handing its
+//! clients over; it goes on writing their moves until it is stopped, and then settles the moves
+//! still open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use crate::work::HubWork;
 mod purge;
 
 pub use purge::clear;
-use purge::{announce, emit_offline, event, json, pool_error, purge, xadd};
+use purge::{announce, emit_offline, event, json, pool_error, purge, release, xadd};
 
 /// Clients written per pipeline.
 const BATCH: usize = 512;
@@ -95,6 +100,23 @@ impl Presence {
     }
 }
 
+/// How the node asks the writer to give up its lease when it stops, and learns that it did.
+#[derive(Debug)]
+pub struct Release {
+    /// Turns true when the node stops.
+    pub asked: watch::Receiver<bool>,
+    /// Turned true once the lease is given up (or was never taken).
+    pub done: watch::Sender<bool>,
+}
+
+impl Release {
+    async fn asked(&mut self) {
+        if self.asked.wait_for(|asked| *asked).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// The writer's view of Redis.
 struct Writer {
     presence: Presence,
@@ -110,10 +132,19 @@ struct Writer {
     moves: HashMap<ClientId, (Instant, PresenceRecord)>,
     /// When to tell every client `missed` after a lapsed lease (see [`LAPSE_SETTLES`]).
     missed_due: Option<Instant>,
+    release: Release,
+    /// The lease was given up: the node is stopping, and never takes it again.
+    released: bool,
 }
 
-/// Runs the presence writer until `stop` turns true. Then the caller runs [`clear`].
-pub async fn run(presence: Presence, store: Store, mut stop: watch::Receiver<bool>) {
+/// Runs the presence writer until `stop` turns true, giving up the lease when `release` asks.
+/// Then the caller runs [`clear`].
+pub async fn run(
+    presence: Presence,
+    store: Store,
+    mut stop: watch::Receiver<bool>,
+    release: Release,
+) {
     let mut writer = Writer {
         presence,
         store,
@@ -123,10 +154,17 @@ pub async fn run(presence: Presence, store: Store, mut stop: watch::Receiver<boo
         next_renewal: Instant::now(),
         moves: HashMap::new(),
         missed_due: None,
+        release,
+        released: false,
     };
     // The lease makes backends route to this node: not before it can hear them.
     tokio::select! {
         _ = writer.presence.hub.base_subscribed() => {}
+        _ = writer.release.asked() => {
+            writer.released = true;
+            let _ = writer.release.done.send(true);
+            return;
+        }
         _ = stop.changed() => return,
     }
     let mut backoff = Duration::from_millis(50);
@@ -142,7 +180,8 @@ pub async fn run(presence: Presence, store: Store, mut stop: watch::Receiver<boo
                 tracing::warn!(node = %writer.presence.id(), error = %e, "presence write failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+                    _ = writer.release.asked(), if !writer.released => {}
+                    _ = stop.changed() => break,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -151,11 +190,17 @@ pub async fn run(presence: Presence, store: Store, mut stop: watch::Receiver<boo
         tokio::select! {
             _ = writer.presence.work.presence.wait() => {}
             _ = writer.presence.work.chan_counts.wait() => {}
-            _ = tokio::time::sleep_until(writer.next_renewal) => {}
+            _ = tokio::time::sleep_until(writer.next_renewal), if !writer.released => {}
             _ = tokio::time::sleep_until(writer.missed_due.unwrap_or(writer.next_renewal)), if writer.missed_due.is_some() => {}
             _ = tokio::time::sleep(MOVE_GRACE), if !writer.moves.is_empty() => {}
-            _ = stop.changed() => return,
+            _ = writer.release.asked(), if !writer.released => {}
+            _ = stop.changed() => break,
         }
+    }
+    if writer.released
+        && let Err(e) = writer.finish().await
+    {
+        tracing::warn!(node = %writer.presence.id(), error = %e, "cannot write the last moves");
     }
 }
 
@@ -176,9 +221,26 @@ impl Writer {
                 ));
         }
         let mut conn = self.store.get().await.map_err(pool_error)?;
-        if !self.started {
+        if !self.released && *self.release.asked.borrow() {
+            if self.started {
+                release(
+                    &mut conn,
+                    self.keys(),
+                    self.presence.id(),
+                    self.presence.epoch(),
+                )
+                .await?;
+                tracing::info!(node = %self.presence.id(), "lease given up");
+            }
+            self.released = true;
+            let _ = self.release.done.send(true);
+        }
+        if !self.started && !self.released {
             // Whatever this node's hash holds is from a previous run: those clients are gone.
             let stale = purge(&mut conn, self.keys(), self.presence.id(), true).await?;
+            self.presence
+                .nodes
+                .set_orphans(stale.iter().flatten().map(|(client, _)| client.clone()));
             emit_offline(
                 &mut conn,
                 self.keys(),
@@ -202,7 +264,7 @@ impl Writer {
                 .chan_counts
                 .mark_all(self.presence.hub.chans());
         }
-        if Instant::now() >= self.next_renewal {
+        if !self.released && Instant::now() >= self.next_renewal {
             if self.renew_lease(&mut conn).await? {
                 // While the lease was gone, backends sent this node's clients' messages to
                 // another node, which had no such client: say we are back at once, and once
@@ -214,18 +276,31 @@ impl Writer {
             self.purge_dead_peers(&mut conn).await?;
         }
         self.flush(&mut conn).await?;
-        self.settle_moves(&mut conn).await?;
+        self.settle_moves(&mut conn, false).await?;
         self.flush_chans(&mut conn).await
     }
 
-    /// Moved clients whose grace period ended: if their new home never claimed them and they
-    /// are not online there, they really went offline.
-    async fn settle_moves(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<()> {
+    /// The last writes of a node that stops: what changed since the last step, then every
+    /// move still open is settled now (the node will not be there at the end of its grace).
+    async fn finish(&mut self) -> redis::RedisResult<()> {
+        let mut conn = self.store.get().await.map_err(pool_error)?;
+        self.flush(&mut conn).await?;
+        self.settle_moves(&mut conn, true).await?;
+        self.flush_chans(&mut conn).await
+    }
+
+    /// Moved clients whose grace period ended (every one, when `all`): if their new home never
+    /// claimed them and they are not online there, they really went offline.
+    async fn settle_moves(
+        &mut self,
+        conn: &mut imclient::store::Conn,
+        all: bool,
+    ) -> redis::RedisResult<()> {
         let now = Instant::now();
         let due: Vec<ClientId> = self
             .moves
             .iter()
-            .filter(|(_, (at, _))| now.duration_since(*at) >= MOVE_GRACE)
+            .filter(|(_, (at, _))| all || now.duration_since(*at) >= MOVE_GRACE)
             .map(|(c, _)| c.clone())
             .collect();
         for client in due {

@@ -2,7 +2,7 @@
 //! its lease expired — with the offline event each of its clients leaves, and announcing that a
 //! node came or went. Also the event and stream helpers the writer shares.
 
-use imclient::contract::PresenceRecord;
+use imclient::contract::{NodeAnnouncement, PresenceRecord};
 use imclient::keys::Keys;
 use imclient::store::Store;
 use imclient::{ClientId, EVENT_FIELD, Event, EventKind, NodeId, now_ms};
@@ -45,6 +45,31 @@ pub async fn clear(presence: &Presence, store: &Store) -> redis::RedisResult<usi
     Ok(n)
 }
 
+/// Gives up the lease of a node that stops on purpose, and announces in the same pipeline that
+/// it is handing its clients over (see [`NodeAnnouncement`]): backends route to the nodes that
+/// win its clients from now on, and those nodes keep what arrives for them until their streams
+/// do. Its presence stays until its clients have moved.
+pub(super) async fn release(
+    conn: &mut imclient::store::Conn,
+    keys: &Keys,
+    node: &NodeId,
+    run: &str,
+) -> redis::RedisResult<()> {
+    let announcement = NodeAnnouncement {
+        node: node.clone(),
+        live: false,
+        handing_over: Some(run.to_owned()),
+    };
+    let mut pipe = redis::pipe();
+    pipe.del(keys.lease(node))
+        .ignore()
+        .srem(keys.nodes(), node.as_str())
+        .ignore();
+    pipe.add_command(keys.publish(&keys.nodeset_topic(), json(&announcement)))
+        .ignore();
+    pipe.query_async::<()>(conn).await
+}
+
 /// Tells whoever follows the live node set (imclient, the other nodes) that `node` came or
 /// went, so they read the set again now rather than at their next refresh.
 pub(super) async fn announce(
@@ -53,9 +78,13 @@ pub(super) async fn announce(
     node: &NodeId,
     live: bool,
 ) -> redis::RedisResult<()> {
-    let message = serde_json::json!({ "node": node, "live": live }).to_string();
+    let announcement = NodeAnnouncement {
+        node: node.clone(),
+        live,
+        handing_over: None,
+    };
     let _: i64 = keys
-        .publish(&keys.nodeset_topic(), message)
+        .publish(&keys.nodeset_topic(), json(&announcement))
         .query_async(conn)
         .await?;
     Ok(())
