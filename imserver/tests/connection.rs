@@ -84,7 +84,20 @@ async fn bad_tokens_are_refused_with_a_reason() -> Result<()> {
     let mut stale = claims(&node, "eve");
     stale.iat -= 30;
     assert_refused(&url_with(&node, &stale, SECRET), 401, "token_stale").await?;
-    assert!(c.nodes[0].metric("im_handshakes_refused_total").await? >= 8);
+    // Each refusal counted under the code its client got, so that an operator sees which.
+    for (reason, times) in [
+        ("token_expired", 1),
+        ("token_bad_signature", 2),
+        ("token_wrong_node", 1),
+        ("token_replayed", 1),
+        ("token_missing", 1),
+        ("token_malformed", 1),
+        ("token_stale", 1),
+        ("node_full", 0),
+    ] {
+        let series = format!("im_handshakes_refused_total{{node=\"{node}\",reason=\"{reason}\"}}");
+        assert_eq!(c.nodes[0].metric(&series).await?, times, "{series}");
+    }
     Ok(())
 }
 
