@@ -52,6 +52,8 @@ cleanup() {
   stop_all 5
   [ ${#containers[@]} -eq 0 ] || podman rm -f "${containers[@]}" >/dev/null 2>&1 || true
   [ ${#mounted[@]} -eq 0 ] || podman image unmount "${mounted[@]}" >/dev/null 2>&1 || true
+  # This test's own images: left behind, every run would add a few hundred MB of layers.
+  podman rmi -f "$image" "$web_image" >/dev/null 2>&1 || true
   rm -rf "$run"
 }
 on_exit cleanup
