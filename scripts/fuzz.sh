@@ -10,7 +10,7 @@
 #
 # FUZZ_BUILD picks how the targets are built: `opt` (default; optimised, with AddressSanitizer)
 # or `quick` (unoptimised, without AddressSanitizer: builds in a fraction of the time and runs
-# slower, enough for a short smoke run; the code is safe Rust, so the sanitizer finds little
+# slower, enough for a short smoke run; the workspace forbids unsafe code, so the sanitizer finds little
 # that a panic would not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
