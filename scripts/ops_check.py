@@ -61,10 +61,13 @@ class QueryError(Exception):
 
 
 def grouping_labels(expr):
-    """Labels named in `by (...)`: every series the expression returns must have them."""
+    """Labels named in `by (...)`: every series the expression returns must have them, but
+    `le` under histogram_quantile, which takes the buckets' bounds away."""
     labels = set()
     for m in re.finditer(r"\bby\s*\(([^)]*)\)", expr):
         labels.update(l.strip() for l in m.group(1).split(",") if l.strip())
+    if re.search(r"\bhistogram_quantile\s*\(", expr):
+        labels.discard("le")
     return labels
 
 

@@ -4,8 +4,8 @@
 # Prometheus scraping two real nodes under a little load, through which scripts/ops_check.py
 # runs every panel's query and every alert's metric selectors: each must return series (no
 # misspelt metric, no label that does not exist). Then no alert may be pending or firing; one
-# node is killed and Redis stopped, and the alerts for them must become pending. Prints
-# `ops: N passed, M failed, K skipped`.
+# node is killed and Redis stopped, and the alerts for them must become pending (the lost lease
+# too, once it has run out). Prints `ops: N passed, M failed, K skipped`.
 # Installs Debian's prometheus (promtool with it) and redis-server when missing.
 # IM_TEST_IMSERVER and IM_TEST_IMBENCH name the binaries to run; by default
 # $CARGO_TARGET_DIR/debug (target/debug), built when missing or older than their sources.
@@ -137,6 +137,9 @@ check "ImserverRedisDown for the node left, Redis stopped" \
   wait_query 1 "ALERTS{alertname=\"ImserverRedisDown\",node=\"${nodes[0]}\"}"
 check "ImserverLeaseAtRisk for the node left, Redis stopped" \
   wait_query 1 "ALERTS{alertname=\"ImserverLeaseAtRisk\",node=\"${nodes[0]}\"}"
+# Once its lease (10 s by default) has run out unrenewed, im_leased falls to 0.
+check "ImserverLeaseLost for the node left, its lease run out" \
+  wait_query 1 "ALERTS{alertname=\"ImserverLeaseLost\",node=\"${nodes[0]}\"}"
 
 echo "ops: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

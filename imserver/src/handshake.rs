@@ -55,11 +55,9 @@ impl Refused {
         serde_json::json!({ "error": self.code, "message": self.message }).to_string()
     }
 
-    /// Counts and logs the refusal.
+    /// Counts (under its code) and logs the refusal.
     pub fn record(&self, node: &Node) {
-        node.metrics()
-            .refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        node.metrics().refused(self.code);
         tracing::debug!(node = %node.id(), code = self.code, "refused connection");
     }
 }

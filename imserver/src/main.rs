@@ -2,7 +2,8 @@
 //! print one ready line, and serve until SIGINT or SIGTERM.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -25,11 +26,21 @@ const QUIET_DISPATCHER: &str = "actix_http::h1::dispatcher=off";
 /// The subcommand that posts the dead-lettered webhook batches again.
 const WEBHOOK_REPLAY: &str = "webhook-replay";
 
+/// The subcommand a container runtime runs to ask whether the node serves.
+const HEALTHCHECK: &str = "healthcheck";
+
+/// How long the healthcheck waits for the node's answer.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == WEBHOOK_REPLAY) {
         args.remove(1);
         return webhook_replay(Config::parse_from(args));
+    }
+    if args.get(1).is_some_and(|a| a == HEALTHCHECK) {
+        args.remove(1);
+        return healthcheck(&Config::parse_from(args));
     }
     let config = Config::parse();
     // The system runtime has worker threads of its own: the broker and every `ws://` session
@@ -146,6 +157,53 @@ fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     match QUIET_DISPATCHER.parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
+    }
+}
+
+/// `imserver healthcheck <the node's flags>`: asks the node on this machine for `/healthz` at
+/// its `--listen` address (loopback when it listens on every address; over TLS when it has a
+/// certificate, not checked: it is this machine's own node), prints the answer and succeeds when
+/// the node serves clients: `ok`, or `full` (refusing only new ones). A node starting, without
+/// Redis or shutting down fails the check. Reads the same IM_* variables as the node, so that a
+/// container's healthcheck needs no flags.
+fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}/healthz");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let (status, body) = runtime
+        .block_on(async {
+            let answer = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .timeout(HEALTHCHECK_TIMEOUT)
+                .build()?
+                .get(&url)
+                .send()
+                .await?;
+            let status = answer.status();
+            Ok::<_, reqwest::Error>((status, answer.text().await?))
+        })
+        .with_context(|| format!("no answer from {url}"))?;
+    writeln!(std::io::stdout(), "{body}")?;
+    let state = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["status"].as_str().map(str::to_owned));
+    match state.as_deref() {
+        Some("ok" | "full") => Ok(()),
+        _ => anyhow::bail!("{url} answered {status}: the node does not serve"),
     }
 }
 

@@ -1,7 +1,9 @@
-//! Counters and gauges of one node, rendered in Prometheus text form on /metrics.
+//! Counters, gauges and the delivery latency histogram of one node, rendered in Prometheus
+//! text form on /metrics.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use imclient::contract::{CloseCode, RecoveryRefusal};
 
@@ -32,6 +34,120 @@ impl DropReason {
     }
 }
 
+/// The refusal codes of the WebSocket handshake (the `error` of the JSON a refused client
+/// gets), each counted under its own `reason` label. A fixed list, so that the series are few
+/// and all present from the start; a code not listed counts as `other`.
+pub const REFUSAL_REASONS: [&str; 19] = [
+    "not_found",
+    "not_websocket",
+    "unsupported_version",
+    "shutting_down",
+    "origin_not_allowed",
+    "ip_rate_limit",
+    "ip_connection_limit",
+    "token_missing",
+    "token_malformed",
+    "token_bad_signature",
+    "token_expired",
+    "token_wrong_node",
+    "token_replayed",
+    "redis_unavailable",
+    "token_unknown_key",
+    "client_moved",
+    "client_connection_limit",
+    "node_full",
+    "other",
+];
+
+/// What a delivery latency is measured for: the three ways an envelope reaches clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A private message (or one passed on by the node a client left): a few receivers.
+    Direct,
+    /// A channel message: every local member.
+    Channel,
+    /// A broadcast: every local client.
+    Broadcast,
+}
+
+impl DeliveryKind {
+    const ALL: [DeliveryKind; 3] = [
+        DeliveryKind::Direct,
+        DeliveryKind::Channel,
+        DeliveryKind::Broadcast,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DeliveryKind::Direct => "direct",
+            DeliveryKind::Channel => "channel",
+            DeliveryKind::Broadcast => "broadcast",
+        }
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets, in microseconds: from what one private
+/// message takes (tens of µs) to a fan-out to tens of thousands of members (tens of ms), and
+/// past that what only a stalled node takes.
+const LATENCY_BOUNDS_US: [u64; 14] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
+/// A latency histogram with fixed buckets: one relaxed add to a bucket and one to the sum per
+/// observation, no lock. Buckets are kept per bucket, not cumulated; rendering cumulates them.
+#[derive(Debug, Default)]
+struct Latency {
+    /// One per bound, then the overflow (`+Inf`).
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    fn observe(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|bound| *bound < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut seen = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            seen += bucket.load(Relaxed);
+            let le = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |us| format_seconds(*us));
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {seen}");
+        }
+        let sum = format_seconds(self.sum_us.load(Relaxed));
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {seen}");
+    }
+}
+
+/// Microseconds as seconds, exactly (Prometheus reads `0.000025`, and `le` values must be
+/// written alike in every scrape).
+fn format_seconds(us: u64) -> String {
+    let frac = format!("{:06}", us % 1_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{}", us / 1_000_000)
+    } else {
+        format!("{}.{frac}", us / 1_000_000)
+    }
+}
+
+/// What the node is, as opposed to what it counts: rendered beside the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeState {
+    /// Whether the Redis subscriber is connected.
+    pub redis_up: bool,
+    /// Whether the node holds its lease now (renewed within the lease's lifetime).
+    pub leased: bool,
+    /// The connection cap in force (`--max-connections`, lowered to the open-file limit).
+    pub max_connections: u64,
+}
+
 /// The node's metrics. All relaxed atomics: exact ordering between counters does not matter.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -53,8 +169,8 @@ pub struct Metrics {
     pub membership_loads: AtomicU64,
     drops: [AtomicU64; 3],
     closes: [AtomicU64; 8],
-    /// Connections refused at the handshake (bad token, limits).
-    pub refused: AtomicU64,
+    /// Connections refused at the handshake, by reason (in [`REFUSAL_REASONS`] order).
+    refused: [AtomicU64; REFUSAL_REASONS.len()],
     /// Requests actix-http answered itself (400, 408, 431), before any handler: malformed,
     /// too slow or too large. Counted here and summarised in the log, never one line each.
     pub bad_requests: AtomicU64,
@@ -99,6 +215,8 @@ pub struct Metrics {
     pub webhook_lag: AtomicU64,
     /// Resumes refused, by reason (in [`RecoveryRefusal::ALL`] order).
     resumes_refused: [AtomicU64; 4],
+    /// From an envelope read off Redis to its frames queued, by [`DeliveryKind`].
+    delivery_latency: [Latency; 3],
 }
 
 impl Metrics {
@@ -127,6 +245,29 @@ impl Metrics {
             .map_or(0, |i| self.closes[i].load(Relaxed))
     }
 
+    /// Counts a handshake refused with `code` (one of [`REFUSAL_REASONS`], else `other`).
+    pub fn refused(&self, code: &str) {
+        let i = REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == code)
+            .unwrap_or(REFUSAL_REASONS.len() - 1);
+        self.refused[i].fetch_add(1, Relaxed);
+    }
+
+    /// Handshakes refused with `code` so far.
+    pub fn refusals(&self, code: &str) -> u64 {
+        REFUSAL_REASONS
+            .iter()
+            .position(|r| *r == code)
+            .map_or(0, |i| self.refused[i].load(Relaxed))
+    }
+
+    /// Records that an envelope of `kind` read off Redis `took` this long to be queued to
+    /// every local receiver.
+    pub fn delivered(&self, kind: DeliveryKind, took: Duration) {
+        self.delivery_latency[kind as usize].observe(took);
+    }
+
     /// Counts a connect that asked to resume.
     pub fn resumed(&self, recovered: bool, reason: Option<RecoveryRefusal>) {
         if recovered {
@@ -136,6 +277,22 @@ impl Metrics {
         {
             self.resumes_refused[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Renders every metric in Prometheus text exposition format, with the node's `state`.
+    pub fn render_with(&self, node: &str, state: NodeState) -> String {
+        let mut out = self.render(node, state.redis_up);
+        let _ = writeln!(
+            out,
+            "# HELP im_max_connections The connection cap in force: --max-connections, or less when the open-file limit is lower.\n# TYPE im_max_connections gauge\nim_max_connections{{node=\"{node}\"}} {}",
+            state.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "# HELP im_leased 1 while the node holds its lease (renewed within --lease-ms): backends route clients to it.\n# TYPE im_leased gauge\nim_leased{{node=\"{node}\"}} {}",
+            u8::from(state.leased)
+        );
+        out
     }
 
     /// Renders every metric in Prometheus text exposition format.
@@ -207,12 +364,6 @@ impl Metrics {
             "counter",
             "Clients whose channels were loaded from Redis.",
             self.membership_loads.load(Relaxed),
-        );
-        metric(
-            "im_handshakes_refused_total",
-            "counter",
-            "Connections refused at the handshake.",
-            self.refused.load(Relaxed),
         );
         metric(
             "im_http_bad_requests_total",
@@ -367,6 +518,28 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP im_handshakes_refused_total Connections refused at the handshake, by the refusal's code.\n# TYPE im_handshakes_refused_total counter"
+        );
+        for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "im_handshakes_refused_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
+                self.refused[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP im_delivery_latency_seconds From an envelope read off Redis to its frames queued to every local receiver (not yet written to their sockets).\n# TYPE im_delivery_latency_seconds histogram"
+        );
+        for kind in DeliveryKind::ALL {
+            self.delivery_latency[kind as usize].render(
+                &mut out,
+                "im_delivery_latency_seconds",
+                &format!("node=\"{node}\",kind=\"{}\"", kind.label()),
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP im_closes_total Connections closed by the node, by close code.\n# TYPE im_closes_total counter"
         );
         for code in CloseCode::ALL {
@@ -378,5 +551,79 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start} in {text}"))
+    }
+
+    #[test]
+    fn latencies_land_in_the_first_bucket_whose_bound_they_do_not_exceed_and_render_cumulated() {
+        let m = Metrics::default();
+        for us in [10, 25, 26, 900, 2_000_000] {
+            m.delivered(DeliveryKind::Channel, Duration::from_micros(us));
+        }
+        let text = m.render("n", true);
+        let series = |le: &str| {
+            line(
+                &text,
+                &format!(
+                    "im_delivery_latency_seconds_bucket{{node=\"n\",kind=\"channel\",le=\"{le}\"}}"
+                ),
+            )
+            .rsplit(' ')
+            .next()
+            .map(str::to_owned)
+        };
+        assert_eq!(series("0.000025").as_deref(), Some("2"));
+        assert_eq!(series("0.00005").as_deref(), Some("3"));
+        assert_eq!(series("0.001").as_deref(), Some("4"));
+        assert_eq!(series("1").as_deref(), Some("4"));
+        assert_eq!(series("+Inf").as_deref(), Some("5"));
+        assert_eq!(
+            line(
+                &text,
+                "im_delivery_latency_seconds_count{node=\"n\",kind=\"channel\"}"
+            ),
+            "im_delivery_latency_seconds_count{node=\"n\",kind=\"channel\"} 5"
+        );
+        assert_eq!(
+            line(
+                &text,
+                "im_delivery_latency_seconds_sum{node=\"n\",kind=\"channel\"}"
+            ),
+            "im_delivery_latency_seconds_sum{node=\"n\",kind=\"channel\"} 2.000961"
+        );
+        assert!(text.contains("im_delivery_latency_seconds_count{node=\"n\",kind=\"direct\"} 0"));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_their_code_and_unknown_codes_as_other() {
+        let m = Metrics::default();
+        m.refused("token_expired");
+        m.refused("token_expired");
+        m.refused("something_new");
+        let text = m.render("n", true);
+        assert!(
+            text.contains("im_handshakes_refused_total{node=\"n\",reason=\"token_expired\"} 2")
+        );
+        assert!(text.contains("im_handshakes_refused_total{node=\"n\",reason=\"other\"} 1"));
+        assert!(text.contains("im_handshakes_refused_total{node=\"n\",reason=\"node_full\"} 0"));
+        assert_eq!(m.refusals("token_expired"), 2);
+    }
+
+    #[test]
+    fn seconds_are_written_exactly() {
+        assert_eq!(format_seconds(25), "0.000025");
+        assert_eq!(format_seconds(2_500), "0.0025");
+        assert_eq!(format_seconds(1_000_000), "1");
+        assert_eq!(format_seconds(2_000_961), "2.000961");
     }
 }

@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::api::metrics::ApiMetrics;
 use crate::handshake;
+use crate::metrics::NodeState;
 use crate::node::Node;
 
 /// Registers the routes.
@@ -59,7 +60,12 @@ async fn metrics(node: web::Data<Node>, api: Option<web::Data<ApiMetrics>>) -> H
         node.hub().session_tasks(),
         std::sync::atomic::Ordering::Relaxed,
     );
-    let mut body = node.metrics().render(node.id().as_str(), node.redis_up());
+    let state = NodeState {
+        redis_up: node.redis_up(),
+        leased: node.health().holds_lease(),
+        max_connections: node.hub().max_connections() as u64,
+    };
+    let mut body = node.metrics().render_with(node.id().as_str(), state);
     if let Some(api) = api {
         body.push_str(&api.render(node.id().as_str()));
     }

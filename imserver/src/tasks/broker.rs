@@ -2,12 +2,14 @@
 //! own topic, the broadcast topic, and the topics of channels with local members) and hands it
 //! to the hub. It subscribes to a channel's topic when the channel gets its first local member
 //! and unsubscribes when the last one goes. A lost connection is re-established and
-//! re-subscribed with backoff; WebSocket clients stay connected meanwhile.
+//! re-subscribed with backoff; WebSocket clients stay connected meanwhile. Each envelope's way
+//! from Redis to its receivers' queues is timed here, once per envelope, for the latency
+//! histogram: the broker is the one task that sees both ends.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use imclient::contract::{
     CloseCode, Deliver, EnvelopeBody, Fanout, Kind, NodeAnnouncement, NodeCommand, ReceiptPayload,
@@ -22,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::health::Health;
 use crate::hub::{ChanOp, Hub, Reach};
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::{DeliveryKind, DropReason, Metrics};
 use crate::nodeset::NodeSet;
 use crate::work::HubWork;
 
@@ -213,6 +215,8 @@ async fn reconcile(
 
 /// Handles one command from the node topic. Malformed commands are counted and dropped.
 pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
+    // Taken before parsing: the latency covers all the node does with an envelope.
+    let received = Instant::now();
     broker.metrics.commands_in.fetch_add(1, Relaxed);
     let command: NodeCommand<'_> = match serde_json::from_slice(bytes) {
         Ok(c) => c,
@@ -223,7 +227,7 @@ pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
         }
     };
     match command {
-        NodeCommand::Deliver(d) => deliver(broker, store, &d),
+        NodeCommand::Deliver(d) => deliver(broker, store, &d, received),
         NodeCommand::Receipts(r) => receipts(broker, &r),
         NodeCommand::Kick(k) => {
             let n = broker.hub.kick(&k.client, CloseCode::Kicked);
@@ -237,11 +241,17 @@ pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
             let body = fanout_body(&f, Kind::Channel);
             let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
             broker.hub.fanout_chan(chan, &body, exclude);
+            broker
+                .metrics
+                .delivered(DeliveryKind::Channel, received.elapsed());
         }
         NodeCommand::Broadcast(f) => {
             let body = fanout_body(&f, Kind::Broadcast);
             let exclude = f.from.as_ref().filter(|_| f.exclude_sender);
             broker.hub.broadcast(&body, exclude);
+            broker
+                .metrics
+                .delivered(DeliveryKind::Broadcast, received.elapsed());
         }
         NodeCommand::Join(m) => {
             broker.hub.apply(&m.client, ChanOp::Join(m.chan.clone()));
@@ -286,6 +296,9 @@ pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
                 |_| true,
                 |_, _| {},
             );
+            broker
+                .metrics
+                .delivered(DeliveryKind::Direct, received.elapsed());
         }
     }
 }
@@ -375,7 +388,7 @@ fn fanout_body(f: &Fanout<'_>, kind: Kind) -> String {
     })
 }
 
-fn deliver(broker: &Broker, store: &Store, d: &Deliver<'_>) {
+fn deliver(broker: &Broker, store: &Store, d: &Deliver<'_>, received: Instant) {
     let body = envelope_body(&EnvelopeBody {
         id: &d.id,
         kind: d.kind,
@@ -400,6 +413,10 @@ fn deliver(broker: &Broker, store: &Store, d: &Deliver<'_>) {
             });
         }
     });
+    // Before the receipts: they are the sender's business, not the receivers' latency.
+    broker
+        .metrics
+        .delivered(DeliveryKind::Direct, received.elapsed());
     let (Some(receipt_node), Some(sender)) = (&d.receipt_node, &d.from) else {
         return;
     };

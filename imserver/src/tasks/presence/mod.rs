@@ -339,6 +339,7 @@ impl Writer {
     /// Renews the lease; returns true when it had lapsed.
     async fn renew_lease(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<bool> {
         let lease = self.presence.lease;
+        let sent = Instant::now();
         let (previous, _): (Option<String>, i64) = redis::pipe()
             .cmd("SET")
             .arg(self.keys().lease(self.presence.id()))
@@ -349,6 +350,7 @@ impl Writer {
             .sadd(self.keys().nodes(), self.presence.id().as_str())
             .query_async(conn)
             .await?;
+        self.presence.health.lease_renewed(sent.into_std(), lease);
         self.next_renewal = Instant::now() + lease / 3;
         let lapsed = self.started && previous.as_deref() != Some(self.presence.epoch());
         if lapsed {

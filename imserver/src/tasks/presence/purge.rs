@@ -41,6 +41,7 @@ pub async fn clear(presence: &Presence, store: &Store) -> redis::RedisResult<usi
         .ignore()
         .query_async(&mut conn)
         .await?;
+    presence.health.lease_released();
     announce(&mut conn, &presence.keys, presence.id(), false).await?;
     Ok(n)
 }
