@@ -88,6 +88,8 @@ secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 node_env=(
   "IM_REDIS_URL=$IM_REDIS_URL" "IM_LISTEN=127.0.0.1:$ws_port" "IM_TOKEN_SECRET=$secret"
   "IM_API_LISTEN=127.0.0.1:$api_port" "IM_API_KEYS=$api_key" "IM_SHUTDOWN_TIMEOUT_MS=3000"
+  # Under half the shutdown timeout, as the node requires.
+  "IM_SHUTDOWN_GRACE_MS=1000"
 )
 
 # Mounts image $1's root filesystem once (`podman image mount`); root_of[$1] is where.
@@ -164,7 +166,11 @@ for _ in $(seq 1 300); do
 done
 if [ -z "$served" ]; then
   echo "the node from the image did not serve within 30 s:" >&2
-  tail -5 "$run/node.log" "$run/node.out" 2>/dev/null >&2 || podman logs "${containers[0]}" >&2 || true
+  if [ "$mode" = podman ]; then
+    podman logs "${containers[0]}" >&2 || true
+  else
+    tail -n 5 "$run/node.log" "$run/node.out" >&2 || true
+  fi
   exit 1
 fi
 echo "node from the image serves: $(cat "$run/healthz")"
