@@ -364,3 +364,19 @@ ensure_python_package() {
 ensure_nginx() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx
 }
+
+# `check WHAT COMMAND...`: runs a command as one check of a test script, printing `ok` or
+# `FAIL` with WHAT and the command's output only when it fails; counts into the caller's
+# `passed` and `failed`.
+check() {
+  local what=$1 out
+  shift
+  if out=$("$@" 2>&1); then
+    echo "ok    $what"
+    passed=$((passed + 1))
+  else
+    echo "$out"
+    echo "FAIL  $what"
+    failed=$((failed + 1))
+  fi
+}

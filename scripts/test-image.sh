@@ -32,18 +32,6 @@ web_image=localhost/imserver-demo-web:test
 
 passed=0
 failed=0
-check() {
-  local what=$1 out
-  shift
-  if out=$("$@" 2>&1); then
-    echo "ok    $what"
-    passed=$((passed + 1))
-  else
-    echo "$out"
-    echo "FAIL  $what"
-    failed=$((failed + 1))
-  fi
-}
 
 run=$(mktemp -d)
 mounted=()

@@ -20,19 +20,6 @@ fi
 
 passed=0
 failed=0
-# Runs a command as one check; its output is shown only when it fails.
-check() {
-  local what=$1 out
-  shift
-  if out=$("$@" 2>&1); then
-    echo "ok    $what"
-    passed=$((passed + 1))
-  else
-    echo "$out"
-    echo "FAIL  $what"
-    failed=$((failed + 1))
-  fi
-}
 check "promtool check rules" promtool check rules deploy/prometheus/imserver-alerts.yml
 # The unit tests name the rule file relative to their own folder.
 check "promtool test rules" sh -c 'cd deploy/prometheus && promtool test rules imserver-alerts.test.yml'

@@ -4,92 +4,46 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use imclient::ImClient;
 use imclient::contract::CloseCode;
+use imtestkit::moves::{Log, delivered, follow, received};
 use imtestkit::{Frame, Listed, Redis, WAIT, Ws, wait_for, with_since};
 use serde_json::json;
 use tokio::sync::watch;
 
-/// What one client's sockets received, across its reconnects.
-#[derive(Debug, Default)]
-struct Received {
-    /// Private messages, by their `n`.
-    private: Vec<u64>,
-    /// Channel messages, by their `k`.
-    chan: Vec<u64>,
-    /// Every envelope's seq, in arrival order.
-    seqs: Vec<u64>,
-    /// The welcome's `recovered` of each reconnect.
-    resumes: Vec<Option<bool>>,
-    /// Close codes seen.
-    closes: Vec<Option<u16>>,
-}
-
-type Log = Arc<Mutex<HashMap<String, Received>>>;
-
-/// Reads `client`'s socket until `stop`, reconnecting (resuming from the last seq) when closed
-/// with 4003, to the node imclient then names, which must be `new_home`.
+/// Follows `client` from `ws` on, reconnecting (resuming from the last seq) when closed with
+/// 4003, to the node imclient then names, which must be `new_home`.
 async fn read_client(
     im: Arc<ImClient>,
     client: String,
-    mut ws: Ws,
+    ws: Ws,
     new_home: String,
     log: Log,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut last_seq = ws.welcome_seq();
-    let mut epoch = ws.epoch();
-    loop {
-        let frame = tokio::select! {
-            f = ws.read(Duration::from_secs(30)) => f?,
-            _ = stop.changed() => return Ok(()),
-        };
-        match frame {
-            Frame::Envelope(env) => {
-                let Some(seq) = env.seq else { continue };
-                last_seq = seq;
-                let mut log = log.lock().unwrap();
-                let got = log.entry(client.clone()).or_default();
-                got.seqs.push(seq);
-                if let Some(n) = env.payload["n"].as_u64() {
-                    got.private.push(n);
-                } else if let Some(k) = env.payload["k"].as_u64() {
-                    got.chan.push(k);
-                }
+    let name = client.clone();
+    follow(client, ws, log, stop, move |code, epoch, seq| {
+        let (im, client, new_home) = (im.clone(), name.clone(), new_home.clone());
+        async move {
+            if code != Some(CloseCode::Moved.code()) {
+                bail!("{client} closed with {code:?}");
             }
-            Frame::Closed(code) => {
-                log.lock()
-                    .unwrap()
-                    .entry(client.clone())
-                    .or_default()
-                    .closes
-                    .push(code);
-                if code != Some(CloseCode::Moved.code()) {
-                    bail!("{client} closed with {code:?}");
-                }
-                wait_for("imclient names the new home", WAIT, || async {
-                    (im.home_node(&client).ok()?.as_str() == new_home).then_some(())
-                })
-                .await?;
-                let url = im.prev_connect_server(&client, json!(null))?;
-                ws = Ws::connect(&with_since(&url, &epoch, last_seq))
-                    .await
-                    .with_context(|| format!("{client} reconnecting to {url}"))?;
-                log.lock()
-                    .unwrap()
-                    .entry(client.clone())
-                    .or_default()
-                    .resumes
-                    .push(ws.recovered());
-                epoch = ws.epoch();
-            }
+            wait_for("imclient names the new home", WAIT, || async {
+                (im.home_node(&client).ok()?.as_str() == new_home).then_some(())
+            })
+            .await?;
+            let url = im.prev_connect_server(&client, json!(null))?;
+            Ws::connect(&with_since(&url, &epoch, seq))
+                .await
+                .with_context(|| format!("{client} reconnecting to {url}"))
         }
-    }
+    })
+    .await
 }
 
 /// A second node joins while private and channel messages flow to the clients it wins: each
@@ -160,19 +114,13 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
         })
     };
     wait_for("messages flow", WAIT, || async {
-        (log.lock()
-            .unwrap()
-            .values()
-            .map(|r| r.seqs.len())
-            .sum::<usize>()
-            > 200)
-            .then_some(())
+        (delivered(&log) > 200).then_some(())
     })
     .await?;
 
     let b = listed.start(&redis, 1).await?;
     wait_for("every mover resumed at the new node", WAIT * 2, || async {
-        let log = log.lock().unwrap();
+        let log = received(&log);
         movers
             .iter()
             .all(|c| log.get(*c).is_some_and(|r| !r.resumes.is_empty()))
@@ -180,27 +128,16 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
     })
     .await?;
     // Some more flow after the move, then the end.
-    let flowed = log
-        .lock()
-        .unwrap()
-        .values()
-        .map(|r| r.seqs.len())
-        .sum::<usize>();
+    let flowed = delivered(&log);
     wait_for("messages flow after the move", WAIT, || async {
-        (log.lock()
-            .unwrap()
-            .values()
-            .map(|r| r.seqs.len())
-            .sum::<usize>()
-            > flowed + 500)
-            .then_some(())
+        (delivered(&log) > flowed + 500).then_some(())
     })
     .await?;
     sending.store(false, std::sync::atomic::Ordering::Relaxed);
     let (sent, chan) = sender.await??;
     let expected = |c: &str| (sent[c].len(), chan.len());
     wait_for("every message arrived", WAIT, || async {
-        let log = log.lock().unwrap();
+        let log = received(&log);
         clients
             .iter()
             .all(|c| {
@@ -211,7 +148,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
     })
     .await
     .inspect_err(|_| {
-        let log = log.lock().unwrap();
+        let log = received(&log);
         for c in &clients {
             let r = &log[c];
             let missing: Vec<&u64> = sent[c].iter().filter(|n| !r.private.contains(n)).collect();
@@ -240,7 +177,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
         b.metric("im_handovers_taken_total").await?,
         movers.len() as u64
     );
-    let log = log.lock().unwrap();
+    let log = received(&log);
     for c in &clients {
         let r = &log[c];
         let mut private = r.private.clone();
@@ -254,7 +191,8 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
         assert_eq!(r.seqs, consecutive, "{c}: seqs run on across the move");
         if movers.contains(&c) {
             assert_eq!(r.closes, [Some(CloseCode::Moved.code())], "{c}");
-            assert_eq!(r.resumes, [Some(true)], "{c}: resumed at the new node");
+            let recovered: Vec<_> = r.resumes.iter().map(|m| m.recovered).collect();
+            assert_eq!(recovered, [Some(true)], "{c}: resumed at the new node");
         } else {
             assert!(r.closes.is_empty(), "{c} stayed put: {:?}", r.closes);
         }

@@ -6,14 +6,15 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use imclient::ImClient;
 use imclient::contract::CloseCode;
+use imtestkit::moves::{Log, Resume, delivered, differences, follow, received};
 use imtestkit::{Frame, Listed, Redis, WAIT, Ws, wait_for, with_since};
 use serde_json::json;
 use tokio::sync::watch;
@@ -21,24 +22,6 @@ use tokio::sync::watch;
 /// Longest a client may take from its node's close to the welcome of its new home: well under
 /// the 2 s a node would wait for a stream that does not come.
 const PROMPT: Duration = Duration::from_millis(1000);
-
-/// What one client's sockets received, across its reconnects.
-#[derive(Debug, Default)]
-struct Received {
-    /// Private messages, by their `n`, in arrival order.
-    private: Vec<u64>,
-    /// Channel messages, by their `k`, in arrival order.
-    chan: Vec<u64>,
-    /// Every envelope's seq, in arrival order.
-    seqs: Vec<u64>,
-    /// Each reconnect: the node that welcomed it, its `recovered`, and how long it took from
-    /// the close.
-    resumes: Vec<(String, Option<bool>, Duration)>,
-    /// Close codes seen.
-    closes: Vec<Option<u16>>,
-}
-
-type Log = Arc<Mutex<HashMap<String, Received>>>;
 
 /// Connects `client` with a fresh URL from imclient (resuming from `since` when given), again
 /// after a refusal, as the browser client does: a node that is stopping refuses new sockets,
@@ -59,75 +42,21 @@ async fn connect_as_a_browser(
     .await
 }
 
-/// Reads `client`'s socket until `stop`, reconnecting at once (resuming from the last seq it
-/// saw) whenever it is closed.
+/// Follows `client` from `ws` on, reconnecting at once (resuming from the last seq it saw)
+/// whenever it is closed.
 async fn read_client(
     im: Arc<ImClient>,
     client: String,
-    mut ws: Ws,
+    ws: Ws,
     log: Log,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut last_seq = ws.welcome_seq();
-    let mut epoch = ws.epoch();
-    loop {
-        let frame = tokio::select! {
-            f = ws.read(Duration::from_secs(30)) => f?,
-            _ = stop.changed() => return Ok(()),
-        };
-        match frame {
-            Frame::Envelope(env) => {
-                let Some(seq) = env.seq else { continue };
-                last_seq = seq;
-                let mut log = log.lock().unwrap();
-                let got = log.entry(client.clone()).or_default();
-                got.seqs.push(seq);
-                if let Some(n) = env.payload["n"].as_u64() {
-                    got.private.push(n);
-                } else if let Some(k) = env.payload["k"].as_u64() {
-                    got.chan.push(k);
-                }
-            }
-            Frame::Closed(code) => {
-                let closed_at = Instant::now();
-                log.lock()
-                    .unwrap()
-                    .entry(client.clone())
-                    .or_default()
-                    .closes
-                    .push(code);
-                ws = connect_as_a_browser(&im, &client, Some((&epoch, last_seq))).await?;
-                let node = ws.welcome.payload["node"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                log.lock()
-                    .unwrap()
-                    .entry(client.clone())
-                    .or_default()
-                    .resumes
-                    .push((node, ws.recovered(), closed_at.elapsed()));
-                epoch = ws.epoch();
-            }
-        }
-    }
-}
-
-/// What `got` lacks, repeats or has out of order against `sent`, for a failure message.
-fn differences(got: &[u64], sent: &[u64]) -> String {
-    let missing: Vec<&u64> = sent.iter().filter(|n| !got.contains(n)).collect();
-    let mut seen = std::collections::HashSet::new();
-    let repeated: Vec<&u64> = got.iter().filter(|n| !seen.insert(**n)).collect();
-    let out_of_order: Vec<(u64, u64)> = got
-        .windows(2)
-        .filter(|w| w[1] < w[0])
-        .map(|w| (w[0], w[1]))
-        .collect();
-    format!("missing {missing:?}, repeated {repeated:?}, out of order {out_of_order:?}")
-}
-
-fn delivered(log: &Log) -> usize {
-    log.lock().unwrap().values().map(|r| r.seqs.len()).sum()
+    let name = client.clone();
+    follow(client, ws, log, stop, move |_, epoch, seq| {
+        let (im, client) = (im.clone(), name.clone());
+        async move { connect_as_a_browser(&im, &client, Some((&epoch, seq))).await }
+    })
+    .await
 }
 
 /// Waits until `more` envelopes beyond what has arrived so far have arrived.
@@ -211,7 +140,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
             .filter(|c| listed.home_among_all(c) == listed.ids[i])
             .collect();
         let resumed = |log: &Log| -> usize {
-            let log = log.lock().unwrap();
+            let log = received(log);
             homed.iter().map(|c| log[*c].resumes.len()).sum()
         };
         let before = resumed(&log);
@@ -224,14 +153,14 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
         flow(&log, 200, &format!("messages flow while node {i} is down")).await?;
         *node = listed.start(&redis, i).await?;
         wait_for(&format!("node {i}'s clients back on it"), WAIT, || async {
-            let log = log.lock().unwrap();
+            let log = received(&log);
             homed
                 .iter()
                 .all(|c| {
                     log[*c]
                         .resumes
                         .last()
-                        .is_some_and(|(node, _, _)| *node == listed.ids[i])
+                        .is_some_and(|r| r.node == listed.ids[i])
                 })
                 .then_some(())
         })
@@ -247,7 +176,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
     sending.store(false, Relaxed);
     let (sent, chan) = sender.await??;
     wait_for("every message arrived", WAIT, || async {
-        let log = log.lock().unwrap();
+        let log = received(&log);
         clients
             .iter()
             .all(|c| log[c].private.len() >= sent[c].len() && log[c].chan.len() >= chan.len())
@@ -255,7 +184,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
     })
     .await
     .inspect_err(|_| {
-        let log = log.lock().unwrap();
+        let log = received(&log);
         for c in &clients {
             let r = &log[c];
             let missing: Vec<&u64> = sent[c].iter().filter(|n| !r.private.contains(n)).collect();
@@ -283,7 +212,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
         bail!("the room shows {} online", im.chan_online("room").await?);
     }
 
-    let log = log.lock().unwrap();
+    let log = received(&log);
     for c in &clients {
         let r = &log[c];
         for (kind, got, sent) in [
@@ -323,7 +252,12 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
         // Moved away from its home and back: two resumes; a client whose second choice was
         // restarted too moved once more.
         assert!(r.resumes.len() >= 2, "{c}: {:?}", r.resumes);
-        for (node, recovered, took) in &r.resumes {
+        for Resume {
+            node,
+            recovered,
+            after: took,
+        } in &r.resumes
+        {
             assert_eq!(*recovered, Some(true), "{c} at {node}: {:?}", r.resumes);
             assert!(*took < PROMPT, "{c} took {took:?} to resume at {node}");
         }

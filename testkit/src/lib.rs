@@ -20,6 +20,7 @@ mod deadline;
 mod events;
 mod http;
 mod metrics;
+pub mod moves;
 mod node;
 mod port;
 pub mod redis_cluster;
