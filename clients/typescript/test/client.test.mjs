@@ -48,7 +48,8 @@ test('any node\'s API reaches a client on another node: connect, send, has_onlin
   const far = await clientOn(1, 'far-');
   const socket = await connect(far);
   assert.equal(socket.welcome.payload.node, nodes[1].id);
-  assert.deepEqual(await im.hasOnline({ client: far }), { online: true });
+  // Presence is written by the node's presence writer, a moment after the welcome.
+  await until(`${far} online`, async () => (await im.hasOnline({ client: far })).online);
   const sent = await im.send({ sender: 'system', receivers: [far], payload: { text: 'across nodes' } });
   assert.deepEqual(sent.nodes, [{ node: nodes[1].id, receivers: [far], taken: true }]);
   assert.deepEqual(sent.unreachable, []);
