@@ -151,6 +151,9 @@ test('3: with both nodes down a message is "kept for later", not "sent", and rea
     await ben.page.locator(`#sidebar li[data-user="${ann.me.id}"] .badge`, { hasText: '1' }).waitFor({ timeout: WAIT });
     await ben.page.click(`#sidebar li[data-user="${ann.me.id}"]`);
     await messageText(ben.page, 'while everything is down').waitFor({ timeout: WAIT });
+    // Ann's page learns of it once it is connected again: it may still be waiting out a
+    // backoff step (up to 10 s) that began while both nodes were down.
+    await ann.page.locator('#state[data-state="connected"]').waitFor({ timeout: 2 * WAIT });
     await mark.and(ann.page.locator('[data-status="delivered"]')).waitFor({ timeout: WAIT });
   } finally {
     await healStack(stack);
