@@ -373,13 +373,7 @@ async fn send_private(
                 .await?;
             // Kept after the push, so that a failed push (Redis away) is retried whole by
             // the page under the same id rather than half done.
-            let message = Message {
-                id: report.message_id.clone(),
-                from: sender.id.clone(),
-                from_name: sender.name.clone(),
-                text: text.clone(),
-                ts: imclient::now_ms(),
-            };
+            let message = Message::sent_now(report.message_id.clone(), sender, text);
             shared
                 .history
                 .record(Conversation::Private(&sender.id, receiver), &message)
@@ -587,13 +581,7 @@ async fn send_room(
                 .im
                 .send_chan_message_with_id(&id, &sender.id, room, payload, false)
                 .await?;
-            let message = Message {
-                id: report.message_id.clone(),
-                from: sender.id.clone(),
-                from_name: sender.name.clone(),
-                text: text.clone(),
-                ts: imclient::now_ms(),
-            };
+            let message = Message::sent_now(report.message_id.clone(), sender, text);
             shared
                 .history
                 .record(Conversation::Room(room), &message)

@@ -33,6 +33,19 @@ pub struct Message {
     pub ts: u64,
 }
 
+impl Message {
+    /// `text` from `from`, under the id the IM gave it, stamped now.
+    pub fn sent_now(id: String, from: &crate::users::User, text: &str) -> Self {
+        Self {
+            id,
+            from: from.id.clone(),
+            from_name: from.name.clone(),
+            text: text.to_owned(),
+            ts: imclient::now_ms(),
+        }
+    }
+}
+
 /// A conversation: a room, or two people (in either order).
 #[derive(Debug, Clone, Copy)]
 pub enum Conversation<'a> {
