@@ -150,17 +150,7 @@ async fn a_node_joining_takes_its_clients_over_without_losing_a_message() -> Res
     .inspect_err(|_| {
         let log = received(&log);
         for c in &clients {
-            let r = &log[c];
-            let missing: Vec<&u64> = sent[c].iter().filter(|n| !r.private.contains(n)).collect();
-            eprintln!(
-                "{c}: private {}/{} (missing {missing:?}) chan {}/{} resumes {:?} closes {:?}",
-                r.private.len(),
-                sent[c].len(),
-                r.chan.len(),
-                chan.len(),
-                r.resumes,
-                r.closes
-            );
+            eprintln!("{c}: {}", log[c].shortfall(&sent[c], &chan));
         }
     })?;
     let _ = stop_tx.send(true);

@@ -186,17 +186,7 @@ async fn a_rolling_restart_of_three_nodes_loses_nothing() -> Result<()> {
     .inspect_err(|_| {
         let log = received(&log);
         for c in &clients {
-            let r = &log[c];
-            let missing: Vec<&u64> = sent[c].iter().filter(|n| !r.private.contains(n)).collect();
-            eprintln!(
-                "{c}: private {}/{} (missing {missing:?}) chan {}/{} resumes {:?} closes {:?}",
-                r.private.len(),
-                sent[c].len(),
-                r.chan.len(),
-                chan.len(),
-                r.resumes,
-                r.closes
-            );
+            eprintln!("{c}: {}", log[c].shortfall(&sent[c], &chan));
         }
     })?;
     let online = wait_for("the room counts each member once", WAIT, || async {

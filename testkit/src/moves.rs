@@ -29,6 +29,23 @@ pub struct Received {
     pub closes: Vec<Option<u16>>,
 }
 
+impl Received {
+    /// How far this falls short of `sent` private and `chan` channel messages, with its
+    /// resumes and closes, for a failure message.
+    pub fn shortfall(&self, sent: &[u64], chan: &[u64]) -> String {
+        let missing: Vec<&u64> = sent.iter().filter(|n| !self.private.contains(n)).collect();
+        format!(
+            "private {}/{} (missing {missing:?}) chan {}/{} resumes {:?} closes {:?}",
+            self.private.len(),
+            sent.len(),
+            self.chan.len(),
+            chan.len(),
+            self.resumes,
+            self.closes
+        )
+    }
+}
+
 /// One reconnect of a followed client.
 #[derive(Debug, Clone)]
 pub struct Resume {
