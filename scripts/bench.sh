@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark set, imserver side by side with the peer (Sockudo), about 13 minutes on a 2-core
-# machine, in three parts:
+# The benchmark set, imserver side by side with the peer (Sockudo), about 18 minutes on a 2-core
+# machine, in four parts:
 # - the set: for each workload, RUNS runs (default 3) of each server, alternating (imserver run
 #   1, Sockudo run 1, imserver run 2, ...) so both see the same machine noise. The raw JSON
 #   lines go to target/bench/results.jsonl, the medians into $BENCH_DOC (default
@@ -15,6 +15,9 @@
 # - the latency sweep (SWEEP=0 skips it): scripts/bench-sweep.sh, p99 against rate for a
 #   channel of 10,000 at SWEEP_RATES (default "5 10 20") msg/s, both servers; its table in
 #   target/bench/sweep.md. About 3 minutes.
+# - the floor (FLOOR=0 skips it): scripts/bench-floor.sh, one imserver node beside imfloor (the
+#   leanest server writing the same frames) on idle, private and channel workloads, RUNS runs
+#   each, alternated; its table in target/bench/floor.md. About 5 minutes.
 # RECOVERY=1 adds the recovery workloads (scripts/bench-recovery.sh, imserver only, about 10
 # minutes; table in target/bench/recovery.md).
 # A failed run (of either server) is recorded and the set goes on; the exit status is non-zero
@@ -173,6 +176,11 @@ for name, by_server in runs.items():
         lambda r: r["tool_cpu_us_per_delivery"], us, True)
 PY
   cat "$out/scale.md"
+fi
+
+if [ "${FLOOR:-1}" != 0 ] && [ "$scale" != only ]; then
+  RUNS="$runs" scripts/bench-floor.sh >"$out/floor.md" || ours_failed=1
+  cat "$out/floor.md"
 fi
 
 if [ "${SWEEP:-1}" != 0 ] && [ "$scale" != only ]; then

@@ -51,13 +51,15 @@ use_release_binaries() {
 }
 
 # One benchmark run: `bench_line SERVER NODES SECONDS STDERR_FILE IMBENCH_ARGS...` runs
-# scripts/bench-run.sh (SERVER imserver) or scripts/peer-run.sh (peer) on NODES nodes, killed
-# after SECONDS, its stderr to STDERR_FILE; prints its JSON line, or fails when there is none.
+# scripts/bench-run.sh (SERVER imserver) or scripts/peer-run.sh (peer) on NODES nodes, or
+# scripts/floor-run.sh (floor: one imfloor, NODES ignored), killed after SECONDS, its stderr to
+# STDERR_FILE; prints its JSON line, or fails when there is none.
 bench_line() {
   local server=$1 nodes=$2 secs=$3 err=$4 line
   shift 4
   local script=scripts/bench-run.sh
   [ "$server" = peer ] && script=scripts/peer-run.sh
+  [ "$server" = floor ] && script=scripts/floor-run.sh
   line=$(NODES=$nodes timeout -k 10 "$secs" "$script" "$@" 2>"$err") &&
     python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null &&
     echo "$line"
@@ -165,7 +167,8 @@ start_redis_for() {
   esac
 }
 
-# Starts an imserver node: `start_imserver BIN FIFO LOG ARGS...` runs BIN with ARGS (and
+# Starts an imserver node (or imfloor, whose ready line has the node's shape):
+# `start_imserver BIN FIFO LOG ARGS...` runs BIN with ARGS (and
 # RUST_LOG=warn), its stdout through the fifo FIFO (made here) so that its ready line is read
 # as soon as the node serves, its stderr appended to LOG. Waits up to 30 s for that line; adds
 # the node to pids and sets node_pid, node_id (the address it announces, from the line) and

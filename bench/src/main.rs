@@ -9,6 +9,9 @@
 //! or Redis, and reports what the clients saw (`drill.rs`).
 //! `--workload api-send` measures a private send through the node's HTTP API against imclient
 //! called directly (`api.rs`, `scripts/bench-api.sh`).
+//! With `--floor-addr` it drives imfloor, the floor a delivery is measured against, through
+//! the private, channel and small-channels workloads, its messages on one feed connection
+//! (`feeder.rs`, `scripts/bench-floor.sh`).
 //! `--procs N` runs the tool as N processes (one process's open-file limit caps its
 //! connections), each opening its share of the clients, and merges their reports, latency
 //! histograms included, into one line (`shard.rs`).
@@ -30,6 +33,7 @@ use tokio::sync::Semaphore;
 mod api;
 mod churn;
 mod drill;
+mod feeder;
 mod pusher;
 mod shard;
 mod wire;
@@ -92,6 +96,10 @@ struct Args {
     /// Connections and publishes are spread over them round robin.
     #[arg(long, value_delimiter = ',')]
     pusher_addr: Vec<std::net::SocketAddr>,
+    /// Drive imfloor (the floor: the leanest server writing imserver's frames) at this address
+    /// instead of imserver: clients connect to it, messages go to it on one feed connection.
+    #[arg(long, conflicts_with = "pusher_addr")]
+    floor_addr: Option<std::net::SocketAddr>,
     /// The peer's app id.
     #[arg(long, default_value = "bench")]
     pusher_app: String,
@@ -180,6 +188,8 @@ enum Target {
     Im(ImClient),
     /// A Pusher-protocol peer, driven through its HTTP API (the publisher knows the peer).
     Peer(Box<pusher::Publisher>),
+    /// imfloor, driven through its feed.
+    Floor(Box<feeder::Feed>),
 }
 
 /// Sends in flight at once towards imserver (imclient pipelines them over its Redis
@@ -414,6 +424,7 @@ async fn send(
                 .collect();
             publisher.publish(&events).await?;
         }
+        Target::Floor(feed) => feed.send(workload, messages).await?,
     }
     Ok(())
 }
@@ -441,10 +452,12 @@ async fn main() -> Result<()> {
     {
         bail!("several processes run the private, channel and broadcast workloads only");
     }
-    if peer_mode && matches!(args.workload, Workload::Broadcast) {
+    if (peer_mode || args.floor_addr.is_some()) && matches!(args.workload, Workload::Broadcast) {
         bail!("the broadcast workload runs against imserver only");
     }
-    let target = if peer_mode {
+    let target = if let Some(addr) = args.floor_addr {
+        Target::Floor(Box::new(feeder::Feed::connect(addr).await?))
+    } else if peer_mode {
         let peer = pusher::Peer {
             addrs: args.pusher_addr.clone(),
             app_id: args.pusher_app.clone(),
@@ -492,6 +505,8 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
             .collect(),
     });
     let me = std::process::id().to_string();
+    // Before connecting: what the connections add to the nodes' memory is the difference.
+    let rss_before = shard::rss_per_node(&args.node_pid);
     // This process's clients: all, or its shard's share.
     let (lo, hi) = match args.shard {
         Some(s) => s.range(args.clients),
@@ -538,6 +553,12 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
             Workload::Channel => vec![chan_name(0)],
             Workload::SmallChannels => vec![chan_name(i / args.chan_size.max(1))],
         };
+        // The floor learns a client's channel from its connect path.
+        let floor_chan = match args.workload {
+            Workload::Channel => Some(0),
+            Workload::SmallChannels => Some(i / args.chan_size.max(1)),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await?;
             let connect = async {
@@ -546,6 +567,7 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
                     Target::Peer(publisher) => {
                         connect_peer(publisher.peer(), i, channels, stats).await
                     }
+                    Target::Floor(feed) => feeder::connect(feed.addr(), i, floor_chan, stats).await,
                 }
             };
             tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -557,7 +579,9 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
     let mut first_error = None;
     let mut online = vec![false; hi - lo];
     // Connections per node, in the order of --nodes (or --pusher-addr).
-    let node_names: Vec<String> = if peer_mode {
+    let node_names: Vec<String> = if let Target::Floor(feed) = &*target {
+        vec![feed.addr().to_string()]
+    } else if peer_mode {
         args.pusher_addr.iter().map(ToString::to_string).collect()
     } else {
         args.im
@@ -642,10 +666,14 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
         Target::Im(_) => MAX_IN_FLIGHT,
         // One request at a time per connection: more would only queue inside the tool.
         Target::Peer(_) => args.pusher_conns.max(1),
+        // One feed connection, one write at a time.
+        Target::Floor(_) => 1,
     };
     let batch = match &*target {
         Target::Im(_) => 1,
         Target::Peer(_) => args.pusher_batch.max(1) as u64,
+        // Every message due in one write: the node reads Redis's pub/sub in batches too.
+        Target::Floor(_) => u64::MAX,
     };
     // A shard sending private messages sends its share of the rate, to its own clients.
     let rate = match args.workload {
@@ -748,7 +776,11 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
         hist.add(&*lock(shard))?;
     }
     let mut report = serde_json::json!({
-        "server": if peer_mode { "peer" } else { "imserver" },
+        "server": match &*target {
+            Target::Im(_) => "imserver",
+            Target::Peer(_) => "peer",
+            Target::Floor(_) => "floor",
+        },
         "workload": format!("{:?}", args.workload).to_lowercase(),
         "clients": connected,
         "connect_errors": (hi - lo) - connected,
@@ -771,6 +803,13 @@ async fn run(args: &Args, target: Target) -> Result<serde_json::Value> {
         "node_rss_idle_kib": rss_idle,
         "node_rss_load_kib": rss_load,
         "node_rss_per_conn_bytes": rss_idle.map(|r| r * 1024.0 / connected.max(1) as f64),
+        "node_rss_conn_bytes": rss_before
+            .iter()
+            .copied()
+            .sum::<Option<u64>>()
+            .zip(rss_idle)
+            .map(|(b, a)| (a - b as f64) * 1024.0 / connected.max(1) as f64),
+        "node_rss_before_kib": rss_before,
         "node_cpu_secs": node_cpu,
         "node_cpu_us_per_delivery": node_cpu.map(|c| c * 1e6 / received.max(1) as f64),
         "tool_cpu_secs": tool_cpu,

@@ -168,7 +168,7 @@ impl Proc {
 }
 
 /// Per-node RSS in KiB, in the order of --node-pid.
-fn rss_per_node(pids: &[u32]) -> Vec<Option<u64>> {
+pub(crate) fn rss_per_node(pids: &[u32]) -> Vec<Option<u64>> {
     pids.iter().map(|p| rss_kib(&p.to_string())).collect()
 }
 
