@@ -4,7 +4,7 @@
 # run 2, ...), so both see the same machine noise; then a markdown table of the medians on
 # stdout (each run in brackets): node and floor CPU per delivery and their ratio, p50 and p99
 # latency of each, and memory per idle connection. Raw lines, each with the load average at
-# its end, in target/bench/floor.jsonl. About 5 minutes. IMSERVER, IMBENCH (and IMFLOOR, by
+# its end, in target/bench/floor.jsonl. About 3 minutes. IMSERVER, IMBENCH (and IMFLOOR, by
 # default the imfloor beside IMBENCH) name the binaries; given both, nothing is built.
 #
 # The workloads, with bench.sh's arguments:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark set, imserver side by side with the peer (Sockudo), about 18 minutes on a 2-core
+# The benchmark set, imserver side by side with the peer (Sockudo), about 16 minutes on a 2-core
 # machine, in four parts:
 # - the set: for each workload, RUNS runs (default 3) of each server, alternating (imserver run
 #   1, Sockudo run 1, imserver run 2, ...) so both see the same machine noise. The raw JSON
@@ -17,7 +17,7 @@
 #   target/bench/sweep.md. About 3 minutes.
 # - the floor (FLOOR=0 skips it): scripts/bench-floor.sh, one imserver node beside imfloor (the
 #   leanest server writing the same frames) on idle, private and channel workloads, RUNS runs
-#   each, alternated; its table in target/bench/floor.md. About 5 minutes.
+#   each, alternated; its table in target/bench/floor.md. About 3 minutes.
 # RECOVERY=1 adds the recovery workloads (scripts/bench-recovery.sh, imserver only, about 10
 # minutes; table in target/bench/recovery.md).
 # A failed run (of either server) is recorded and the set goes on; the exit status is non-zero

@@ -7,7 +7,8 @@
 //! imbench's feed (`feed`, one TCP connection) brings each message with the envelope body a
 //! node would have serialized; the floor writes the node's frame for it (the same bytes: the
 //! same header, `{"seq":N,` spliced in front) with one `write` per delivery, to one client or
-//! to every member of a channel. What it leaves out of a node's job: Redis and its protocol,
+//! to every member of a channel; messages to one channel read together go in one write per
+//! member, as a node's session writes what queued in its outbox. What it leaves out of a node's job: Redis and its protocol,
 //! JSON, tokens, the routing tables' locks and maps, the recovery buffer, the outbox and the
 //! session task's wake, heartbeats, reading what clients send, timers and metrics.
 //!
