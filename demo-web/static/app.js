@@ -208,8 +208,10 @@ const TITLES = {
   stored: 'The receiver is not connected: the message is kept and shown to them when they come back.',
 };
 
-// Ranks of marks: a receipt never takes a message back from "delivered".
-const RANK = { sent: 1, stored: 2, buffered: 2, delivered: 3 };
+// Ranks of marks: a receipt never takes a message back from "delivered", and a "buffered"
+// receipt (the receiver's node keeps a resume window for a page that went away) does not undo
+// "kept for later" (the API found the receiver offline), whichever of the two arrives first.
+const RANK = { sent: 1, buffered: 2, stored: 3, delivered: 4 };
 
 function setMark(id, status) {
   const known = state.marks.get(id);
