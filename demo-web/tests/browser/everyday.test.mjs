@@ -97,6 +97,31 @@ test('1: a reload keeps private conversations, with people now offline too, and 
   await ann.context.close();
 });
 
+test('1: a message typed and not sent stays with its conversation, through a switch and a reload', async () => {
+  const ann = await signIn(browser, stack, 'Ann', DESK);
+  const ben = await signIn(browser, stack, 'Ben', DESK);
+  await ann.page.click(`#online-list li[data-user="${ben.me.id}"]`);
+  await ann.page.fill('#compose-text', 'half a thought for Ben');
+  await ann.page.click('#rooms li[data-room="lobby"]');
+  await ann.page.locator('#chat-title', { hasText: '#lobby' }).waitFor({ timeout: WAIT });
+  assert.equal(await ann.page.inputValue('#compose-text'), '', 'the room has a box of its own');
+  await ann.page.reload();
+  await connected(ann.page);
+  await ann.page.locator('#chat-title', { hasText: '#lobby' }).waitFor({ timeout: WAIT });
+  await ann.page.click(`#online-list li[data-user="${ben.me.id}"]`);
+  await ann.page.locator('#chat-title', { hasText: 'Ben' }).waitFor({ timeout: WAIT });
+  assert.equal(await ann.page.inputValue('#compose-text'), 'half a thought for Ben');
+  // Sent, it is gone from the box, after a reload too.
+  await ann.page.press('#compose-text', 'Enter');
+  await messageText(ben.page, 'half a thought for Ben').waitFor({ timeout: WAIT });
+  await ann.page.reload();
+  await connected(ann.page);
+  await ann.page.locator('#chat-title', { hasText: 'Ben' }).waitFor({ timeout: WAIT });
+  assert.equal(await ann.page.inputValue('#compose-text'), '');
+  await ann.context.close();
+  await ben.context.close();
+});
+
 test('2: Back and Forward stay in the app, signed in as the same person; on a phone Back returns to the list', async () => {
   const kim = await signIn(browser, stack, 'Kim', PHONE);
   await kim.page.click('#rooms li[data-room="lobby"] button.join');
