@@ -524,7 +524,12 @@ pub async fn run(args: &Args, im: ImClient) -> Result<()> {
     let unfinished = by_client.iter().filter(|l| l.is_none()).count();
     let marks = read_marks(args.drill_marks.as_deref())?;
     let receivers: Vec<Option<&Log>> = by_client.iter().map(Option::as_ref).collect();
-    let lost = report::lost_private(&taken_private, &receivers, marks.first().map(|(_, t)| *t));
+    let lost = report::lost_private(
+        &taken_private,
+        &receivers,
+        marks.first().map(|(_, t)| *t),
+        drill_node,
+    );
     let logs: Vec<Log> = by_client.into_iter().flatten().collect();
     let mut report = report::report(
         &drill,

@@ -16,11 +16,13 @@ use super::{Drill, lock};
 /// received: how many, on which node, and when they were sent (ms after `t0`, the first mark,
 /// when there is one; else the unix ms). Each message is named by its send time in ns.
 /// `unannounced` counts those whose receiver was not told `missed` at or after the send: the
-/// losses nobody learnt of.
+/// losses nobody learnt of. `to_others` counts those whose receiver was not on `drill_node` at
+/// `t0`: a client the action did not touch.
 pub fn lost_private(
     taken: &[(u64, String, Option<usize>)],
     logs: &[Option<&Log>],
     t0: Option<u64>,
+    drill_node: Option<usize>,
 ) -> Value {
     let delivered: std::collections::HashSet<u64> = logs
         .iter()
@@ -29,22 +31,26 @@ pub fn lost_private(
         .collect();
     let mut by_node = BTreeMap::new();
     let mut sent_ms = Vec::new();
-    let mut unannounced = 0u64;
+    let (mut unannounced, mut to_others) = (0u64, 0u64);
     for (t, node, receiver) in taken {
         if !delivered.contains(t) {
             count(&mut by_node, node.clone());
             let ms = t / 1_000_000;
             sent_ms.push(t0.map_or(ms as i64, |t0| ms as i64 - t0 as i64));
-            let told = receiver
-                .and_then(|r| logs.get(r).copied().flatten())
-                .is_some_and(|log| log.missed().any(|(at, _)| at >= ms));
+            let log = receiver.and_then(|r| logs.get(r).copied().flatten());
+            let told = log.is_some_and(|log| log.missed().any(|(at, _)| at >= ms));
             unannounced += u64::from(!told);
+            let hit = log.is_some_and(|log| {
+                drill_node.is_some() && log.node_at(t0.unwrap_or(u64::MAX)) == drill_node
+            });
+            to_others += u64::from(!hit);
         }
     }
     sent_ms.sort_unstable();
     json!({
         "count": sent_ms.len(),
         "unannounced": unannounced,
+        "to_others": to_others,
         "by_node": by_node,
         "sent_first_ms": sent_ms.first(),
         "sent_last_ms": sent_ms.last(),
