@@ -58,7 +58,7 @@
 #   scripts/chaos.sh                    # drills 1-4, 3000 clients
 #   DRILLS="1 3" CLIENTS=1000 scripts/chaos.sh
 #   DRILLS=5 CLIENTS=30 RATE=50 scripts/chaos.sh
-#   DRILLS=6 scripts/chaos.sh           # the storm: 21,000 clients, about 2 minutes
+#   DRILLS=6 scripts/chaos.sh           # the storm: 21,000 clients, about a minute
 #
 # Settings (environment): DRILLS ("1 2 3 4"; 5 and 6 on request), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
