@@ -6,12 +6,12 @@
 //! `--workload churn` (imserver only) has clients come and go at random for the whole run
 //! instead, for soak tests (`churn.rs`, `scripts/soak.sh`). `--workload drill` holds every
 //! client connected, reconnecting as a browser should, while `scripts/chaos.sh` kills nodes
-//! or Redis, and reports what the clients saw (`drill.rs`).
+//! or Redis, and reports what the clients saw (`drill/`).
 //! `--workload api-send` measures a private send through the node's HTTP API against imclient
 //! called directly (`api.rs`, `scripts/bench-api.sh`).
 //! `--procs N` runs the tool as N processes (one process's open-file limit caps its
 //! connections), each opening its share of the clients, and merges their reports, latency
-//! histograms included, into one line (`shard.rs`).
+//! histograms included, into one line (`shard.rs`; the drill merges its own, `drill/shards.rs`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 

@@ -18,6 +18,9 @@
 //! buckets (exact at the histogram's precision), which the coordinator adds up. The merged
 //! report has the fields of a one-process report, with the figures over all shards, plus
 //! `procs`, per-node connections and RSS, and the delivery rate up to the last delivery.
+//!
+//! The drill workload starts its shards with [`spawn`] too, and merges their reports its own
+//! way (`drill/shards.rs`).
 
 use std::process::Stdio;
 use std::time::Instant;
