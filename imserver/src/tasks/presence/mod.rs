@@ -354,6 +354,7 @@ impl Writer {
         self.next_renewal = Instant::now() + lease / 3;
         let lapsed = self.started && previous.as_deref() != Some(self.presence.epoch());
         if lapsed {
+            self.presence.metrics.lease_lapses.fetch_add(1, Relaxed);
             tracing::warn!(node = %self.presence.id(), "lease had lapsed; rewriting presence");
         }
         Ok(lapsed)
