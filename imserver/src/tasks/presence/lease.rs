@@ -5,11 +5,13 @@
 //! at every checkout, and on a Redis Cluster that check is a PING to every master. While any
 //! master is failing over, every checkout waits for it (up to the 3 s cluster bound), so a
 //! renewal made by the writer missed its turn whichever master failed, and a lease shorter
-//! than the failover lapsed: backends and peers counted the node dead and its clients were
-//! moved. The keeper's connection is its own (`Store::connect_own`): no check at checkout, and
-//! on a cluster a renewal that the cluster cannot take fails within moments instead of being
-//! retried by redis-rs after 1.28 s or more; the keeper tries again every 100 ms, so the lease
-//! is renewed as soon as the cluster takes commands again.
+//! than the failover lapsed: backends and peers could count the node dead and move its
+//! clients. The keeper's connection is its own (`Store::connect_own`): no check at checkout,
+//! and on a cluster a renewal that the cluster cannot take fails within moments instead of
+//! being retried by redis-rs after 1.28 s or more; the keeper tries again every 100 ms, so the
+//! lease is renewed as soon as the cluster takes commands again. What no connection helps: a
+//! cluster left at `cluster-require-full-coverage yes` refuses every command while a failed
+//! master's slots are unserved (docs/DESIGN.md, "Leases through a failover").
 //!
 //! The writer takes the lease the first time (after purging what a previous run left) and
 //! gives it up when the node stops; the keeper renews it in between. They share a gate: the
@@ -162,7 +164,12 @@ pub(super) async fn keep(
             }
             Err(e) => {
                 presence.metrics.presence_errors.fetch_add(1, Relaxed);
-                tracing::warn!(node = %presence.id(), error = %e, ?retry, "lease renewal failed; retrying");
+                // Once per run of failures: they come every 100 ms through a failover.
+                if retry == RETRY_MIN {
+                    tracing::warn!(node = %presence.id(), error = %e, "lease renewal failed; retrying every 100 ms");
+                } else {
+                    tracing::debug!(node = %presence.id(), error = %e, "lease renewal failed again");
+                }
                 next = Instant::now() + retry;
                 retry = (retry * 2).min(RETRY_MAX);
             }

@@ -4,15 +4,17 @@
 //! Sessions never wait on Redis. The hub marks a client dirty when its connections change; one
 //! writer task compares the hub with what it last wrote and writes the difference, with an
 //! event when a client comes or goes. Marks coalesce (a set, not a queue), so memory is bounded
-//! by the number of clients and a Redis outage only delays the writes. The writer also renews
-//! the lease; when the lease had lapsed (Redis restarted, or a peer purged us) it re-reads the
-//! hash and rewrites what differs. Each renewal also checks the peers' leases and purges the
-//! presence of a node whose lease expired, emitting offline events for its clients.
+//! by the number of clients and a Redis outage only delays the writes. The writer takes the
+//! lease, and the lease keeper (`lease`) renews it on a connection of its own; when a renewal
+//! finds the lease had lapsed (Redis restarted, or a peer purged us) the writer re-reads the
+//! hash and rewrites what differs. Every third of the lease the writer also checks the peers'
+//! leases and purges the presence of a node whose lease expired, emitting offline events for
+//! its clients.
 //!
-//! When the node stops, the writer gives up the lease when asked ([`Release`]), between two of
-//! its own renewals so that none can take it back, and announces that the node is handing its
-//! clients over; it goes on writing their moves until it is stopped, and then settles the moves
-//! still open.
+//! When the node stops, the writer gives up the lease when asked ([`Release`]), through the
+//! gate it shares with the keeper so that no renewal can take it back, and announces that the
+//! node is handing its clients over; it goes on writing their moves until it is stopped, and
+//! then settles the moves still open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
