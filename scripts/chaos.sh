@@ -64,7 +64,10 @@
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
 # set), DURATION (15 s of sending per drill), ACT_AFTER (3 s of traffic before the action),
 # REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file), CLUSTER_KILL (topic:
-# drill 4 kills the master of a node's topic; data: the master of the app's keys), IM_KEY_PREFIX
+# drill 4 kills the master of a node's topic; data: the master of the app's keys),
+# CLUSTER_FULL_COVERAGE (no: the masters that did not fail keep serving during a failover, as
+# docs/OPERATIONS.md recommends; yes, Redis's default: the whole cluster answers CLUSTERDOWN
+# from the moment a master is marked failed until its replica has taken over), IM_KEY_PREFIX
 # (im), RESTART_GAP (2 s between one node being ready again and the next one's SIGTERM),
 # ROLL_DURATION (30 s of sending for drill 5), STORM_LOAD (19000), STORM_OTHERS (2000),
 # STORM_PROCS (3), STORM_DURATION (40 s of sending for drill 6), STORM_LIMIT_MS (every client
@@ -85,6 +88,7 @@ act_after="${ACT_AFTER:-3}"
 redis_down="${REDIS_DOWN_SECS:-2}"
 if [ "${REDIS_PERSIST:-1}" = 1 ]; then aof=yes; else aof=no; fi
 cluster_kill="${CLUSTER_KILL:-topic}"
+full_coverage="${CLUSTER_FULL_COVERAGE:-no}"
 prefix="${IM_KEY_PREFIX:-im}"
 restart_gap="${RESTART_GAP:-2}"
 roll_duration="${ROLL_DURATION:-30}"
@@ -146,6 +150,9 @@ setup_cluster() {
   for p in "${cports[@]}"; do seeds+=("127.0.0.1:$p"); done
   IM_REDIS_URL="redis+cluster://$(join "${seeds[@]}")"
   export IM_REDIS_URL
+  for p in "${cports[@]}"; do
+    redis-cli -p "$p" CONFIG SET cluster-require-full-coverage "$full_coverage" >/dev/null
+  done
   setup_nodes "$@"
 }
 # The cluster slot of key or topic $1, and the port of the live master that serves slot $1
@@ -361,7 +368,7 @@ for d in $drills; do
     else
       victim_slot=${topic_slots[$target]} victim_master=${topic_masters[$target]}
     fi
-    echo "  masters ${cports[*]:0:3}; app keys {$prefix}:* in slot $data_slot on $data_master; node topics (slot on master):" \
+    echo "  masters ${cports[*]:0:3} (cluster-require-full-coverage $full_coverage); app keys {$prefix}:* in slot $data_slot on $data_master; node topics (slot on master):" \
       "$(for k in 0 1 2; do printf '%s %s on %s; ' "${ids[$k]##*:}" "${topic_slots[$k]}" "${topic_masters[$k]}"; done)"
     echo "  killing master $victim_master (slot $victim_slot), the shard of node ${ids[$target]}'s topic" \
       "$([ "$victim_master" = "$data_master" ] && echo "and of the app's keys" || echo "(not of the app's keys)")"
@@ -388,6 +395,9 @@ for d in $drills; do
     common_lines "$j"
     echo "  4 s after the takeover:"
     echo "$subs"
+    # The figures that say what the failover cost the clients: a client is moved when a node
+    # counted another one dead for a moment (its lease lapsed) and closed it with 4003.
+    jq -r '"  per failover: clients moved (closed 4003) \(.disconnects.codes["4003"] // 0), told missed \(.outage.missed_clients), longest pause in deliveries to one node'"'"'s clients \(.outage.max_gap_ms) ms"' "$j"
     jq -r --arg m "$victim_master" \
       'def ms: if . == null then "never" else "\(.) ms" end;
       "  killed master \($m) \(.resume.down_at_ms) ms after ready; its replica had taken over \(.resume.up_at_ms - .resume.down_at_ms) ms later (the other masters agreeing)",
