@@ -9,7 +9,9 @@
 # process over the connections ("node RSS per conn, idle" in the benchmark set).
 #   IMSERVER_A=bins/base/imserver IMSERVER_B=bins/new/imserver IMBENCH=bins/new/imbench \
 #     scripts/bench-idle.sh
-# NODE_ARGS adds arguments to the node (both builds). Prints one line per run and the medians.
+# NODE_ARGS adds arguments to the node (both builds); SETTLE=n reads the second time n seconds
+# after imbench says it is sending instead of 1 (past the allocator's 10 s decay time, what the
+# connects left behind is given back). Prints one line per run and the medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 : "${IMSERVER_B:?the second imserver binary (e.g. the build after)}"
 : "${IMBENCH:?the imbench binary both builds are driven by}"
 runs="${RUNS:-3}"
+settle="${SETTLE:-1}"
 clients="${CLIENTS:-10000}"
 ensure_redis_server
 run=$(mktemp -d)
@@ -46,12 +49,12 @@ for i in $(seq 1 "$runs"); do
     http="http${node_id#ws}"
     before=$(sample "$node_pid" "$http")
     "$IMBENCH" --nodes "$node_id" --node-pid "$node_pid" --redis-url "$url" --workload private \
-      --clients "$clients" --rate 10 --duration 3 >"$run/report" 2>"$run/stderr" &
+      --clients "$clients" --rate 10 --duration "$((settle + 2))" >"$run/report" 2>"$run/stderr" &
     bench=$!
     until grep -q '^imbench: sending' "$run/stderr" || ! kill -0 "$bench" 2>/dev/null; do
       sleep 0.02
     done
-    sleep 1
+    sleep "$settle"
     after=$(sample "$node_pid" "$http")
     wait "$bench"
     python3 - "$variant" "$i" "$before" "$after" "$run/report" "$(cut -d' ' -f1 /proc/loadavg)" \

@@ -125,6 +125,12 @@ fn serve(
                 }
             }
 
+            // All written: give the batch's room back, so that an idle connection holds no
+            // queue (the outbox's queue took this one's room in the swap; the next frame
+            // allocates it again).
+            if in_flight.capacity() > 0 {
+                in_flight = VecDeque::new();
+            }
             tokio::select! {
                 biased;
                 // Frames were queued or a close was requested: both handled above.
