@@ -3,8 +3,9 @@
 # clients see. Each drill gets its own private redis-server, release imserver nodes on planned
 # free ports (every node and imclient have the full list, so a node may be listed and down)
 # and `imbench --workload drill`: CLIENTS clients that each hold one connection and come back
-# as a browser should (a fresh URL from imclient, `since=<epoch>:<seq>`, at once after 4003,
-# after 200-400 ms otherwise), while RATE messages per second go to random clients and
+# as the browser client does (a fresh URL from imclient, `since=<epoch>:<seq>`, at once after
+# 4003 (at most once a second), otherwise after its backoff: 300 ms doubling to 10 s, each wait
+# drawn between half and all of it), while RATE messages per second go to random clients and
 # (CHAN_PERCENT of them) to CHANS channels.
 #
 #   1. kill -9 one node of three: how long until every one of its clients has a welcome from a
@@ -35,6 +36,15 @@
 #      longest pause in the deliveries to one node's clients, how long clients were away
 #      (close to welcome), the resumes that recovered, and what was lost. Run it with the load
 #      of a small deployment: DRILLS=5 CLIENTS=30 RATE=50.
+#   6. a storm: kill -9 a node that holds STORM_LOAD clients (19,000: this machine allows
+#      20,000 open files per process, and the node keeps 128 for itself) while the other two
+#      hold STORM_OTHERS (2,000) between them; imbench runs as STORM_PROCS processes (the same
+#      limit). Every client of the dead node comes back within a few seconds, about half to
+#      each survivor. How long until the last is back (and p50/p99), the refusals meanwhile by
+#      reason (the survivors' /metrics before and after, and what the clients saw) and whether
+#      a second wave of them followed the first, the survivors' connects per second, their CPU
+#      and peak RSS and Redis's CPU (sampled from /metrics and /proc every STORM_SAMPLE_MS).
+#      On request: DRILLS=6 scripts/chaos.sh.
 #
 # How the timing works: imbench connects every client, prints `drill: ready` on stderr and
 # sends for DURATION seconds; the script waits for that line, lets traffic flow for ACT_AFTER
@@ -48,15 +58,21 @@
 #   scripts/chaos.sh                    # drills 1-4, 3000 clients
 #   DRILLS="1 3" CLIENTS=1000 scripts/chaos.sh
 #   DRILLS=5 CLIENTS=30 RATE=50 scripts/chaos.sh
+#   DRILLS=6 scripts/chaos.sh           # the storm: 21,000 clients, about a minute
 #
-# Settings (environment): DRILLS ("1 2 3 4"; 5 on request), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
+# Settings (environment): DRILLS ("1 2 3 4"; 5 and 6 on request), CLIENTS (3000), RATE (300 msg/s), CHANS (8),
 # CHAN_PERCENT (2), LEASE_MS (1500: the nodes' --lease-ms, how soon a dead node leaves the live
 # set), DURATION (15 s of sending per drill), ACT_AFTER (3 s of traffic before the action),
 # REDIS_DOWN_SECS (2), REDIS_PERSIST (1: Redis with an append-only file), CLUSTER_KILL (topic:
-# drill 4 kills the master of a node's topic; data: the master of the app's keys), IM_KEY_PREFIX
+# drill 4 kills the master of a node's topic; data: the master of the app's keys),
+# CLUSTER_FULL_COVERAGE (no: the masters that did not fail keep serving during a failover, as
+# docs/OPERATIONS.md recommends; yes, Redis's default: the whole cluster answers CLUSTERDOWN
+# from the moment a master is marked failed until its replica has taken over), IM_KEY_PREFIX
 # (im), RESTART_GAP (2 s between one node being ready again and the next one's SIGTERM),
-# ROLL_DURATION (30 s of sending for drill 5). IMSERVER and IMBENCH name other binaries (then
-# nothing is built).
+# ROLL_DURATION (30 s of sending for drill 5), STORM_LOAD (19000), STORM_OTHERS (2000),
+# STORM_PROCS (3), STORM_DURATION (40 s of sending for drill 6), STORM_LIMIT_MS (every client
+# of the killed node back within this, 15000), STORM_SAMPLE_MS (250). IMSERVER and IMBENCH
+# name other binaries (then nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -72,9 +88,16 @@ act_after="${ACT_AFTER:-3}"
 redis_down="${REDIS_DOWN_SECS:-2}"
 if [ "${REDIS_PERSIST:-1}" = 1 ]; then aof=yes; else aof=no; fi
 cluster_kill="${CLUSTER_KILL:-topic}"
+full_coverage="${CLUSTER_FULL_COVERAGE:-no}"
 prefix="${IM_KEY_PREFIX:-im}"
 restart_gap="${RESTART_GAP:-2}"
 roll_duration="${ROLL_DURATION:-30}"
+storm_load="${STORM_LOAD:-19000}"
+storm_others="${STORM_OTHERS:-2000}"
+storm_procs="${STORM_PROCS:-3}"
+storm_duration="${STORM_DURATION:-40}"
+storm_limit="${STORM_LIMIT_MS:-15000}"
+storm_sample="${STORM_SAMPLE_MS:-250}"
 
 ensure_redis_server
 command -v jq >/dev/null 2>&1 || apt_install jq
@@ -127,6 +150,9 @@ setup_cluster() {
   for p in "${cports[@]}"; do seeds+=("127.0.0.1:$p"); done
   IM_REDIS_URL="redis+cluster://$(join "${seeds[@]}")"
   export IM_REDIS_URL
+  for p in "${cports[@]}"; do
+    redis-cli -p "$p" CONFIG SET cluster-require-full-coverage "$full_coverage" >/dev/null
+  done
   setup_nodes "$@"
 }
 # The cluster slot of key or topic $1, and the port of the live master that serves slot $1
@@ -162,7 +188,7 @@ start_bench() {
   sleep "$act_after"
 }
 finish_bench() {
-  wait "$bpid" || { echo "imbench failed: $(tail -3 "$out/drill$d.log")" >&2; exit 1; }
+  [ -z "$bpid" ] || wait "$bpid" || { echo "imbench failed: $(tail -3 "$out/drill$d.log")" >&2; exit 1; }
   [ -s "$out/drill$d.json" ] || { echo "imbench printed no report" >&2; exit 1; }
   # The running nodes' counters at the end, for the drop line and a closer look.
   local k
@@ -182,6 +208,28 @@ drop_line() {
     /^im_redis_reconnects_total[ {]/ { rc += $NF }
     END { printf "  nodes at the end: drops"; for (r in d) printf " %s %d", r, d[r]
           printf "; Redis reconnects %d; leases found lapsed %d\n", rc, lapsed }'
+}
+# Drill 6: every STORM_SAMPLE_MS, a line per surviving node and for Redis: `<unix ms> <name>
+# <connections opened> <handshakes refused> <CPU ticks> <RSS KiB> <peak RSS KiB>` (Redis has
+# no counters: 0 0), until killed; scripts/storm_summary.py reads them.
+storm_sampler() {
+  local k pid name counters
+  while :; do
+    for k in 0 1 redis; do
+      if [ "$k" = redis ]; then
+        pid=$rpid name=redis counters="0 0"
+      else
+        pid=${npids[$k]} name=node$k
+        counters=$(curl -s -m 1 "http://127.0.0.1:${ports[$k]}/metrics" | awk '
+          /^im_connections_opened_total[ {]/ { o = $NF } /^im_handshakes_refused_total\{/ { r += $NF }
+          END { print o + 0, r + 0 }')
+      fi
+      [ -r "/proc/$pid/stat" ] || continue
+      echo "$(now_ms) $name $counters $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")" \
+        "$(awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 } END { print r + 0, h + 0 }' "/proc/$pid/status")"
+    done
+    sleep "$(awk -v ms="$storm_sample" 'BEGIN { print ms / 1000 }')"
+  done
 }
 results=()
 verdict() { # drill title, failures... (and the warnings in $warns)
@@ -320,7 +368,7 @@ for d in $drills; do
     else
       victim_slot=${topic_slots[$target]} victim_master=${topic_masters[$target]}
     fi
-    echo "  masters ${cports[*]:0:3}; app keys {$prefix}:* in slot $data_slot on $data_master; node topics (slot on master):" \
+    echo "  masters ${cports[*]:0:3} (cluster-require-full-coverage $full_coverage); app keys {$prefix}:* in slot $data_slot on $data_master; node topics (slot on master):" \
       "$(for k in 0 1 2; do printf '%s %s on %s; ' "${ids[$k]##*:}" "${topic_slots[$k]}" "${topic_masters[$k]}"; done)"
     echo "  killing master $victim_master (slot $victim_slot), the shard of node ${ids[$target]}'s topic" \
       "$([ "$victim_master" = "$data_master" ] && echo "and of the app's keys" || echo "(not of the app's keys)")"
@@ -347,6 +395,9 @@ for d in $drills; do
     common_lines "$j"
     echo "  4 s after the takeover:"
     echo "$subs"
+    # The figures that say what the failover cost the clients: a client is moved when a node
+    # counted another one dead for a moment (its lease lapsed) and closed it with 4003.
+    jq -r '"  per failover: clients moved (closed 4003) \(.disconnects.codes["4003"] // 0), told missed \(.outage.missed_clients), longest pause in deliveries to one node'"'"'s clients \(.outage.max_gap_ms) ms"' "$j"
     jq -r --arg m "$victim_master" \
       'def ms: if . == null then "never" else "\(.) ms" end;
       "  killed master \($m) \(.resume.down_at_ms) ms after ready; its replica had taken over \(.resume.up_at_ms - .resume.down_at_ms) ms later (the other masters agreeing)",
@@ -403,6 +454,53 @@ for d in $drills; do
     jq -e 'all(.restarts[]; .clients_back == .clients)' "$j" >/dev/null || fails+=("a node's clients not all back on it")
     echo "  rule: nothing lost, no seq gap or duplicate, every resume recovered:true, every close 4003, no client away for a second, every node's clients back on it"
     verdict "rolling restart of three nodes" "${fails[@]}"
+    ;;
+  6)
+    echo "== drill 6: a storm: kill -9 a node holding $storm_load clients ($storm_others on the other two)"
+    setup 3 3
+    all_clients=$clients all_duration=$duration
+    clients=$((storm_load + storm_others)) duration=$storm_duration
+    start_bench --drill-node "${ids[2]}" --drill-load "$storm_load" --procs "$storm_procs"
+    clients=$all_clients duration=$all_duration
+    for k in 0 1; do curl -s -m 5 "http://127.0.0.1:${ports[$k]}/metrics" >"$out/drill$d-node$k.before.metrics" || true; done
+    storm_sampler >"$out/drill$d.samples" 2>/dev/null &
+    spid=$!
+    pids+=("$spid")
+    echo "  load before the kill: $(uptime | sed 's/.*load average/load average/')"
+    mark kill
+    kill -9 "${npids[2]}"
+    wait "${npids[2]}" 2>/dev/null || true
+    unset 'npids[2]'
+    # The storm is over once every client is back; imbench says so only at its end, so the
+    # sampler runs until then, and the survivors are checked alive before they are stopped.
+    wait "$bpid" || { echo "imbench failed: $(tail -3 "$out/drill$d.log")" >&2; exit 1; }
+    bpid=""
+    kill "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    crashed=()
+    for k in 0 1; do kill -0 "${npids[$k]}" 2>/dev/null || crashed+=("node $k"); done
+    echo "  load after: $(uptime | sed 's/.*load average/load average/')"
+    finish_bench
+    j="$out/drill6.json"
+    common_lines "$j"
+    kill_ms=$(awk '$1 == "kill" { print $2 }' "$marks")
+    end_ms=$((kill_ms + $(jq '.action.back_ms_max // 0' "$j") + 1000))
+    python3 scripts/storm_summary.py "$out/drill$d.samples" "$kill_ms" "$end_ms" "$out" "drill$d" "$out/drill$d-server.json"
+    jq -r '.action | "  killed \(.node): \(.victims) of its clients back on live nodes \(.victims_back_on) after p50 \(.back_ms_p50) ms, p90 \(.back_ms_p90) ms, p99 \(.back_ms_p99) ms, all \(.back_ms_max) ms (\(.victims_back) of \(.victims) back)",
+      "  their welcomes per second at the survivors: peak \(.storm.welcomes_per_sec_peak) (over a sliding second), mean \(.storm.welcomes_per_sec_mean | floor) from the first (\(.storm.back_ms_first) ms) to the last",
+      "  failed attempts after the kill (what the clients saw): \(.storm.failed_attempts); refusals by a node \(.storm.refusals) in waves \(.storm.refusal_waves | map("\(.count) at \(.from_ms)-\(.to_ms) ms \(.kinds)") | join(", "))",
+      "  other nodes: \(.others) clients, \(.others_disconnected) disconnected \(.others_close_codes), longest pause between deliveries to them \(.others_max_gap_ms) ms after the kill (\(.others_max_gap_before_ms) ms before; the worst of the imbench processes)"' "$j"
+    jq -r '"  private messages lost to clients not on the killed node: \(.private_lost.to_others)"' "$j"
+    base_checks "$j"
+    jq -e --argjson l "$storm_limit" '.action | .victims > 0 and .victims_back == .victims and .back_ms_max <= $l' "$j" >/dev/null ||
+      fails+=("not every client of the killed node back within $storm_limit ms")
+    jq -e '.private_lost.to_others == 0' "$j" >/dev/null || fails+=("private messages to clients not on the killed node lost")
+    jq -e '.action.others_disconnected == 0' "$j" >/dev/null || fails+=("clients of the other nodes were disconnected")
+    jq -e '(.action.storm.refusal_waves | length) <= 1' "$j" >/dev/null || fails+=("a second wave of refusals (clients)")
+    jq -e '(.refusal_waves | length) <= 1' "$out/drill$d-server.json" >/dev/null || fails+=("a second wave of refusals (the survivors' counters)")
+    [ ${#crashed[@]} -eq 0 ] || fails+=("survivor crashed: ${crashed[*]}")
+    echo "  rule: every client of the killed node back within $storm_limit ms, nothing lost to the other nodes' clients (none disconnected), at most one wave of refusals (clients' and survivors' view), no survivor crash"
+    verdict "a storm of $storm_load reconnects" "${fails[@]}"
     ;;
   *)
     echo "unknown drill $d" >&2

@@ -6,7 +6,7 @@
 //! `--workload churn` (imserver only) has clients come and go at random for the whole run
 //! instead, for soak tests (`churn.rs`, `scripts/soak.sh`). `--workload drill` holds every
 //! client connected, reconnecting as a browser should, while `scripts/chaos.sh` kills nodes
-//! or Redis, and reports what the clients saw (`drill.rs`).
+//! or Redis, and reports what the clients saw (`drill/`).
 //! `--workload api-send` measures a private send through the node's HTTP API against imclient
 //! called directly (`api.rs`, `scripts/bench-api.sh`).
 //! With `--floor-addr` it drives imfloor, the floor a delivery is measured against, through
@@ -14,7 +14,7 @@
 //! (`feeder.rs`, `scripts/bench-floor.sh`).
 //! `--procs N` runs the tool as N processes (one process's open-file limit caps its
 //! connections), each opening its share of the clients, and merges their reports, latency
-//! histograms included, into one line (`shard.rs`).
+//! histograms included, into one line (`shard.rs`; the drill merges its own, `drill/shards.rs`).
 
 #![allow(clippy::print_stdout)] // the report is the one JSON line on stdout
 
@@ -29,6 +29,7 @@ use imclient::{ImClient, ImClientArgs};
 use tokio::net::TcpSocket;
 
 mod api;
+mod backoff;
 mod churn;
 mod drill;
 mod feeder;
@@ -139,6 +140,10 @@ struct Args {
     /// mark are followed to their new node.
     #[arg(long)]
     drill_node: Option<String>,
+    /// Drill: how many of the clients have their home on `--drill-node` (the rest on the other
+    /// nodes), instead of an even spread: one node loaded for a storm of reconnects.
+    #[arg(long)]
+    drill_load: Option<usize>,
     /// Api-send: how the messages are sent.
     #[arg(long, value_enum, default_value = "imclient")]
     send_via: api::SendVia,
@@ -165,7 +170,8 @@ struct Args {
     /// Run as this many processes of this tool, each opening its share of `--clients` (client
     /// ids do not collide), and print one report merged from theirs (latency histograms
     /// merged; node RSS per node before and after connecting). For more connections than one
-    /// process's open-file limit allows. Private, channel and broadcast workloads only.
+    /// process's open-file limit allows. Private, channel, broadcast and drill workloads only
+    /// (the drill's shards each send their share of the messages; `drill/shards.rs`).
     #[arg(long, default_value_t = 1)]
     procs: usize,
     /// Internal (set by `--procs`): this process is shard I of N; it opens clients
@@ -367,16 +373,19 @@ async fn main() -> Result<()> {
         let _ = PREFIX.set(format!("bench-{id}-"));
     }
     if args.procs > 1 {
+        if let Workload::Drill = args.workload {
+            return drill::shards::coordinate(&args).await;
+        }
         return shard::coordinate(&args).await;
     }
     let peer_mode = !args.pusher_addr.is_empty();
     if args.shard.is_some()
         && !matches!(
             args.workload,
-            Workload::Private | Workload::Channel | Workload::Broadcast
+            Workload::Private | Workload::Channel | Workload::Broadcast | Workload::Drill
         )
     {
-        bail!("several processes run the private, channel and broadcast workloads only");
+        bail!("several processes run the private, channel, broadcast and drill workloads only");
     }
     if (peer_mode || args.floor_addr.is_some()) && matches!(args.workload, Workload::Broadcast) {
         bail!("the broadcast workload runs against imserver only");

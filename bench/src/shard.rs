@@ -18,6 +18,9 @@
 //! buckets (exact at the histogram's precision), which the coordinator adds up. The merged
 //! report has the fields of a one-process report, with the figures over all shards, plus
 //! `procs`, per-node connections and RSS, and the delivery rate up to the last delivery.
+//!
+//! The drill workload starts its shards with [`spawn`] too, and merges their reports its own
+//! way (`drill/shards.rs`).
 
 use std::process::Stdio;
 use std::time::Instant;
@@ -133,15 +136,15 @@ fn hist_add_json(into: &mut Histogram<u64>, pairs: &Value) -> Result<()> {
 }
 
 /// One shard process.
-struct Proc {
+pub struct Proc {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines<BufReader<ChildStdout>>,
-    index: usize,
+    pub index: usize,
 }
 
 impl Proc {
-    async fn line(&mut self) -> Result<String> {
+    pub async fn line(&mut self) -> Result<String> {
         match self.stdout.next_line().await? {
             Some(line) => Ok(line),
             None => {
@@ -154,13 +157,32 @@ impl Proc {
         }
     }
 
-    async fn tell(&mut self, line: &str) -> Result<()> {
+    pub async fn tell(&mut self, line: &str) -> Result<()> {
         self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
         self.stdin.flush().await?;
         Ok(())
     }
 
-    async fn report(&mut self) -> Result<Value> {
+    /// The shard's `connected <n>`: how many of its clients connected.
+    pub async fn connected(&mut self) -> Result<u64> {
+        let line = self.line().await?;
+        line.strip_prefix("connected ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| {
+                format!(
+                    "shard {}: expected `connected <n>`, got {line:?}",
+                    self.index
+                )
+            })
+    }
+
+    /// Waits for the shard to exit.
+    pub async fn wait(&mut self) -> Result<()> {
+        self.child.wait().await?;
+        Ok(())
+    }
+
+    pub async fn report(&mut self) -> Result<Value> {
         let line = self.line().await?;
         serde_json::from_str(&line)
             .with_context(|| format!("shard {}: not a report: {line:?}", self.index))
@@ -187,26 +209,14 @@ fn passthrough() -> Vec<std::ffi::OsString> {
     out
 }
 
-/// Runs `args.procs` shards of this tool and prints their merged report.
-pub async fn coordinate(args: &Args) -> Result<()> {
-    ensure!(
-        args.shard.is_none(),
-        "--procs and --shard do not go together"
-    );
-    ensure!(
-        matches!(
-            args.workload,
-            Workload::Private | Workload::Channel | Workload::Broadcast
-        ),
-        "--procs runs the private, channel and broadcast workloads only"
-    );
-    ensure!(args.clients >= args.procs, "fewer clients than --procs");
+/// Starts `args.procs` shards of this tool (this process's arguments, with `--shard I/N` and a
+/// shared `--run-id`), their stdin and stdout piped.
+pub fn spawn(args: &Args) -> Result<Vec<Proc>> {
     let exe = std::env::current_exe()?;
     let run_id = args
         .run_id
         .clone()
         .unwrap_or_else(|| format!("{}", now_ns() % 1_000_000_007));
-    let rss_before = rss_per_node(&args.node_pid);
     let mut procs = Vec::with_capacity(args.procs);
     for index in 0..args.procs {
         let mut child = tokio::process::Command::new(&exe)
@@ -230,18 +240,30 @@ pub async fn coordinate(args: &Args) -> Result<()> {
             index,
         });
     }
+    Ok(procs)
+}
+
+/// Runs `args.procs` shards of this tool and prints their merged report.
+pub async fn coordinate(args: &Args) -> Result<()> {
+    ensure!(
+        args.shard.is_none(),
+        "--procs and --shard do not go together"
+    );
+    ensure!(
+        matches!(
+            args.workload,
+            Workload::Private | Workload::Channel | Workload::Broadcast
+        ),
+        "--procs runs the private, channel and broadcast workloads (and the drill)"
+    );
+    ensure!(args.clients >= args.procs, "fewer clients than --procs");
+    let rss_before = rss_per_node(&args.node_pid);
+    let mut procs = spawn(args)?;
     let started = Instant::now();
     // Every shard connected (in parallel: each waits for go after saying so).
     let mut total = 0u64;
     for p in &mut procs {
-        let line = p.line().await?;
-        let n: u64 = line
-            .strip_prefix("connected ")
-            .and_then(|n| n.parse().ok())
-            .with_context(|| {
-                format!("shard {}: expected `connected <n>`, got {line:?}", p.index)
-            })?;
-        total += n;
+        total += p.connected().await?;
     }
     let connect_wall_secs = started.elapsed().as_secs_f64();
     let rss_connected = rss_per_node(&args.node_pid);
@@ -272,7 +294,7 @@ pub async fn coordinate(args: &Args) -> Result<()> {
         .map(|(a, b)| a - b);
     let rss_load = rss_per_node(&args.node_pid);
     for p in &mut procs {
-        p.child.wait().await?;
+        p.wait().await?;
     }
     let merged = merge(
         args,

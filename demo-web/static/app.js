@@ -24,6 +24,8 @@
 //   (the API's answer, or an "offline" receipt: the message waits in the history for their next
 //   visit), "not sent yet · retrying" while the API cannot be reached, and "not sent" with the
 //   reason and a Retry button when it was refused.
+// - Drafts: text typed and not sent stays with its conversation (session storage), through a
+//   switch to another conversation and a reload.
 // - Navigation: opening a conversation is a browser history entry (#room:lobby, #user:<id>),
 //   so Back returns to the list instead of leaving the app, and a reload reopens it.
 // - A 401 (the session ended elsewhere) stops everything and shows the sign-in form.
@@ -208,8 +210,10 @@ const TITLES = {
   stored: 'The receiver is not connected: the message is kept and shown to them when they come back.',
 };
 
-// Ranks of marks: a receipt never takes a message back from "delivered".
-const RANK = { sent: 1, stored: 2, buffered: 2, delivered: 3 };
+// Ranks of marks: a receipt never takes a message back from "delivered", and a "buffered"
+// receipt (the receiver's node keeps a resume window for a page that went away) does not undo
+// "kept for later" (the API found the receiver offline), whichever of the two arrives first.
+const RANK = { sent: 1, buffered: 2, stored: 3, delivered: 4 };
 
 function setMark(id, status) {
   const known = state.marks.get(id);
@@ -529,6 +533,7 @@ async function open(key, nav = 'push') {
     // From a conversation to another, Back goes to the list rather than through each.
     if (state.current && key) history.replaceState({ key }, '', url); else history.pushState({ key }, '', url);
   } else if (nav === 'replace') history.replaceState({ key }, '', url);
+  if (key !== state.current) restoreDraft(key);
   state.current = key;
   if (key && key.startsWith('user:')) convo(key).name = nameOf(key.slice(5));
   $('app').dataset.view = key ? 'chat' : 'list';
@@ -653,6 +658,24 @@ function retrySend(item) {
 /** Characters as the API counts them (code points of the trimmed text). */
 const charCount = (text) => [...text.trim()].length;
 
+// Drafts: what is typed and not sent yet, per conversation, kept in the tab's session storage
+// (under the signed-in user) so that switching conversations or reloading the page keeps it.
+const draftKey = (key) => `draft:${state.me ? state.me.id : ''}:${key}`;
+function saveDraft() {
+  if (!state.current) return;
+  const text = $('compose-text').value;
+  try {
+    if (text) sessionStorage.setItem(draftKey(state.current), text); else sessionStorage.removeItem(draftKey(state.current));
+  } catch (e) { /* storage full or disabled: the draft lives as long as the box */ }
+}
+function restoreDraft(key) {
+  let text = '';
+  try { text = (key && sessionStorage.getItem(draftKey(key))) || ''; } catch (e) { /* as above */ }
+  $('compose-text').value = text;
+  fitInput();
+  countText();
+}
+
 function send(ev) {
   ev.preventDefault();
   const input = $('compose-text');
@@ -682,6 +705,7 @@ function send(ev) {
   item.entry = entry;
   outbox.queue.push(entry);
   input.value = '';
+  saveDraft();
   fitInput();
   countText();
   pump();
@@ -904,7 +928,7 @@ $('signin-form').onsubmit = async (ev) => {
 };
 $('signin-name').addEventListener('input', countName);
 $('compose').onsubmit = send;
-$('compose-text').addEventListener('input', () => { fitInput(); countText(); });
+$('compose-text').addEventListener('input', () => { fitInput(); countText(); saveDraft(); });
 $('compose-text').addEventListener('keydown', (ev) => {
   // Enter sends, Shift+Enter starts a new line (and Enter while composing with an IME does not send).
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('compose').requestSubmit(); }

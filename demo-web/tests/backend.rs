@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, anyhow};
-use imtestkit::{Cluster, NodeOpts, WAIT, Ws, free_port, http_get, http_request, wait_for};
+use imtestkit::{Cluster, NodeOpts, Redis, WAIT, Ws, free_port, http_get, http_request, wait_for};
 use serde_json::json;
 
 /// A running demo-web process, stopped when dropped.
@@ -120,7 +120,18 @@ async fn get(web: &DemoWeb, path: &str, cookie: &str) -> Result<imtestkit::HttpA
 
 #[tokio::test]
 async fn a_message_to_someone_offline_is_kept_and_a_restart_loses_nothing() -> Result<()> {
-    let c = Cluster::start(1, NodeOpts::default()).await?;
+    kept_for_later_across_a_restart(Cluster::start(1, NodeOpts::default()).await?).await
+}
+
+/// The same on a Redis Cluster, whose key slots refuse a multi-key command spanning two.
+#[tokio::test]
+async fn on_a_redis_cluster_a_message_to_someone_offline_is_kept_and_a_restart_loses_nothing()
+-> Result<()> {
+    let c = Cluster::start_on(Redis::start_cluster()?, 1, NodeOpts::default()).await?;
+    kept_for_later_across_a_restart(c).await
+}
+
+async fn kept_for_later_across_a_restart(c: Cluster) -> Result<()> {
     let web = DemoWeb::start(&c).await?;
     let (ann, ann_id) = web.sign_in("Ann").await?;
     let (bob, bob_id) = web.sign_in("Bob").await?;

@@ -2,8 +2,8 @@
 //! connection taken out of the pool and used by every non-blocking call, so concurrent calls
 //! are pipelined on it and no call pays the pool's per-checkout health check (an UNWATCH and a
 //! PING round trip). When a command fails in a way that may have broken the connection, it is
-//! dropped and the next call takes a fresh one from the pool. Blocking reads (events) take
-//! their own pooled connection.
+//! dropped and the next call takes a fresh one from the pool; a Redis Cluster connection is
+//! kept, since it repairs itself. Blocking reads (events) take their own pooled connection.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::Result;
-use crate::store::{SharedConn, Store};
+use crate::store::{Connection, SharedConn, Store};
 
 /// The shared connection and the pool it is replaced from.
 ///
@@ -52,7 +52,13 @@ impl Link {
         Ok(LinkConn { conn, link: self })
     }
 
-    fn failed(&self, error: &RedisError) {
+    fn failed(&self, conn: &SharedConn, error: &RedisError) {
+        // A cluster connection repairs itself (it reconnects to a node and reads the slot map
+        // again); a fresh one from the pool would first be checked with a PING to every
+        // master, which waits for a failed master until the failover is over.
+        if matches!(conn, Connection::Cluster(_)) {
+            return;
+        }
         if error.is_io_error()
             || error.is_connection_dropped()
             || error.is_unrecoverable_error()
@@ -84,7 +90,7 @@ impl ConnectionLike for LinkConn<'_> {
         Box::pin(async move {
             let result = self.conn.req_packed_command(cmd).await;
             if let Err(e) = &result {
-                self.link.failed(e);
+                self.link.failed(&self.conn, e);
             }
             result
         })
@@ -99,7 +105,7 @@ impl ConnectionLike for LinkConn<'_> {
         Box::pin(async move {
             let result = self.conn.req_packed_commands(pipeline, offset, count).await;
             if let Err(e) = &result {
-                self.link.failed(e);
+                self.link.failed(&self.conn, e);
             }
             result
         })

@@ -12,6 +12,7 @@
 //! 503 `redis_unavailable` and `Retry-After`, the token left unused.
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 
 use actix_codec::Framed;
 use actix_http::{HttpMessage as _, Request, h1, ws};
@@ -25,6 +26,7 @@ use crate::hub::{Refusal, WelcomeInfo};
 use crate::ip_limit::{IpRefusal, IpSlot};
 use crate::node::Node;
 use crate::session;
+use crate::tasks::follower::move_if_elsewhere;
 use crate::wire::Wire;
 
 /// Why a handshake was refused: HTTP status, machine-readable code, human-readable message.
@@ -95,7 +97,15 @@ async fn serve<T: Into<Wire>>(
         Ok(admitted) => match confirm(&node, &admitted).await {
             Ok(()) => register(&node, &admitted.claims, admitted.since.as_deref())
                 .await
-                .map(|reg| (admitted.accept, admitted.claims.sub, reg, admitted.ip_slot)),
+                .map(|reg| {
+                    (
+                        admitted.accept,
+                        admitted.claims.sub,
+                        reg,
+                        admitted.ip_slot,
+                        admitted.view,
+                    )
+                }),
             Err(refused) => Err(refused),
         },
         Err(refused) => Err(refused),
@@ -119,7 +129,7 @@ async fn serve<T: Into<Wire>>(
             io.shutdown_write().await;
             Ok(())
         }
-        Ok((accept, client, reg, ip_slot)) => {
+        Ok((accept, client, reg, ip_slot, view)) => {
             drop(req);
             // Frames are small and written as they come: Nagle would hold each behind the
             // previous one's ACK.
@@ -132,6 +142,15 @@ async fn serve<T: Into<Wire>>(
                 return Err(e);
             }
             tracing::debug!(node = %node.id(), client = %client, conn = reg.id.0, "connected");
+            // Admitted under a live set that changed since (a node came back): the follower's
+            // pass over the clients may have come before this registration, so the move it
+            // would have made is made here. Its welcome is then followed by 4003.
+            if node.nodes().changes() != view
+                && move_if_elsewhere(node.id(), node.nodes(), node.hub(), node.keys(), &client)
+            {
+                node.metrics().clients_moved.fetch_add(1, Relaxed);
+                tracing::debug!(node = %node.id(), client = %client, "moved a client the live set changed under");
+            }
             // The session runs as a task of its own and this handshake task ends: it is sized
             // for the whole HTTP dispatcher (about 2.4 KiB), and would stay that big for as
             // long as the connection lives.
@@ -240,6 +259,7 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
         .admission()
         .admit(&query.token)
         .map_err(token_refused)?;
+    let view = node.nodes().changes();
     let home_elsewhere = !node.nodes().owns(node.id(), &claims.sub);
     Ok(Admitted {
         accept,
@@ -247,6 +267,7 @@ fn admit(node: &Node, req: &Request, peer: Option<IpAddr>) -> Result<Admitted, R
         since: query.since,
         ip_slot,
         home_elsewhere,
+        view,
     })
 }
 
@@ -403,6 +424,8 @@ struct Admitted {
     ip_slot: Option<IpSlot>,
     /// This node's view of the live set has the client's home elsewhere.
     home_elsewhere: bool,
+    /// The count of live-set changes that view was taken at.
+    view: u64,
 }
 
 /// The connect URL's query: the token, and where the client asks to resume from.

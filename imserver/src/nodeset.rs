@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -42,6 +43,10 @@ pub struct NodeSet {
     /// Nodes stopping on purpose that announced they hand their clients over: the run that
     /// stops, and when it said so.
     leaving: RwLock<HashMap<NodeId, (String, Instant)>>,
+    /// How many times the live nodes changed: a handshake that saw another count at its
+    /// admission checks its client's home again once registered (see
+    /// `tasks::follower::move_if_elsewhere`).
+    changes: AtomicU64,
 }
 
 impl NodeSet {
@@ -53,7 +58,13 @@ impl NodeSet {
             previous: RwLock::new(None),
             orphans: RwLock::new(None),
             leaving: RwLock::new(HashMap::new()),
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the live nodes changed since this node started.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(SeqCst)
     }
 
     /// Whether this node (`me`) is the home of `client` among the live nodes as last read.
@@ -182,6 +193,8 @@ impl NodeSet {
             .unwrap_or_else(|| live.iter().filter(|n| *n != me).cloned().collect());
         *self.previous.write().unwrap_or_else(|p| p.into_inner()) = Some((before, Instant::now()));
         *current = Some(live);
+        // Counted before the lock is let go: whoever reads the new count reads the new set.
+        self.changes.fetch_add(1, SeqCst);
         true
     }
 }

@@ -6,9 +6,10 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
 use actix_tls::accept::rustls_0_23::TlsStream;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::inbound::Inbound;
@@ -65,9 +66,15 @@ impl Wire {
             Wire::Tls(tls) => {
                 const SLICES: usize = 64;
                 while !frames.is_empty() {
-                    let mut slices = [IoSlice::new(&[]); SLICES];
-                    let n = outbox::slices(frames, &mut slices);
-                    let written = tls.write_vectored(&slices[..n]).await?;
+                    // The slices (1 KiB) are laid out inside each poll, not held across the
+                    // wait: this future is part of every session's task, TLS or not, and
+                    // would make each idle connection hold them.
+                    let written = std::future::poll_fn(|cx| {
+                        let mut slices = [IoSlice::new(&[]); SLICES];
+                        let n = outbox::slices(frames, &mut slices);
+                        Pin::new(&mut **tls).poll_write_vectored(cx, &slices[..n])
+                    })
+                    .await?;
                     if written == 0 {
                         return Err(io::ErrorKind::WriteZero.into());
                     }

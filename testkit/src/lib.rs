@@ -16,6 +16,7 @@
 //! ```
 
 mod cluster;
+mod cluster_view;
 mod deadline;
 mod events;
 mod http;
@@ -25,6 +26,7 @@ mod node;
 mod port;
 pub mod redis_cluster;
 mod redis_server;
+mod resp;
 mod ws;
 
 pub use cluster::{Cluster, Listed, client_for};

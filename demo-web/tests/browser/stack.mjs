@@ -158,6 +158,9 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
   stack.redisPort = await freePort();
   await startRedis(stack);
   stack.redisUrl = `redis://127.0.0.1:${stack.redisPort}`;
+  // Every address first: each node follows the live set of the whole list, as deployed (a
+  // node without it never moves a client whose home came back, while the backends already
+  // send that client's messages there).
   for (let i = 0; i < nodes; i++) {
     const port = await freePort();
     let p = null;
@@ -165,10 +168,9 @@ export async function startStack({ nodes = 2, proxy = false, nodeArgs = [] } = {
       p = new TcpProxy(port);
       await p.listen(0);
     }
-    const node = { port, proxy: p, id: `ws://127.0.0.1:${p ? p.port : port}` };
-    await startNode(stack, node);
-    stack.nodes.push(node);
+    stack.nodes.push({ port, proxy: p, id: `ws://127.0.0.1:${p ? p.port : port}` });
   }
+  for (const node of stack.nodes) await startNode(stack, node);
   await startWeb(stack);
   return stack;
 }
@@ -199,7 +201,7 @@ export async function startRedis(stack) {
 /** Starts (or starts again, on the same port and id) the node `node` of `stack`. */
 export async function startNode(stack, node) {
   node.child = run(`imserver-${node.port}`, path.join(binDir, 'imserver'), [
-    '--listen', `127.0.0.1:${node.port}`, '--node', node.id, '--redis-url', stack.redisUrl,
+    '--listen', `127.0.0.1:${node.port}`, '--node', node.id, '--nodes', stack.nodes.map((n) => n.id).join(','), '--redis-url', stack.redisUrl,
     '--heartbeat-interval-ms', '5000', '--heartbeat-timeout-ms', '15000', ...stack.nodeArgs,
   ], { IM_TOKEN_SECRET: SECRET, IM_ALLOWED_ORIGINS: stack.web });
   await waitPort(node.port);

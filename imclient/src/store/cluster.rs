@@ -98,6 +98,29 @@ pub(super) async fn connect_subscription(
     Ok((conn, rx, Wanted::default()))
 }
 
+/// How often a connection of its own ([`connect_own`]) tries a command before failing it.
+const OWN_RETRIES: u32 = 2;
+/// Its wait between two tries, in ms: from, up to.
+const OWN_RETRY_WAIT_MS: (u64, u64) = (10, 50);
+
+/// A cluster connection outside the pool that fails a command within moments instead of
+/// retrying it: redis-rs by default waits 1.28 s or more before it tries a command again (after
+/// a CLUSTERDOWN, or a master that cannot be reached), so a command sent during a failover
+/// goes through a second or more after the cluster could take it. Its caller retries.
+pub(super) async fn connect_own(
+    seeds: &[String],
+    timeouts: &super::RedisTimeouts,
+) -> RedisResult<ClusterConnection> {
+    let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(timeouts.connect)
+        .response_timeout(timeouts.response)
+        .retries(OWN_RETRIES)
+        .min_retry_wait(OWN_RETRY_WAIT_MS.0)
+        .max_retry_wait(OWN_RETRY_WAIT_MS.1)
+        .build()?;
+    bounded(client.get_async_connection()).await
+}
+
 /// A redis-rs cluster connection, pooled or not.
 pub trait ClusterLink: Send {
     /// The connection itself.

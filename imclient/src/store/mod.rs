@@ -123,7 +123,7 @@ enum Pooled {
 
 #[derive(Clone)]
 enum Source {
-    Single(Box<redis::Client>),
+    Single(Box<redis::Client>, RedisTimeouts),
     Cluster(Vec<String>, RedisTimeouts),
 }
 
@@ -171,7 +171,7 @@ impl Store {
                     pool: Pooled::Single(pool),
                     source: redis::Client::open(url)
                         .ok()
-                        .map(|c| Source::Single(Box::new(c))),
+                        .map(|c| Source::Single(Box::new(c), timeouts)),
                 })
             }
         }
@@ -206,11 +206,32 @@ impl Store {
         })
     }
 
+    /// A connection of its own, outside the pool, for a task whose commands must go through as
+    /// soon as Redis can take them (a node's lease): no pool check at checkout (on a cluster, a
+    /// PING to every master, which waits for a failed one), and on a cluster a command fails
+    /// within moments while the cluster cannot take it, rather than being retried after a
+    /// second or more; the caller retries. A cluster connection repairs itself after a failover
+    /// and is kept; a single server's should be opened again after an I/O error. A store built
+    /// from an application's pool takes one out of it.
+    pub async fn connect_own(&self) -> Result<SharedConn> {
+        match &self.source {
+            Some(Source::Single(client, timeouts)) => Ok(Connection::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&timeouts.connection_config())
+                    .await?,
+            )),
+            Some(Source::Cluster(seeds, timeouts)) => Ok(Connection::Cluster(
+                cluster::connect_own(seeds, timeouts).await?,
+            )),
+            None => Ok(self.get().await?.detach()),
+        }
+    }
+
     /// Opens a subscription, or `None` when this store was built from an application's pool
     /// and so does not know where to connect.
     pub async fn subscribe(&self) -> Option<RedisResult<(Subscriber, Messages)>> {
         Some(match self.source.as_ref()? {
-            Source::Single(client) => match client.get_async_pubsub().await {
+            Source::Single(client, _) => match client.get_async_pubsub().await {
                 Ok(pubsub) => {
                     let (sink, stream) = pubsub.split();
                     Ok((Subscriber::Single(sink), Messages::Single(stream.boxed())))

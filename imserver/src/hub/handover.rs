@@ -45,7 +45,7 @@ impl ClientInner {
         topic: String,
         now: Instant,
     ) -> Option<HandedOver> {
-        if self.gone || matches!(self.moving, Move::Forwarding { .. }) {
+        if self.gone || matches!(self.moving.get(), Move::Forwarding { .. }) {
             return None;
         }
         let handover = NodeCommand::Handover(Handover {
@@ -66,10 +66,10 @@ impl ClientInner {
         let command = serde_json::to_string(&handover).ok();
         let freed = self.buffer.clear();
         let window_closed = self.detached.take().is_some();
-        self.moving = Move::Forwarding {
+        self.moving.set(Move::Forwarding {
             topic,
             until: now + FORWARD_FOR,
-        };
+        });
         self.close_all(CloseCode::Moved);
         Some(HandedOver {
             command,
@@ -94,25 +94,26 @@ impl ClientInner {
         outgoing: &Outgoing,
         tally: &mut Tally,
     ) -> bool {
-        let returning = matches!(self.moving, Move::Forwarding { .. }) && self.conns.is_empty();
+        let returning =
+            matches!(self.moving.get(), Move::Forwarding { .. }) && self.conns.is_empty();
         let window_opened = returning && self.detached.is_none() && !self.gone;
         if window_opened {
             self.detached = Some(now);
         }
         let awaiting = created
             || returning
-            || matches!(self.moving, Move::TakingOver { awaiting: true, .. })
+            || matches!(self.moving.get(), Move::TakingOver { awaiting: true, .. })
                 && self.conns.is_empty();
-        let mut seen: HashSet<Box<str>> = match std::mem::take(&mut self.moving) {
+        let mut seen: HashSet<Box<str>> = match self.moving.take() {
             Move::TakingOver { seen, .. } => seen,
             _ => HashSet::new(),
         };
         if !awaiting || self.gone {
-            self.moving = Move::TakingOver {
+            self.moving.set(Move::TakingOver {
                 seen,
                 until: now + FORWARD_FOR,
                 awaiting: false,
-            };
+            });
             return window_opened;
         }
         // What arrived before the stream did, to number after it: pushed again below, so not
@@ -136,11 +137,11 @@ impl ClientInner {
             tally.bytes += self.buffer.push(self.seq, frame, now, limits, false);
         }
         self.seq = self.seq.max(handover.seq);
-        self.moving = Move::TakingOver {
+        self.moving.set(Move::TakingOver {
             seen,
             until: now + FORWARD_FOR,
             awaiting: false,
-        };
+        });
         for body in early {
             self.push(client, &body, now, limits, outgoing, tally);
         }
@@ -149,11 +150,11 @@ impl ClientInner {
 
     /// Marks a new entry as created for deliveries that came before its stream.
     pub(super) fn await_stream(&mut self, now: Instant) {
-        self.moving = Move::TakingOver {
+        self.moving.set(Move::TakingOver {
             seen: HashSet::new(),
             until: now + FORWARD_FOR,
             awaiting: true,
-        };
+        });
     }
 }
 

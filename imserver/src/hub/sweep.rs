@@ -137,7 +137,7 @@ impl Hub {
     /// Trims one entry's buffer by age and says what it is to the sweep.
     fn inspect(&self, entry: &ClientEntry, now: Instant) -> Found {
         let mut inner = entry.lock();
-        match &inner.moving {
+        match inner.moving.get() {
             Move::Forwarding { until, .. } => {
                 return if now > *until && inner.conns.is_empty() {
                     Found::Forwarded
@@ -146,7 +146,7 @@ impl Hub {
                 };
             }
             Move::TakingOver { until, .. } if now > *until => {
-                inner.moving = Move::Settled;
+                inner.moving.set(Move::Settled);
             }
             _ => {}
         }

@@ -107,6 +107,9 @@ pub struct Metrics {
     pub presence_errors: AtomicU64,
     /// Dead nodes whose presence this node purged.
     pub nodes_purged: AtomicU64,
+    /// Renewals that found this node's lease had lapsed: backends and peers may have counted
+    /// the node dead meanwhile.
+    pub lease_lapses: AtomicU64,
     /// Entries of this node's presence hash, as last written.
     pub presence_entries: AtomicU64,
     /// Session tasks running (a connection's task lives on until its close frame is out).
@@ -315,6 +318,12 @@ impl Metrics {
             "counter",
             "Dead nodes whose presence was purged here.",
             self.nodes_purged.load(Relaxed),
+        );
+        metric(
+            "im_lease_lapses_total",
+            "counter",
+            "Renewals that found this node's lease had lapsed (backends may have counted it dead meanwhile).",
+            self.lease_lapses.load(Relaxed),
         );
         metric(
             "im_redis_up",

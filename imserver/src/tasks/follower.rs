@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use imclient::NodeId;
 use imclient::contract::CloseCode;
 use imclient::keys::Keys;
 use imclient::store::Store;
+use imclient::{ClientId, NodeId};
 use tokio::sync::watch;
 
 use crate::health::Health;
@@ -100,29 +100,49 @@ impl Follower {
     /// Moves every client whose home is now another node: hands its stream over to the new
     /// home, then closes its connections with 4003 (see `Hub::hand_over`). Returns how many.
     fn move_clients(&self) -> u64 {
-        let mut moved = 0;
-        for client in self.hub.clients() {
-            if self.nodes.owns(&self.node, &client) {
-                continue;
-            }
-            let Some(home) = self.nodes.home_of(&client) else {
-                continue;
-            };
-            self.hub.mark_moved(&client);
-            if self.hub.recovery().enabled() {
-                if self.hub.hand_over(&client, self.keys.node_topic(&home)) {
-                    moved += 1;
-                }
-            } else {
-                self.hub.kick(&client, CloseCode::Moved);
-                moved += 1;
-            }
-        }
+        let moved = self
+            .hub
+            .clients()
+            .iter()
+            .filter(|client| {
+                move_if_elsewhere(&self.node, &self.nodes, &self.hub, &self.keys, client)
+            })
+            .count() as u64;
         if moved > 0 {
             self.metrics.clients_moved.fetch_add(moved, Relaxed);
             tracing::info!(node = %self.node, clients = moved, "moved clients to their new home");
         }
         moved
+    }
+}
+
+/// Moves `client` when its home among the live nodes, as this node last read them, is another
+/// node: its stream is handed over there and its connections closed with 4003 (without
+/// recovery, they are only closed). False when it stays, or was handed over already.
+///
+/// The follower calls it for every client when the set changes, and a handshake for its own
+/// client once registered: a client admitted under the old set whose registration came after
+/// the follower's pass over the clients would otherwise stay here, away from where backends
+/// now send its messages, until the set changed again. Registering then checking, against
+/// changing the set then listing the clients, leaves no such gap: one of the two sees the other.
+pub fn move_if_elsewhere(
+    me: &NodeId,
+    nodes: &NodeSet,
+    hub: &Hub,
+    keys: &Keys,
+    client: &ClientId,
+) -> bool {
+    if nodes.owns(me, client) {
+        return false;
+    }
+    let Some(home) = nodes.home_of(client) else {
+        return false;
+    };
+    hub.mark_moved(client);
+    if hub.recovery().enabled() {
+        hub.hand_over(client, keys.node_topic(&home))
+    } else {
+        hub.kick(client, CloseCode::Moved) > 0
     }
 }
 

@@ -155,3 +155,65 @@ fn a_handed_over_client_stops_counting_online_in_its_channels_when_its_connectio
         "the count is written again now, not when the forwarding ends"
     );
 }
+
+#[test]
+fn a_client_registered_after_its_home_came_back_is_moved_there_by_its_handshake() {
+    use crate::nodeset::NodeSet;
+    use crate::tasks::follower::move_if_elsewhere;
+    use imclient::NodeId;
+    use imclient::keys::Keys;
+
+    let node = |addr: &str| NodeId::new(addr).expect("node id");
+    let (here, back) = (node("ws://127.0.0.1:1"), node("ws://127.0.0.1:2"));
+    let nodes = NodeSet::new(vec![here.clone(), back.clone()]);
+    let keys = Keys::new("im");
+    // A client whose home is `back` while both are live.
+    let name = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|c| imclient::node::home_node(&[here.clone(), back.clone()], c) == Some(&back))
+        .expect("some client is homed there");
+    nodes.set_live(&here, vec![(here.clone(), None)]);
+    let admitted_at = nodes.changes();
+    assert!(
+        nodes.owns(&here, &client(&name)),
+        "admitted here while its home was down"
+    );
+    // Its home comes back after the admission, and the follower's pass over the clients
+    // comes before the registration (it finds nobody to move).
+    assert!(nodes.set_live(
+        &here,
+        vec![(here.clone(), None), (back.clone(), Some("run".into()))]
+    ));
+    let (hub, _, work) = hub();
+    let reg = live(&hub, &name);
+    assert_ne!(
+        nodes.changes(),
+        admitted_at,
+        "the handshake sees the set changed"
+    );
+    assert!(move_if_elsewhere(
+        &here,
+        &nodes,
+        &hub,
+        &keys,
+        &client(&name)
+    ));
+    assert_eq!(reg.outbox.close_requested(), Some(CloseCode::Moved));
+    let (topic, command) = published(&work).into_iter().next().expect("a handover");
+    assert_eq!(topic, keys.node_topic(&back));
+    assert!(command.get("handover").is_some());
+    // A client this node owns stays.
+    let mine = (0..)
+        .map(|i| format!("m{i}"))
+        .find(|c| imclient::node::home_node(&[here.clone(), back.clone()], c) == Some(&here))
+        .expect("some client is homed here");
+    let stays = live(&hub, &mine);
+    assert!(!move_if_elsewhere(
+        &here,
+        &nodes,
+        &hub,
+        &keys,
+        &client(&mine)
+    ));
+    assert_eq!(stays.outbox.close_requested(), None);
+}

@@ -290,3 +290,12 @@ fn presence_says_online_only_once_the_client_is_ready() {
         "inside its window: offline"
     );
 }
+
+/// Every client on the node has an entry, moving between nodes or not: it must stay within
+/// jemalloc's 320-byte class (with the `Arc`'s two counts), where it was in the 384-byte one
+/// while the move's state was inline.
+#[test]
+fn an_entry_fits_the_allocators_320_byte_class() {
+    let size = std::mem::size_of::<ClientEntry>() + 2 * std::mem::size_of::<usize>();
+    assert!(size <= 320, "an entry takes {size} bytes with its counts");
+}

@@ -4,15 +4,17 @@
 //! Sessions never wait on Redis. The hub marks a client dirty when its connections change; one
 //! writer task compares the hub with what it last wrote and writes the difference, with an
 //! event when a client comes or goes. Marks coalesce (a set, not a queue), so memory is bounded
-//! by the number of clients and a Redis outage only delays the writes. The writer also renews
-//! the lease; when the lease had lapsed (Redis restarted, or a peer purged us) it re-reads the
-//! hash and rewrites what differs. Each renewal also checks the peers' leases and purges the
-//! presence of a node whose lease expired, emitting offline events for its clients.
+//! by the number of clients and a Redis outage only delays the writes. The writer takes the
+//! lease, and the lease keeper (`lease`) renews it on a connection of its own; when a renewal
+//! finds the lease had lapsed (Redis restarted, or a peer purged us) the writer re-reads the
+//! hash and rewrites what differs. Every third of the lease the writer also checks the peers'
+//! leases and purges the presence of a node whose lease expired, emitting offline events for
+//! its clients.
 //!
-//! When the node stops, the writer gives up the lease when asked ([`Release`]), between two of
-//! its own renewals so that none can take it back, and announces that the node is handing its
-//! clients over; it goes on writing their moves until it is stopped, and then settles the moves
-//! still open.
+//! When the node stops, the writer gives up the lease when asked ([`Release`]), through the
+//! gate it shares with the keeper so that no renewal can take it back, and announces that the
+//! node is handing its clients over; it goes on writing their moves until it is stopped, and
+//! then settles the moves still open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +34,9 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::nodeset::NodeSet;
 use crate::work::HubWork;
+use lease::LeaseShared;
 
+mod lease;
 mod purge;
 
 pub use purge::clear;
@@ -126,7 +130,13 @@ struct Writer {
     /// What this node's channel count hash holds, as last written or read.
     written_chans: HashMap<ChanName, u64>,
     started: bool,
-    next_renewal: Instant,
+    /// When to look for dead peers next (every third of the lease).
+    next_purge: Instant,
+    /// What the writer shares with the lease keeper, which renews the lease once the writer
+    /// has taken it (see [`lease`]).
+    lease: Arc<LeaseShared>,
+    /// Handed to the lease keeper when the writer starts it.
+    stop: watch::Receiver<bool>,
     /// Clients this node moved to another node, with their last record, until the new home
     /// claims them or the grace period ends.
     moves: HashMap<ClientId, (Instant, PresenceRecord)>,
@@ -151,7 +161,9 @@ pub async fn run(
         written: HashMap::new(),
         written_chans: HashMap::new(),
         started: false,
-        next_renewal: Instant::now(),
+        next_purge: Instant::now(),
+        lease: Arc::default(),
+        stop: stop.clone(),
         moves: HashMap::new(),
         missed_due: None,
         release,
@@ -190,8 +202,9 @@ pub async fn run(
         tokio::select! {
             _ = writer.presence.work.presence.wait() => {}
             _ = writer.presence.work.chan_counts.wait() => {}
-            _ = tokio::time::sleep_until(writer.next_renewal), if !writer.released => {}
-            _ = tokio::time::sleep_until(writer.missed_due.unwrap_or(writer.next_renewal)), if writer.missed_due.is_some() => {}
+            _ = tokio::time::sleep_until(writer.next_purge), if !writer.released => {}
+            _ = writer.lease.woken.notified(), if !writer.released => {}
+            _ = tokio::time::sleep_until(writer.missed_due.unwrap_or(writer.next_purge)), if writer.missed_due.is_some() => {}
             _ = tokio::time::sleep(MOVE_GRACE), if !writer.moves.is_empty() => {}
             _ = writer.release.asked(), if !writer.released => {}
             _ = stop.changed() => break,
@@ -223,13 +236,16 @@ impl Writer {
         let mut conn = self.store.get().await.map_err(pool_error)?;
         if !self.released && *self.release.asked.borrow() {
             if self.started {
-                release(
-                    &mut conn,
-                    self.keys(),
-                    self.presence.id(),
-                    self.presence.epoch(),
-                )
-                .await?;
+                // Through the gate: a renewal in flight ends first, and none follows.
+                let shared = self.lease.clone();
+                shared
+                    .release(release(
+                        &mut conn,
+                        &self.presence.keys,
+                        &self.presence.id,
+                        &self.presence.epoch,
+                    ))
+                    .await?;
                 tracing::info!(node = %self.presence.id(), "lease given up");
             }
             self.released = true;
@@ -251,10 +267,16 @@ impl Writer {
             .await?;
             self.written.clear();
             self.written_chans.clear();
-            self.renew_lease(&mut conn).await?;
+            lease::renew(&mut conn, &self.presence, false).await?;
             announce(&mut conn, self.keys(), self.presence.id(), true).await?;
             self.started = true;
             self.presence.health.set_leased();
+            tokio::spawn(lease::keep(
+                self.presence.clone(),
+                self.store.clone(),
+                self.lease.clone(),
+                self.stop.clone(),
+            ));
             self.presence
                 .work
                 .presence
@@ -264,16 +286,24 @@ impl Writer {
                 .chan_counts
                 .mark_all(self.presence.hub.chans());
         }
-        if !self.released && Instant::now() >= self.next_renewal {
-            if self.renew_lease(&mut conn).await? {
-                // While the lease was gone, backends sent this node's clients' messages to
-                // another node, which had no such client: say we are back at once, and once
-                // every backend has read that, tell the clients that something may be missing.
-                announce(&mut conn, self.keys(), self.presence.id(), true).await?;
-                self.missed_due = Some(Instant::now() + LAPSE_SETTLES);
-                self.resync(&mut conn).await?;
+        if !self.released && self.lease.take_lapsed() {
+            // While the lease was gone, backends sent this node's clients' messages to
+            // another node, which had no such client: say we are back at once, and once
+            // every backend has read that, tell the clients that something may be missing.
+            let announced = announce(&mut conn, self.keys(), self.presence.id(), true).await;
+            if let Err(e) = announced {
+                self.lease.restore_lapsed();
+                return Err(e);
             }
+            self.missed_due = Some(Instant::now() + LAPSE_SETTLES);
+            if let Err(e) = self.resync(&mut conn).await {
+                self.lease.restore_lapsed();
+                return Err(e);
+            }
+        }
+        if !self.released && Instant::now() >= self.next_purge {
             self.purge_dead_peers(&mut conn).await?;
+            self.next_purge = Instant::now() + self.presence.lease / 3;
         }
         self.flush(&mut conn).await?;
         self.settle_moves(&mut conn, false).await?;
@@ -334,29 +364,6 @@ impl Writer {
             self.moves.remove(&client);
         }
         Ok(())
-    }
-
-    /// Renews the lease; returns true when it had lapsed.
-    async fn renew_lease(&mut self, conn: &mut imclient::store::Conn) -> redis::RedisResult<bool> {
-        let lease = self.presence.lease;
-        let sent = Instant::now();
-        let (previous, _): (Option<String>, i64) = redis::pipe()
-            .cmd("SET")
-            .arg(self.keys().lease(self.presence.id()))
-            .arg(self.presence.epoch())
-            .arg("PX")
-            .arg(lease.as_millis() as u64)
-            .arg("GET")
-            .sadd(self.keys().nodes(), self.presence.id().as_str())
-            .query_async(conn)
-            .await?;
-        self.presence.health.lease_renewed(sent.into_std(), lease);
-        self.next_renewal = Instant::now() + lease / 3;
-        let lapsed = self.started && previous.as_deref() != Some(self.presence.epoch());
-        if lapsed {
-            tracing::warn!(node = %self.presence.id(), "lease had lapsed; rewriting presence");
-        }
-        Ok(lapsed)
     }
 
     /// Re-reads this node's hash and marks every client whose entry may differ.
