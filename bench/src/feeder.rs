@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-use crate::{LATENCY_SHARDS, Stats, Workload, chan_name, open_tcp, record, wire};
+use crate::{Stats, Workload, chan_name, open_tcp, read_deliveries, wire};
 
 /// The connection messages go to the floor on.
 pub struct Feed {
@@ -107,15 +107,7 @@ pub async fn connect(
         Some(g) => format!("/client/{i}?chan={g}"),
         None => format!("/client/{i}"),
     };
-    let mut ws = wire::Socket::upgrade(open_tcp(addr, i).await?, &addr.to_string(), &path).await?;
-    tokio::spawn(async move {
-        let shard = &stats.latency[i % LATENCY_SHARDS];
-        let _ = ws
-            .read(|text| {
-                record(&stats, shard, text);
-                wire::Flow::Continue
-            })
-            .await;
-    });
+    let ws = wire::Socket::upgrade(open_tcp(addr, i).await?, &addr.to_string(), &path).await?;
+    read_deliveries(ws, i, stats);
     Ok(addr.to_string())
 }

@@ -306,6 +306,19 @@ async fn open_ws(url: &str, spread: usize) -> Result<wire::Socket> {
     wire::Socket::upgrade(open_tcp(target, spread).await?, host, &format!("/{path}")).await
 }
 
+/// Reads client `i`'s deliveries into `stats` until its socket ends, in a task of its own.
+fn read_deliveries(mut ws: wire::Socket, i: usize, stats: Arc<Stats>) {
+    tokio::spawn(async move {
+        let shard = &stats.latency[i % LATENCY_SHARDS];
+        let _ = ws
+            .read(|text| {
+                record(&stats, shard, text);
+                wire::Flow::Continue
+            })
+            .await;
+    });
+}
+
 /// Connects client `i` to its home node and starts reading; returns the connect URL.
 async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<String> {
     let url = im.prev_connect_server(&format!("c{i}"), serde_json::Value::Null)?;
@@ -319,15 +332,7 @@ async fn connect_im(im: &ImClient, i: usize, stats: Arc<Stats>) -> Result<String
     if !welcomed {
         bail!("the first frame was not a welcome");
     }
-    tokio::spawn(async move {
-        let shard = &stats.latency[i % LATENCY_SHARDS];
-        let _ = ws
-            .read(|text| {
-                record(&stats, shard, text);
-                wire::Flow::Continue
-            })
-            .await;
-    });
+    read_deliveries(ws, i, stats);
     Ok(url)
 }
 

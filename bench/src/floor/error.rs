@@ -16,8 +16,13 @@ pub enum FloorError {
     #[error("feed record of unknown kind {0}: imbench and imfloor must be the same build")]
     UnknownKind(u8),
     /// A feed record too long to be a message.
-    #[error("feed record body of {0} bytes, over the floor's limit of {max}", max = super::feed::MAX_BODY)]
-    TooLong(usize),
+    #[error("feed record body of {len} bytes, over the floor's limit of {max}")]
+    TooLong {
+        /// The record's length.
+        len: usize,
+        /// The floor's limit.
+        max: usize,
+    },
 }
 
 /// Result of the floor's operations.

@@ -45,7 +45,10 @@ pub struct Record<'a> {
 /// [`FloorError::TooLong`] when `body` is over [`MAX_BODY`].
 pub fn encode(out: &mut Vec<u8>, to: To, body: &[u8]) -> Result<()> {
     if body.len() > MAX_BODY {
-        return Err(FloorError::TooLong(body.len()));
+        return Err(FloorError::TooLong {
+            len: body.len(),
+            max: MAX_BODY,
+        });
     }
     let (kind, index) = match to {
         To::Client(i) => (CLIENT, i),
@@ -75,7 +78,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Record<'_>, usize)>> {
         other => return Err(FloorError::UnknownKind(other)),
     };
     if len > MAX_BODY {
-        return Err(FloorError::TooLong(len));
+        return Err(FloorError::TooLong { len, max: MAX_BODY });
     }
     Ok(buf
         .get(HEAD..HEAD + len)
