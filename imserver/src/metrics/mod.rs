@@ -149,6 +149,29 @@ pub struct Metrics {
     delivery_latency: [Latency; 3],
 }
 
+/// Writes one metric of one series: its help, its type and its value for `node`.
+fn single(out: &mut String, node: &str, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
+    );
+}
+
+/// Writes a counter family: its help and type, then one series per `(label value, count)`.
+fn family<L: std::fmt::Display>(
+    out: &mut String,
+    node: &str,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in series {
+        let _ = writeln!(out, "{name}{{node=\"{node}\",{label}=\"{value}\"}} {count}");
+    }
+}
+
 impl Metrics {
     /// Counts `n` undelivered items for `reason`.
     pub fn dropped(&self, reason: DropReason, n: u64) {
@@ -212,15 +235,21 @@ impl Metrics {
     /// Renders every metric in Prometheus text exposition format, with the node's `state`.
     pub fn render_with(&self, node: &str, state: NodeState) -> String {
         let mut out = self.render(node, state.redis_up);
-        let _ = writeln!(
-            out,
-            "# HELP im_max_connections The connection cap in force: --max-connections, or less when the open-file limit is lower.\n# TYPE im_max_connections gauge\nim_max_connections{{node=\"{node}\"}} {}",
-            state.max_connections
+        single(
+            &mut out,
+            node,
+            "im_max_connections",
+            "gauge",
+            "The connection cap in force: --max-connections, or less when the open-file limit is lower.",
+            state.max_connections,
         );
-        let _ = writeln!(
-            out,
-            "# HELP im_leased 1 while the node holds its lease (renewed within --lease-ms): backends route clients to it.\n# TYPE im_leased gauge\nim_leased{{node=\"{node}\"}} {}",
-            u8::from(state.leased)
+        single(
+            &mut out,
+            node,
+            "im_leased",
+            "gauge",
+            "1 while the node holds its lease (renewed within --lease-ms): backends route clients to it.",
+            u64::from(state.leased),
         );
         out
     }
@@ -229,10 +258,7 @@ impl Metrics {
     pub fn render(&self, node: &str, redis_up: bool) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}"
-            );
+            single(&mut out, node, name, kind, help, value)
         };
         let (allocated, resident) = crate::memory::allocator_bytes();
         metric(
@@ -427,42 +453,38 @@ impl Metrics {
             "Connections closed for not reading fast enough.",
             self.closes(CloseCode::SlowConsumer),
         );
-        let _ = writeln!(
-            out,
-            "# HELP im_drops_total Undelivered items by reason.\n# TYPE im_drops_total counter"
+        family(
+            &mut out,
+            node,
+            "im_drops_total",
+            "Undelivered items by reason.",
+            "reason",
+            DropReason::ALL.map(|r| (r.label(), self.drops(r))),
         );
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "im_drops_total{{node=\"{node}\",reason=\"{}\"}} {}",
-                reason.label(),
-                self.drops(reason)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP im_resumes_total Connects that asked to resume, by result.\n# TYPE im_resumes_total counter\nim_resumes_total{{node=\"{node}\",result=\"recovered\"}} {}",
-            self.resumes_recovered.load(Relaxed)
+        family(
+            &mut out,
+            node,
+            "im_resumes_total",
+            "Connects that asked to resume, by result.",
+            "result",
+            std::iter::once(("recovered", self.resumes_recovered.load(Relaxed))).chain(
+                RecoveryRefusal::ALL
+                    .iter()
+                    .zip(&self.resumes_refused)
+                    .map(|(r, n)| (r.as_str(), n.load(Relaxed))),
+            ),
         );
-        for (i, reason) in RecoveryRefusal::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "im_resumes_total{{node=\"{node}\",result=\"{}\"}} {}",
-                reason.as_str(),
-                self.resumes_refused[i].load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP im_handshakes_refused_total Connections refused at the handshake, by the refusal's code.\n# TYPE im_handshakes_refused_total counter"
+        family(
+            &mut out,
+            node,
+            "im_handshakes_refused_total",
+            "Connections refused at the handshake, by the refusal's code.",
+            "reason",
+            REFUSAL_REASONS
+                .iter()
+                .zip(&self.refused)
+                .map(|(r, n)| (*r, n.load(Relaxed))),
         );
-        for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "im_handshakes_refused_total{{node=\"{node}\",reason=\"{reason}\"}} {}",
-                self.refused[i].load(Relaxed)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP im_delivery_latency_seconds From an envelope read off Redis to its frames queued to every local receiver (not yet written to their sockets).\n# TYPE im_delivery_latency_seconds histogram"
@@ -474,18 +496,14 @@ impl Metrics {
                 &format!("node=\"{node}\",kind=\"{}\"", kind.label()),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP im_closes_total Connections closed by the node, by close code.\n# TYPE im_closes_total counter"
+        family(
+            &mut out,
+            node,
+            "im_closes_total",
+            "Connections closed by the node, by close code.",
+            "code",
+            CloseCode::ALL.map(|c| (c.code(), self.closes(c))),
         );
-        for code in CloseCode::ALL {
-            let _ = writeln!(
-                out,
-                "im_closes_total{{node=\"{node}\",code=\"{}\"}} {}",
-                code.code(),
-                self.closes(code)
-            );
-        }
         out
     }
 }
