@@ -246,15 +246,7 @@ async fn what_a_node_took_while_another_shard_failed_over_reaches_its_client() -
         .find(|m| *m != keys_master && *m != topic_master)
         .unwrap();
     // A channel whose topic the victim serves: the node must subscribe it again.
-    let chan = (0..)
-        .map(|i| format!("room{i}"))
-        .find(|chan| {
-            let topic =
-                c.im.keys()
-                    .chan_topic(&imclient::ChanName::new(chan).unwrap());
-            cluster.master_of_slot(RedisCluster::slot_of(&topic)).ok() == Some(victim)
-        })
-        .unwrap();
+    let chan = cluster.chan_served_by(c.im.keys(), |master| master == victim)?;
     let mut ws = c.connect("alice").await?;
     c.im.join_chan("alice", &chan).await?;
 

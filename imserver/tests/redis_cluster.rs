@@ -203,18 +203,7 @@ async fn a_channel_message_sent_after_leave_chan_returns_does_not_reach_the_clie
     let node_slot = RedisCluster::slot_of(&c.im.keys().node_topic(&c.im.home_node("alice")?));
     let cluster = c.redis.cluster.as_ref().unwrap();
     let node_master = cluster.master_of_slot(node_slot)?;
-    let chan = (0..)
-        .map(|i| format!("room{i}"))
-        .find(|chan| {
-            let topic =
-                c.im.keys()
-                    .chan_topic(&imclient::ChanName::new(chan).unwrap());
-            cluster
-                .master_of_slot(RedisCluster::slot_of(&topic))
-                .unwrap()
-                != node_master
-        })
-        .unwrap();
+    let chan = cluster.chan_served_by(c.im.keys(), |master| master != node_master)?;
     for round in 0..20 {
         c.im.join_chan("alice", &chan).await?;
         c.im.leave_chan("alice", &chan).await?;
