@@ -25,23 +25,10 @@ export IM_TOKEN_SECRET="bench-secret-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \
 : >"$run/lines"
 for i in $(seq 1 "$runs"); do
   for variant in A B; do
-    bin=$IMSERVER_A
-    [ "$variant" = B ] && bin=$IMSERVER_B
-    rm -f "$run/ready"
-    # Emptied before imbench starts: the wait below must not find the last run's line.
-    : >"$run/stderr"
-    start_redis_for single "$run"
-    url="redis://127.0.0.1:${redis_ports[0]}"
-    start_imserver "$bin" "$run/ready" "$run/node.log" --listen 127.0.0.1:0 \
-      --max-connections "$((clients + 1000))" --redis-url "$url"
+    start_variant_node "$variant" "$run" "$clients"
     node0=$(cpu "$node_pid")
     redis0=$(cpu "$redis_pid")
-    "$IMBENCH" --nodes "$node_id" --node-pid "$node_pid" --redis-url "$url" --workload private \
-      --clients "$clients" --rate 10 --duration 1 >"$run/report" 2>"$run/stderr" &
-    bench=$!
-    until grep -q '^imbench: sending' "$run/stderr" || ! kill -0 "$bench" 2>/dev/null; do
-      sleep 0.02
-    done
+    connect_idle_clients "$run" "$clients" 1
     node1=$(cpu "$node_pid")
     redis1=$(cpu "$redis_pid")
     wait "$bench"

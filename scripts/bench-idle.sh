@@ -37,23 +37,11 @@ sample() {
 : >"$run/lines"
 for i in $(seq 1 "$runs"); do
   for variant in A B; do
-    bin=$IMSERVER_A
-    [ "$variant" = B ] && bin=$IMSERVER_B
-    rm -f "$run/ready"
-    : >"$run/stderr"
-    start_redis_for single "$run"
-    url="redis://127.0.0.1:${redis_ports[0]}"
     # shellcheck disable=SC2086
-    start_imserver "$bin" "$run/ready" "$run/node.log" --listen 127.0.0.1:0 \
-      --max-connections "$((clients + 1000))" --redis-url "$url" ${NODE_ARGS:-}
+    start_variant_node "$variant" "$run" "$clients" ${NODE_ARGS:-}
     http="http${node_id#ws}"
     before=$(sample "$node_pid" "$http")
-    "$IMBENCH" --nodes "$node_id" --node-pid "$node_pid" --redis-url "$url" --workload private \
-      --clients "$clients" --rate 10 --duration "$((settle + 2))" >"$run/report" 2>"$run/stderr" &
-    bench=$!
-    until grep -q '^imbench: sending' "$run/stderr" || ! kill -0 "$bench" 2>/dev/null; do
-      sleep 0.02
-    done
+    connect_idle_clients "$run" "$clients" "$((settle + 2))"
     sleep "$settle"
     after=$(sample "$node_pid" "$http")
     wait "$bench"

@@ -187,6 +187,37 @@ start_imserver() {
   node_ready=$ready
 }
 
+# For the A/B scripts (bench-connect.sh, bench-idle.sh): `start_variant_node VARIANT DIR
+# CLIENTS ARGS...` starts a private redis-server and one node of $IMSERVER_A (VARIANT A) or
+# $IMSERVER_B (B) in the run directory DIR, capped at CLIENTS + 1,000 connections, with ARGS;
+# sets url (the Redis URL) beside start_imserver's node_pid and node_id.
+start_variant_node() {
+  local variant=$1 dir=$2 clients=$3 bin=$IMSERVER_A
+  shift 3
+  [ "$variant" = B ] && bin=$IMSERVER_B
+  rm -f "$dir/ready"
+  start_redis_for single "$dir"
+  url="redis://127.0.0.1:${redis_ports[0]}"
+  start_imserver "$bin" "$dir/ready" "$dir/node.log" --listen 127.0.0.1:0 \
+    --max-connections "$((clients + 1000))" --redis-url "$url" "$@"
+}
+
+# `connect_idle_clients DIR CLIENTS SECONDS`: $IMBENCH opens CLIENTS connections to that node
+# (private messages at 10/s for SECONDS once all are open; its report in DIR/report) and this
+# returns once it says it is sending, that is once every client is connected; sets bench (its
+# pid, to wait for).
+connect_idle_clients() {
+  local dir=$1 clients=$2 seconds=$3
+  # Emptied first: the wait below must not find the last run's line.
+  : >"$dir/stderr"
+  "$IMBENCH" --nodes "$node_id" --node-pid "$node_pid" --redis-url "$url" --workload private \
+    --clients "$clients" --rate 10 --duration "$seconds" >"$dir/report" 2>"$dir/stderr" &
+  bench=$!
+  until grep -q '^imbench: sending' "$dir/stderr" || ! kill -0 "$bench" 2>/dev/null; do
+    sleep 0.02
+  done
+}
+
 # Prints $1 free TCP ports on 127.0.0.1, space-separated: held open together while they are
 # picked, so they differ (two free_port calls in a row may print the same port), and one
 # python3 start instead of $1.
