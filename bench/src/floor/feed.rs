@@ -107,4 +107,24 @@ mod tests {
         assert!(matches!(decode(&buf), Err(FloorError::UnknownKind(9))));
         Ok(())
     }
+
+    #[test]
+    fn a_record_over_the_limit_is_refused_both_ways_saying_the_limit() {
+        let body = vec![b'x'; MAX_BODY + 1];
+        let refused = encode(&mut Vec::new(), To::Client(1), &body).expect_err("too long");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("limit of {MAX_BODY}")),
+            "{refused}"
+        );
+        // A header that claims more than the limit is refused before any body is awaited.
+        let mut head = vec![CLIENT];
+        head.extend_from_slice(&1u32.to_le_bytes());
+        head.extend_from_slice(&((MAX_BODY + 1) as u32).to_le_bytes());
+        assert!(matches!(
+            decode(&head),
+            Err(FloorError::TooLong { len, max: MAX_BODY }) if len == MAX_BODY + 1
+        ));
+    }
 }
