@@ -9,13 +9,15 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::task::Poll;
 
 use actix_ws::CloseReason;
 use bytes::{Buf as _, Bytes};
+use futures_util::task::AtomicWaker;
 use imclient::contract::CloseCode;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 /// Why a frame was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,12 +118,48 @@ impl Frame {
     }
 }
 
+/// A wake-up for the one task that waits, the session: a flag and its waker. A wake-up that
+/// finds no waiter is kept for the next wait, as `tokio::sync::Notify`'s permit is.
+///
+/// Why not `Notify`: it keeps a list of waiters behind a lock, and registering in it and leaving
+/// it at every wait was about 4% of a private delivery's instructions in the node
+/// (docs/DESIGN.md, "Measured against a floor"), for a list that never holds more than one.
+#[derive(Debug, Default)]
+struct Wake {
+    woken: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Wake {
+    fn notify(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Cancel-safe: a wake-up is taken only by the poll that returns ready.
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.woken.swap(false, Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Checked again: a notify between the first check and the registration woke no one.
+            if self.woken.swap(false, Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 /// The shared outgoing side of one connection.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<State>,
     /// Wakes the session: frames were queued, or a close was requested.
-    wake: Notify,
+    wake: Wake,
     /// The close the node asked for; the first request wins.
     close: OnceLock<CloseCode>,
     capacity: usize,
@@ -146,7 +184,7 @@ impl Outbox {
                 closed: false,
                 held: None,
             }),
-            wake: Notify::new(),
+            wake: Wake::default(),
             close: OnceLock::new(),
             capacity: capacity + 1,
         }
@@ -163,7 +201,7 @@ impl Outbox {
         if let Some(welcome) = state.held.take() {
             state.queue.push_front(welcome);
             drop(state);
-            self.wake.notify_one();
+            self.wake.notify();
         }
     }
 
@@ -182,7 +220,7 @@ impl Outbox {
         }
         state.queue.push_back(frame);
         drop(state);
-        self.wake.notify_one();
+        self.wake.notify();
         Ok(())
     }
 
@@ -194,7 +232,7 @@ impl Outbox {
     /// Asks the session to close with `code`, even when its queue is full.
     pub fn request_close(&self, code: CloseCode) {
         if self.close.set(code).is_ok() {
-            self.wake.notify_one();
+            self.wake.notify();
         }
     }
 
@@ -205,7 +243,7 @@ impl Outbox {
 
     /// Waits until frames are queued or a close is requested. Cancel-safe.
     pub async fn wait(&self) {
-        self.wake.notified().await;
+        self.wake.wait().await;
     }
 
     /// Moves what is queued into `batch` (which must be empty), swapping buffers so neither
