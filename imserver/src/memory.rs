@@ -26,7 +26,9 @@ pub fn allocator_bytes() -> (u64, u64) {
 /// Gives back most of a map's room once it holds far fewer entries than it has room for: maps
 /// keep their peak size otherwise, and a node's peak (every client of a busy hour) is far above
 /// its usual load.
-pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut std::collections::HashMap<K, V>) {
+pub fn shrink_if_sparse<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
     if map.capacity() > 64 && map.len() * 4 < map.capacity() {
         map.shrink_to_fit();
     }

@@ -3,8 +3,7 @@
 //! shard's lock is taken before an entry's when both are held.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher as _, Hash};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use imclient::ClientId;
@@ -15,14 +14,15 @@ use crate::memory::shrink_if_sparse;
 /// Shards of the client and channel maps.
 pub(super) const SHARDS: usize = 64;
 
-/// One shard of the client map.
-pub(super) type Shard = HashMap<ClientId, Arc<ClientEntry>>;
+/// One shard of the client map, hashed with foldhash's keyed hasher: std's SipHash, twice per
+/// delivery (once for the shard, once in it), was about 2% of a private delivery's
+/// instructions in the node (docs/DESIGN.md, "Measured against a floor").
+pub(super) type Shard = HashMap<ClientId, Arc<ClientEntry>, foldhash::fast::RandomState>;
 
-/// The shard `key` lives in.
+/// The shard `key` lives in. A fixed seed, as std's unkeyed `DefaultHasher` had before: the
+/// choice only spreads locks; the maps inside are keyed per process.
 pub(super) fn shard_of<K: Hash>(key: &K) -> usize {
-    let mut h = DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() as usize) % SHARDS
+    (foldhash::fast::FixedState::default().hash_one(key) as usize) % SHARDS
 }
 
 /// Locks `m`; a panic while holding a lock leaves plain data behind, so keep serving.
@@ -39,7 +39,9 @@ pub(super) struct ClientIndex {
 impl ClientIndex {
     pub(super) fn new() -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 
