@@ -53,6 +53,7 @@ pub mod tasks;
 pub mod api;
 pub mod early_answer;
 pub mod handshake;
+pub mod heartbeat;
 pub mod inbound;
 pub mod route;
 pub mod server;

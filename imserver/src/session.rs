@@ -13,9 +13,9 @@ use actix_ws::CloseReason;
 use bytes::BytesMut;
 use imclient::ClientId;
 use imclient::contract::{ClientFrame, CloseCode, SystemEvent, system_frame};
-use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
-use tracing::Instrument as _;
+use tokio::time::{Instant, timeout};
 
+use crate::heartbeat::Heartbeat;
 use crate::hub::Registration;
 use crate::inbound::{Inbound, InboundMessage};
 use crate::ip_limit::IpSlot;
@@ -37,28 +37,17 @@ enum Exit {
     Lost,
 }
 
-/// Runs the connection until it closes, in a span with the node, client and connection ids.
-/// `early` holds bytes the client sent right behind its handshake; `ip_slot` counts the
-/// connection against its address's limit until it ends.
+/// Runs the connection until it closes. `early` holds bytes the client sent right behind its
+/// handshake; `ip_slot` counts the connection against its address's limit until it ends.
 ///
-/// Not an `async fn`, nor is `serve`: an `async fn` keeps its arguments in its future beside
-/// the locals they are moved into, and this future is most of what an idle connection costs.
-pub fn run(
-    node: Node,
-    client: ClientId,
-    stream: Wire,
-    early: BytesMut,
-    reg: Registration,
-    ip_slot: Option<IpSlot>,
-) -> impl Future<Output = ()> {
-    let span =
-        tracing::debug_span!("session", node = %node.id(), client = %client, conn = reg.id.0);
-    serve(node, client, stream, early, reg, ip_slot).instrument(span)
-}
-
-// Written out rather than as the `async fn` clippy suggests: see `run`.
+/// Not an `async fn`: an `async fn` keeps its arguments in its future beside the locals they are
+/// moved into, and this future is most of what an idle connection costs. Nor is it instrumented
+/// with a span: entering and leaving one at every poll was 1.4% of a private delivery's
+/// instructions, for the one event a session logs, which names the node, client and connection
+/// itself (docs/DESIGN.md, "Measured against a floor").
+// Written out rather than as the `async fn` clippy suggests.
 #[allow(clippy::manual_async_fn)]
-fn serve(
+pub fn run(
     node: Node,
     client: ClientId,
     mut wire: Wire,
@@ -74,11 +63,7 @@ fn serve(
         let mut inbound = Inbound::new(early, limits.max_inbound_frame_bytes);
         // Frames claimed from the outbox and not yet fully written.
         let mut in_flight = VecDeque::new();
-        let mut heartbeat = interval_at(
-            Instant::now() + limits.heartbeat_interval,
-            limits.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heartbeat = Heartbeat::new(limits.heartbeat_interval);
         let mut last_heard = Instant::now();
 
         let exit = 'session: loop {
@@ -159,7 +144,14 @@ fn serve(
         let (reason, answered) = match exit {
             Exit::Close(code) => {
                 node.metrics().closed(code);
-                tracing::debug!(code = code.code(), reason = code.reason(), "closing");
+                tracing::debug!(
+                    node = %node.id(),
+                    client = %client,
+                    conn = reg.id.0,
+                    code = code.code(),
+                    reason = code.reason(),
+                    "closing"
+                );
                 let reason = CloseReason {
                     code: code.code().into(),
                     description: Some(code.reason().to_owned()),
