@@ -190,9 +190,13 @@ pub async fn run(
                     .presence_errors
                     .fetch_add(1, Relaxed);
                 tracing::warn!(node = %writer.presence.id(), error = %e, "presence write failed; retrying");
+                // Woken early by a release only when it is new: once asked, `asked()` is ready
+                // at once, and without backoff a stop during an outage was a loop of failed
+                // writes and warnings until the shutdown deadline.
+                let newly_asked = !writer.released && !*writer.release.asked.borrow();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = writer.release.asked(), if !writer.released => {}
+                    _ = writer.release.asked(), if newly_asked => {}
                     _ = stop.changed() => break,
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
