@@ -11,9 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-: "${IMSERVER_A:?the first imserver binary (e.g. the build before)}"
-: "${IMSERVER_B:?the second imserver binary (e.g. the build after)}"
-: "${IMBENCH:?the imbench binary both builds are driven by}"
+require_ab_binaries
 runs="${RUNS:-3}"
 out=target/bench
 mkdir -p "$out"

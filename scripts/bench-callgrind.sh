@@ -15,9 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-: "${IMSERVER_A:?the first imserver binary (e.g. the build before)}"
-: "${IMSERVER_B:?the second imserver binary (e.g. the build after)}"
-: "${IMBENCH:?the imbench binary both builds are driven by}"
+require_ab_binaries
 command -v valgrind >/dev/null || { echo "bench-callgrind.sh needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 runs="${RUNS:-2}"
 clients="${CLIENTS:-1000}"

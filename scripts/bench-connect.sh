@@ -10,9 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-: "${IMSERVER_A:?the first imserver binary (e.g. the build before)}"
-: "${IMSERVER_B:?the second imserver binary (e.g. the build after)}"
-: "${IMBENCH:?the imbench binary both builds are driven by}"
+require_ab_binaries
 runs="${RUNS:-5}"
 clients="${CLIENTS:-10000}"
 ensure_redis_server

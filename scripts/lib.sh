@@ -187,6 +187,14 @@ start_imserver() {
   node_ready=$ready
 }
 
+# For the A/B scripts: stops with a message unless IMSERVER_A, IMSERVER_B (the two builds) and
+# IMBENCH (the load tool both are driven by) are set.
+require_ab_binaries() {
+  : "${IMSERVER_A:?the first imserver binary (e.g. the build before)}"
+  : "${IMSERVER_B:?the second imserver binary (e.g. the build after)}"
+  : "${IMBENCH:?the imbench binary both builds are driven by}"
+}
+
 # For the A/B scripts (bench-connect.sh, bench-idle.sh): `start_variant_node VARIANT DIR
 # CLIENTS ARGS...` starts a private redis-server and one node of $IMSERVER_A (VARIANT A) or
 # $IMSERVER_B (B) in the run directory DIR, capped at CLIENTS + 1,000 connections, with ARGS;
