@@ -79,24 +79,34 @@ impl Redis {
     }
 
     fn launch(auth: Option<(String, String)>, tls: bool) -> Result<Self> {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("imtest-redis-{port}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        if tls {
-            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
-            std::fs::write(dir.join("tls.crt"), made.cert.pem())?;
-            std::fs::write(dir.join("tls.key"), made.key_pair.serialize_pem())?;
+        // Another test's server may take the free port before this one binds it: then try
+        // another port (see `spawn`).
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("imtest-redis-{port}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            if tls {
+                let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+                std::fs::write(dir.join("tls.crt"), made.cert.pem())?;
+                std::fs::write(dir.join("tls.key"), made.key_pair.serialize_pem())?;
+            }
+            let mut redis = Self {
+                port,
+                cluster: None,
+                child: None,
+                dir,
+                auth: auth.clone(),
+                tls,
+            };
+            match redis.spawn() {
+                Ok(()) => return Ok(redis),
+                // Dropped: killed and its directory removed.
+                Err(e) => last_error = Some(e),
+            }
         }
-        let mut redis = Self {
-            port,
-            cluster: None,
-            child: None,
-            dir,
-            auth,
-            tls,
-        };
-        redis.spawn()?;
-        Ok(redis)
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -160,11 +170,31 @@ impl Redis {
         let end = Instant::now() + WAIT;
         while Instant::now() < end {
             if self.ping() {
-                return Ok(());
+                if self.answered_by_own_process() {
+                    return Ok(());
+                }
+                self.kill();
+                bail!("port {} is served by another process", self.port);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         bail!("redis-server did not answer on port {}", self.port)
+    }
+
+    /// Whether the server that answered on the port is this one's process, not another test's
+    /// that took the port first (this one then fails to bind and exits).
+    fn answered_by_own_process(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return false;
+        };
+        let pid = child.id().to_string();
+        if self.auth.is_none() && !self.tls {
+            return crate::cluster_view::info(self.port, "server")
+                .is_ok_and(|i| i.get("process_id") == Some(&pid));
+        }
+        // Without a plain connection to ask, time for a failed bind to end the process.
+        std::thread::sleep(Duration::from_millis(100));
+        matches!(child.try_wait(), Ok(None))
     }
 
     fn ping(&self) -> bool {
@@ -310,5 +340,34 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port another server holds already is not taken for this one: the
+    /// answer to its ping comes from the other's process, and the start fails (a fresh start
+    /// then tries another port). Before, the other server's answer counted, and a cluster test
+    /// ran against a stranger's data.
+    #[test]
+    fn a_port_another_server_holds_is_not_taken_for_this_ones() -> Result<()> {
+        let first = Redis::start_single()?;
+        let dir = std::env::temp_dir().join(format!("imtest-redis-clash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut second = Redis {
+            port: first.port,
+            cluster: None,
+            child: None,
+            dir,
+            auth: None,
+            tls: false,
+        };
+        let Err(e) = second.spawn() else {
+            bail!("started on a port the first server holds");
+        };
+        assert!(e.to_string().contains("another process"), "{e}");
+        Ok(())
     }
 }
