@@ -148,6 +148,8 @@ impl Redis {
                 "no".to_owned(),
             ]);
         }
+        // `answered_by_own_process` reads this start's log, not the last one's.
+        let _ = std::fs::remove_file(self.dir.join("redis.log"));
         let child = Command::new("redis-server")
             .args(&auth_args)
             .args([
@@ -162,6 +164,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(["--logfile", "redis.log"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -192,9 +195,21 @@ impl Redis {
             return crate::cluster_view::info(self.port, "server")
                 .is_ok_and(|i| i.get("process_id") == Some(&pid));
         }
-        // Without a plain connection to ask, time for a failed bind to end the process.
-        std::thread::sleep(Duration::from_millis(100));
-        matches!(child.try_wait(), Ok(None))
+        // Without a plain connection to ask, its log says whether it is listening: it ends
+        // with an error instead when the port was taken.
+        let log = self.dir.join("redis.log");
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     fn ping(&self) -> bool {
