@@ -74,6 +74,12 @@ pub(crate) fn info(port: u16, section: &str) -> Result<BTreeMap<String, String>>
     Ok(fields(&command(port, &["INFO", section])?.text()?))
 }
 
+/// Whether the server answering on `port` is process `pid`, not another that took the port
+/// first (a server started on a taken port fails to bind and exits, while the other answers).
+pub(crate) fn served_by(port: u16, pid: u32) -> bool {
+    info(port, "server").is_ok_and(|i| i.get("process_id") == Some(&pid.to_string()))
+}
+
 fn fields(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .filter_map(|l| l.trim().split_once(':'))

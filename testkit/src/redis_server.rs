@@ -190,10 +190,8 @@ impl Redis {
         let Some(child) = self.child.as_mut() else {
             return false;
         };
-        let pid = child.id().to_string();
         if self.auth.is_none() && !self.tls {
-            return crate::cluster_view::info(self.port, "server")
-                .is_ok_and(|i| i.get("process_id") == Some(&pid));
+            return crate::cluster_view::served_by(self.port, child.id());
         }
         // Without a plain connection to ask, its log says whether it is listening: it ends
         // with an error instead when the port was taken.
