@@ -3,7 +3,8 @@
 //!
 //! Why not tokio's `Interval`: the session polls every branch of its loop at every wake, and
 //! polling the interval's timer (registering the waker again, the timer's own bookkeeping)
-//! was about 1.7% of a private delivery's instructions in the node. The timer keeps the waker
+//! was about 1.5% of a private delivery's instructions in the node (docs/DESIGN.md,
+//! "Counting instructions"). The timer keeps the waker
 //! it was last polled with until it fires, and a session's task always wakes with the same
 //! one, so before the deadline a clock read is all a poll needs.
 

@@ -122,8 +122,8 @@ impl Frame {
 /// finds no waiter is kept for the next wait, as `tokio::sync::Notify`'s permit is.
 ///
 /// Why not `Notify`: it keeps a list of waiters behind a lock, and registering in it and leaving
-/// it at every wait was about 4% of a private delivery's instructions in the node
-/// (docs/DESIGN.md, "Measured against a floor"), for a list that never holds more than one.
+/// it at every wait was about 1.7% of a private delivery's instructions in the node
+/// (docs/DESIGN.md, "Counting instructions"), for a list that never holds more than one.
 #[derive(Debug, Default)]
 struct Wake {
     woken: AtomicBool,

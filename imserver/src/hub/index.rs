@@ -15,8 +15,8 @@ use crate::memory::shrink_if_sparse;
 pub(super) const SHARDS: usize = 64;
 
 /// One shard of the client map, hashed with foldhash's keyed hasher: std's SipHash, twice per
-/// delivery (once for the shard, once in it), was about 2% of a private delivery's
-/// instructions in the node (docs/DESIGN.md, "Measured against a floor").
+/// delivery (once for the shard, once in it), was about 1.5% of a private delivery's
+/// instructions in the node (docs/DESIGN.md, "Counting instructions").
 pub(super) type Shard = HashMap<ClientId, Arc<ClientEntry>, foldhash::fast::RandomState>;
 
 /// The shard `key` lives in. A fixed seed, as std's unkeyed `DefaultHasher` had before: the

@@ -131,7 +131,7 @@ pub async fn run(broker: Broker, store: Store, mut stop: watch::Receiver<bool>) 
                 msg = messages.next() => {
                     // What has already arrived behind this message is handled before the other
                     // branches are polled again: polling them (the stop signal, the topic
-                    // changes, the health tick) for every message was about 1.5% of a private
+                    // changes, the health tick) for every message was about 2% of a private
                     // delivery's instructions, and at a high rate Redis delivers several
                     // messages per read. Bounded, so that they still get their turn.
                     let mut next = msg;
@@ -240,8 +240,8 @@ pub fn handle(broker: &Broker, store: &Store, bytes: &[u8]) {
     let received = Instant::now();
     broker.metrics.commands_in.fetch_add(1, Relaxed);
     // One UTF-8 check over the whole command, then the `&str` reader, which checks no string
-    // again: the slice reader checks each string on its own, and that was a tenth of a private
-    // delivery's instructions in the node (docs/DESIGN.md, "Measured against a floor").
+    // again: the slice reader checks each string on its own, and that was about 5% of a private
+    // delivery's instructions in the node (docs/DESIGN.md, "Counting instructions").
     let parsed = std::str::from_utf8(bytes)
         .map_err(|e| e.to_string())
         .and_then(|text| serde_json::from_str::<NodeCommand<'_>>(text).map_err(|e| e.to_string()));
