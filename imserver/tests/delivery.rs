@@ -155,12 +155,20 @@ async fn malformed_commands_in_redis_are_counted_and_skipped() -> Result<()> {
     ] {
         c.redis.publish(&topic, garbage).await?;
     }
+    // Not UTF-8: in a field the node reads, and in the payload it passes on unread.
+    let not_utf8: [&[u8]; 2] = [
+        b"{\"kick\":{\"client\":\"b\xffob\"}}",
+        b"{\"deliver\":{\"id\":\"m1\",\"kind\":\"message\",\"to\":[\"bob\"],\"ts\":1,\"payload\":\"\xc3(\"}}",
+    ];
+    for garbage in not_utf8 {
+        c.redis.publish(&topic, garbage).await?;
+    }
     c.nodes[0].wait_metric("im_drops_total{node=\"", 0).await?;
     let malformed = format!(
         "im_drops_total{{node=\"{}\",reason=\"malformed\"}}",
         c.nodes[0].id
     );
-    c.nodes[0].wait_metric(&malformed, 7).await?;
+    c.nodes[0].wait_metric(&malformed, 9).await?;
 
     c.im.send_message("alice", ["bob"], &"still works", false)
         .await?;

@@ -339,7 +339,11 @@ impl Redis {
     }
 
     /// Publishes on a topic as a backend would: PUBLISH, or SPUBLISH on a cluster.
-    pub async fn publish(&self, topic: &str, payload: &str) -> Result<i64> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl redis::ToRedisArgs + Send + Sync,
+    ) -> Result<i64> {
         let mut conn = self.conn().await?;
         Ok(
             imclient::store::publish(self.cluster.is_some(), topic, payload)
