@@ -15,10 +15,8 @@ ensure_redis_server() {
   command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
 }
 
-# Prints a free TCP port on 127.0.0.1.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# Prints a free TCP port on 127.0.0.1 (see free_ports).
+free_port() { free_ports 1; }
 
 # Prints the path of the sockudo binary, the peer server the benchmarks compare against:
 # $SOCKUDO, else sockudo on PATH, else target/peer/bin/sockudo, else it is installed there
@@ -227,12 +225,23 @@ connect_idle_clients() {
 }
 
 # Prints $1 free TCP ports on 127.0.0.1, space-separated: held open together while they are
-# picked, so they differ (two free_port calls in a row may print the same port), and one
-# python3 start instead of $1.
+# picked, so they differ, and one python3 start instead of $1. They come from below the kernel's
+# ephemeral range: a port from inside it can become the local port of an outgoing connection (a
+# node's Redis connection, a client's socket) before the server it was picked for binds it.
 free_ports() {
-  python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
+  python3 -c 'import random, socket, sys
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+socks = []
+while len(socks) < int(sys.argv[1]):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, low) if low > 11000 else 0))
+        socks.append(s)
+    except OSError:
+        s.close()
 print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 

@@ -1,8 +1,6 @@
 //! Bad options, bad arguments and an unreachable or refusing Redis give clear, typed errors;
 //! without Redis, routing keeps to the configured node list.
 
-use std::net::TcpListener;
-
 use anyhow::Result;
 use imclient::{Error, ImClient, ImClientOptions};
 use imtestkit::{Cluster, NodeOpts, Redis, free_port};
@@ -84,12 +82,7 @@ fn client_ids_are_validated() {
 #[tokio::test]
 async fn an_unreachable_redis_is_reported_not_hidden() {
     // A port nobody listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("redis://127.0.0.1:{port}");
+    let url = format!("redis://127.0.0.1:{}", free_port());
     let im = ImClient::new(ImClientOptions::new(url, ["ws://a:1"], SECRET)).unwrap();
     let err = im.send_message("a", ["b"], &"hi", false).await.unwrap_err();
     assert!(matches!(err, Error::Pool(_)), "{err:?}");

@@ -37,13 +37,28 @@ export async function until(what, check, deadline = WAIT) {
   }
 }
 
-/** `n` free TCP ports on 127.0.0.1, held open together while picked so that they differ. */
+/**
+ * `n` free TCP ports on 127.0.0.1, held open together while picked so that they differ. They
+ * come from below the kernel's ephemeral range: a port from inside it can become an outgoing
+ * connection's local port before the server picked for it binds it.
+ */
 export async function freePorts(n) {
-  const servers = await Promise.all(Array.from({ length: n }, () => new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve(srv));
-  })));
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the usual range
+  }
+  const servers = [];
+  while (servers.length < n) {
+    const port = low > 11000 ? 10000 + Math.floor(Math.random() * (low - 10000)) : 0;
+    const srv = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(null));
+      s.listen(port, '127.0.0.1', () => resolve(s));
+    });
+    if (srv) servers.push(srv);
+  }
   const ports = servers.map((s) => s.address().port);
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
   return ports;

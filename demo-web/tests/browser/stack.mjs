@@ -24,15 +24,35 @@ const children = new Set();
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+const handedOut = new Set();
+
+/**
+ * A free TCP port on 127.0.0.1, not handed out before by this process. It comes from below the
+ * kernel's ephemeral range: a port from inside it can become an outgoing connection's local
+ * port (a node's Redis connection, the browser's socket) before the server picked for it binds it.
+ */
+export async function freePort() {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || low;
+  } catch {
+    // not Linux: the usual range
+  }
+  for (;;) {
+    const port = low > 11000 ? 10000 + Math.floor(Math.random() * (low - 10000)) : 0;
+    const got = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.once('error', () => resolve(null));
+      srv.listen(port, '127.0.0.1', () => {
+        const bound = srv.address().port;
+        srv.close(() => resolve(bound));
+      });
     });
-  });
+    if (got !== null && !handedOut.has(got)) {
+      handedOut.add(got);
+      return got;
+    }
+  }
 }
 
 export async function waitPort(port, deadline = WAIT) {
