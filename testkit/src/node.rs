@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 
 use crate::deadline::{WAIT, wait_for};
 use crate::redis_server::Redis;
-use crate::{PREFIX, SECRET};
+use crate::{PREFIX, SECRET, free_port};
 
 /// A running imserver process.
 #[derive(Debug)]
@@ -146,8 +146,11 @@ impl NodeOpts {
 }
 
 impl Node {
+    /// A node on a port of its own. The port comes from below the kernel's ephemeral range (see
+    /// `free_port`) rather than the kernel's pick, so that a test can restart the node on its
+    /// address: a port from inside that range can meanwhile become an outgoing connection's.
     pub async fn start(redis: &Redis, opts: NodeOpts) -> Result<Self> {
-        Self::start_at(redis, opts, "127.0.0.1:0").await
+        Self::start_at(redis, opts, &format!("127.0.0.1:{}", free_port())).await
     }
 
     pub async fn start_at(redis: &Redis, opts: NodeOpts, listen: &str) -> Result<Self> {
