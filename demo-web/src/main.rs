@@ -60,6 +60,21 @@ fn favicon() -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
     asset("image/svg+xml", include_str!("../static/favicon.svg"))
 }
 
+/// The page's scripts, in the order index.html loads them: the browser client, then the page's
+/// parts, then app.js, which starts it.
+const SCRIPTS: [(&str, &str); 7] = [
+    ("/imclient.js", include_str!("../static/imclient.js")),
+    ("/page.js", include_str!("../static/page.js")),
+    (
+        "/conversation.js",
+        include_str!("../static/conversation.js"),
+    ),
+    ("/online.js", include_str!("../static/online.js")),
+    ("/rooms.js", include_str!("../static/rooms.js")),
+    ("/outbox.js", include_str!("../static/outbox.js")),
+    ("/app.js", include_str!("../static/app.js")),
+];
+
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -82,31 +97,25 @@ async fn main() -> anyhow::Result<()> {
 
     tracing::info!(listen = %config.listen, "demo-web serving");
     HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .wrap(DefaultHeaders::new().add((CACHE_CONTROL, HeaderValue::from_static("no-store"))))
             .app_data(web::Data::new(state.clone()))
             .app_data(api::json_config())
             .configure(api::configure)
-            .default_service(web::to(api::not_found))
+            .default_service(web::to(api::not_found));
+        SCRIPTS
+            .iter()
+            .fold(app, |app, (path, body)| {
+                app.route(
+                    path,
+                    web::get().to(asset("text/javascript; charset=utf-8", body)),
+                )
+            })
             .route(
                 "/",
                 web::get().to(asset(
                     "text/html; charset=utf-8",
                     include_str!("../static/index.html"),
-                )),
-            )
-            .route(
-                "/app.js",
-                web::get().to(asset(
-                    "text/javascript; charset=utf-8",
-                    include_str!("../static/app.js"),
-                )),
-            )
-            .route(
-                "/imclient.js",
-                web::get().to(asset(
-                    "text/javascript; charset=utf-8",
-                    include_str!("../static/imclient.js"),
                 )),
             )
             .route("/favicon.svg", web::get().to(favicon()))

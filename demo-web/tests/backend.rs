@@ -114,6 +114,39 @@ async fn a_private_message_sent_through_the_api_reaches_the_receivers_socket() -
     Ok(())
 }
 
+/// The page is several scripts: every one index.html names is served, as JavaScript (one it
+/// names and demo-web does not serve would leave the page without its functions).
+#[tokio::test]
+async fn every_script_the_page_loads_is_served() -> Result<()> {
+    let c = Cluster::start(1, NodeOpts::default()).await?;
+    let web = DemoWeb::start(&c).await?;
+    let (status, page) = http_get(web.addr, "/").await?;
+    assert_eq!(status, 200);
+    let scripts: Vec<&str> = page
+        .split("<script src=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(scripts.contains(&"/app.js"), "{scripts:?}");
+    assert!(scripts.contains(&"/imclient.js"), "{scripts:?}");
+    for script in scripts {
+        let answer = http_request(web.addr, "GET", script, &[], None).await?;
+        assert_eq!(answer.status, 200, "{script}");
+        let content_type = answer
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            content_type,
+            Some("text/javascript; charset=utf-8"),
+            "{script}"
+        );
+        assert!(answer.body.contains("'use strict';"), "{script}");
+    }
+    Ok(())
+}
+
 async fn get(web: &DemoWeb, path: &str, cookie: &str) -> Result<imtestkit::HttpAnswer> {
     http_request(web.addr, "GET", path, &[("Cookie", cookie)], None).await
 }

@@ -1,11 +1,12 @@
 // Shared by the browser tests: starts redis-server, imserver nodes (optionally each behind a TCP
 // proxy the test can cut), demo-web and headless Chromium on free ports, and signs pages in.
 //
-// IM_STATIC_OVERRIDE=<dir>: serve app.js and/or imclient.js (those present in <dir>) from <dir>
-// instead of demo-web's compiled-in copies, to check that a test fails on another version of
-// the page or the client, e.g. with `git show HEAD:demo-web/static/app.js > <dir>/app.js`.
+// IM_STATIC_OVERRIDE=<dir>: serve the page's scripts present in <dir> (app.js, outbox.js, …,
+// imclient.js) from <dir> instead of demo-web's compiled-in copies, to check that a test fails
+// on another version of the page or the client, e.g. with
+// `git show HEAD:demo-web/static/outbox.js > <dir>/outbox.js`.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -259,7 +260,7 @@ export async function stopAll() {
 export async function newPage(browser, stack, name, viewport = { width: 1000, height: 700 }, query = '') {
   const context = await browser.newContext({ viewport });
   if (staticOverride) {
-    for (const file of ['app.js', 'imclient.js'].filter((f) => existsSync(path.join(staticOverride, f)))) {
+    for (const file of readdirSync(staticOverride).filter((f) => f.endsWith('.js'))) {
       const body = readFileSync(path.join(staticOverride, file), 'utf8');
       await context.route(`**/${file}`, (route) => route.fulfill({ contentType: 'text/javascript; charset=utf-8', body }));
     }
